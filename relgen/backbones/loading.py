@@ -1,0 +1,157 @@
+"""Load a backbone from a hub id, a local diffusers folder, a single checkpoint file, or the
+tiny offline builders (which write a diffusers folder and load it through the same path)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from relgen.backbones.base import Backbone, TextEncoderSlot, cache_root, fix_eos_token_id, torch_dtype
+from relgen.config import BackboneConfig
+from relgen.errors import ConfigError, RelgenError
+
+
+def load_backbone(cfg: BackboneConfig, cache_dir: Optional[str] = None,
+                  device: Optional[torch.device] = None) -> Backbone:
+    """Load the modules named by ``cfg`` and freeze them (methods unfreeze what they train)."""
+    if cfg.family not in ("sd", "sdxl"):
+        raise ConfigError(f"backbone.family '{cfg.family}' must be 'sd' or 'sdxl'")
+    _quiet_libraries()
+    if cfg.tiny:
+        source = str(materialize_tiny(cfg, cache_dir))
+        identity = f"tiny_{cfg.tiny}-seed{cfg.tiny_seed}-{cfg.prediction_type}"
+    else:
+        if not cfg.pretrained:
+            raise ConfigError(f"backbone {cfg.name}: set backbone.pretrained= to a hub id, a local "
+                              "diffusers folder or a .safetensors file")
+        source = cfg.pretrained
+        identity = f"{cfg.pretrained}@{cfg.revision or 'main'}"
+    if source.endswith((".safetensors", ".ckpt")):
+        parts = _load_single_file(cfg, source)
+    else:
+        parts = _load_folder(cfg, source)
+
+    dtype, vae_dtype = torch_dtype(cfg.dtype), torch_dtype(cfg.vae_dtype)
+    keys = ["text_encoder"] if cfg.family == "sd" else ["clip_l", "clip_g"]
+    slots = [TextEncoderSlot(tok, _cast(enc, dtype), key)
+             for tok, enc, key in zip(parts["tokenizers"], parts["text_encoders"], keys)]
+    for slot in slots:
+        fix_eos_token_id(slot.encoder, slot.tokenizer)
+    backbone = Backbone(cfg=cfg, slots=slots, unet=_cast(parts["unet"], dtype), vae=_cast(parts["vae"], vae_dtype),
+                        noise_scheduler=parts["noise_scheduler"], scheduler_config=parts["scheduler_config"],
+                        identity=identity, cache_dir=cache_dir)
+    if backbone.prediction_type != cfg.prediction_type:
+        raise ConfigError(f"backbone {cfg.name}: '{source}' predicts '{backbone.prediction_type}' but "
+                          f"backbone.prediction_type is '{cfg.prediction_type}'; pick the matching backbone "
+                          "(sd21 is v_prediction at 768 px, sd21_base is epsilon at 512 px)")
+    backbone.freeze()
+    if device is not None:
+        backbone.to(device)
+    return backbone
+
+
+def materialize_tiny(cfg: BackboneConfig, cache_dir: Optional[str] = None) -> Path:
+    """Build the tiny backbone once per (structure, seed, prediction type) in the cache folder."""
+    from relgen.backbones.tiny import TINY_VERSION, save_tiny_backbone
+
+    folder = cache_root(cache_dir) / "tiny" / f"{cfg.tiny}-seed{cfg.tiny_seed}-{cfg.prediction_type}-v{TINY_VERSION}"
+    if (folder / "model_index.json").exists():
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_tiny_backbone(tmp, cfg.tiny, cfg.prediction_type, cfg.tiny_seed)
+    try:
+        os.replace(tmp, folder)  # atomic: another process may have finished first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _missing_weights(cfg: BackboneConfig, source: str, exc: Exception) -> RelgenError:
+    return RelgenError(
+        f"backbone {cfg.name}: could not load '{source}' (looked for a local folder or file of that "
+        f"name, then the Hugging Face cache; {type(exc).__name__}); download the weights where there "
+        "is network access, or set backbone.pretrained=/path/to/diffusers-folder or /path/to/model.safetensors")
+
+
+def _load_folder(cfg: BackboneConfig, source: str) -> dict:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    local = Path(source).expanduser()
+    if local.exists() and not (local / "model_index.json").exists():
+        raise RelgenError(f"backbone {cfg.name}: '{source}' is not a diffusers folder (no model_index.json); "
+                          "point backbone.pretrained at the folder that save_pretrained wrote")
+    src = str(local) if local.exists() else source
+    kw = dict(revision=cfg.revision) if not local.exists() and cfg.revision else {}
+    try:
+        tok_kw = dict(kw)
+        tokenizers = [CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **tok_kw)]
+        encoders = [CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kw)]
+        if cfg.family == "sdxl":
+            tokenizers.append(CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **tok_kw))
+            encoders.append(CLIPTextModelWithProjection.from_pretrained(src, subfolder="text_encoder_2", **kw))
+        variant = dict(variant=cfg.variant) if cfg.variant else {}
+        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw, **variant)
+        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", **kw, **variant)
+        scheduler_config = dict(DDPMScheduler.load_config(src, subfolder="scheduler", **kw))
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise _missing_weights(cfg, source, exc) from exc
+    return dict(tokenizers=tokenizers, text_encoders=encoders, unet=unet, vae=vae,
+                noise_scheduler=_training_scheduler(scheduler_config), scheduler_config=scheduler_config)
+
+
+def _load_single_file(cfg: BackboneConfig, source: str) -> dict:
+    """An original-layout checkpoint through diffusers' ``from_single_file``.
+
+    No hub is reachable here, so ``backbone.single_file_config`` must name a local diffusers
+    folder with the model's configs (any copy of the same model family works).
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if not Path(source).expanduser().is_file():
+        raise RelgenError(f"backbone {cfg.name}: single-file checkpoint '{source}' does not exist; "
+                          "fix backbone.pretrained")
+    cls = StableDiffusionXLPipeline if cfg.family == "sdxl" else StableDiffusionPipeline
+    kw = {}
+    if cfg.single_file_config:
+        kw["config"] = cfg.single_file_config
+    try:
+        pipe = cls.from_single_file(str(Path(source).expanduser()), local_files_only=True, **kw)
+    except (OSError, ValueError) as exc:
+        raise RelgenError(f"backbone {cfg.name}: could not read '{source}' as a {cfg.family} checkpoint "
+                          f"({exc}); set backbone.single_file_config= to a local diffusers folder of the "
+                          "same model family") from exc
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if cfg.family == "sdxl" else [])
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if cfg.family == "sdxl" else [])
+    scheduler_config = dict(pipe.scheduler.config)
+    return dict(tokenizers=tokenizers, text_encoders=encoders, unet=pipe.unet, vae=pipe.vae,
+                noise_scheduler=_training_scheduler(scheduler_config), scheduler_config=scheduler_config)
+
+
+def _training_scheduler(scheduler_config: dict):
+    """DDPM with the checkpoint's betas and prediction type (as diffusers' training scripts)."""
+    from diffusers import DDPMScheduler
+
+    keep = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    sched = DDPMScheduler.from_config(keep)
+    return sched
+
+
+def _cast(module, dtype: torch.dtype):
+    return module if module.dtype == dtype else module.to(dtype)
+
+
+def _quiet_libraries() -> None:
+    """No per-file progress bars or informational logs from diffusers/transformers."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

@@ -1,0 +1,151 @@
+"""Typed schemas for every Hydra config group.
+
+Each YAML option starts with ``defaults: [/schema/<group>/<schema>@_here_, _self_]``, so a
+wrong type (``method.lr=abc``) or an unknown key (``method.lrr=1``) fails when Hydra composes
+the config, before anything is loaded. Method-specific schemas extend :class:`MethodConfig`
+and register themselves with :func:`register_schema`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class BackboneConfig:
+    """Where a Stable Diffusion backbone comes from and how it runs.
+
+    Attributes:
+        name: registry name (``sd15``, ``sd21_base``, ``sd21``, ``sdxl``, ``tiny_*``).
+        family: ``sd`` (one CLIP text encoder: SD 1.x / 2.x) or ``sdxl`` (two encoders).
+        pretrained: a hub id, a local diffusers folder, or a single ``.safetensors`` file.
+        single_file_config: for a single file, a local diffusers folder (or hub id available
+            offline) holding the model's configs; required when the hub is unreachable.
+        tiny: build seeded random weights of this structure ("sd15", "sd21", "sdxl") instead.
+        resolution: native training and generation resolution in pixels.
+        prediction_type: what the checkpoint predicts; checked against its scheduler config.
+        dtype: weight dtype of the frozen modules (trainable parameters always stay fp32).
+        vae_dtype: VAE dtype (SDXL's VAE produces NaNs in fp16: keep float32 there).
+        inference_scheduler: the scheduler generation uses by default.
+    """
+
+    name: str = MISSING
+    family: str = "sd"
+    pretrained: Optional[str] = None
+    revision: Optional[str] = None
+    variant: Optional[str] = None
+    single_file_config: Optional[str] = None
+    tiny: Optional[str] = None  # "sd15" | "sd21" | "sdxl": build random weights of that structure
+    tiny_seed: int = 0
+    resolution: int = 512
+    prediction_type: str = "epsilon"
+    dtype: str = "float32"
+    vae_dtype: str = "float32"
+    inference_scheduler: str = "pndm"
+    inference_steps: int = 50
+    guidance_scale: float = 7.5
+
+
+@dataclass
+class DatasetConfig:
+    """A dataset option. ``root`` points at the official layout for the ``*_folder`` readers;
+    the synthetic ``shapes_*`` generators write the same layout under the cache folder."""
+
+    name: str = MISSING
+    root: Optional[str] = None
+    resolution: Optional[int] = None  # None: the backbone's native resolution
+    seed: int = 0
+    size: int = 64  # synthetic image size in pixels
+    relations: list[str] = field(default_factory=list)  # synthetic: "A R B" triples or words
+    num_images: int = 6
+    num_items: int = 4
+
+
+@dataclass
+class MethodConfig:
+    """The fields every method shares: its training recipe.
+
+    Defaults follow the released code of each method; paper values are ``experiment`` presets.
+    """
+
+    name: str = MISSING
+    lr: float = 1e-4
+    scale_lr: bool = False  # lr *= batch_size * grad_accum * num_processes (diffusers' --scale_lr)
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    batch_size: int = 1
+    grad_accum: int = 1
+    max_steps: int = 100
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: Optional[float] = None
+    checkpoint_every: int = 500
+    timestep_sampler: str = "uniform"  # or "relation_focal" (ReVersion Eq. 6)
+    focal_alpha: float = 0.5
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_seed: int = 0
+    sample_steps: Optional[int] = None  # None: the backbone's inference default
+    sample_guidance: Optional[float] = None
+
+
+@dataclass
+class TrainerConfig:
+    """Engineering settings of the one training loop (not part of a method's recipe)."""
+
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (trainable parameters stay fp32)
+    cpu: bool = False  # force the CPU even when an accelerator is present
+    max_steps: Optional[int] = None  # overrides method.max_steps (e.g. trainer=debug)
+    checkpoint_every: Optional[int] = None  # overrides method.checkpoint_every
+    keep_checkpoints: int = 2
+    sample_every: Optional[int] = None  # also render the sample grid every N steps
+    sample_at_end: bool = True
+    num_samples: int = 2  # images per sample prompt in the grid
+    log_every: int = 1
+    tensorboard: bool = True
+    progress: bool = True
+    gradient_checkpointing: bool = False
+    cache_latents: bool = True
+
+
+@dataclass
+class RunConfig:
+    backbone: BackboneConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    method: MethodConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    seed: int = 0
+    output_root: str = "outputs"
+    cache_dir: Optional[str] = None  # None: $RELGEN_CACHE or ~/.cache/relgen
+    resume: Optional[str] = None  # "latest" or a checkpoint folder
+    dry_run: bool = False
+    experiment: Optional[Any] = None
+
+
+_store = ConfigStore.instance()
+
+
+def register_schema(group: str, name: str, node: type) -> None:
+    """Make ``/schema/<group>/<name>`` available to YAML defaults lists."""
+    _store.store(group=f"schema/{group}", name=name, node=node)
+
+
+register_schema("backbone", "backbone", BackboneConfig)
+register_schema("dataset", "dataset", DatasetConfig)
+register_schema("method", "base", MethodConfig)
+register_schema("trainer", "trainer", TrainerConfig)
+_store.store(name="run_schema", node=RunConfig)
+
+
+def _register_builtin_schemas() -> None:
+    from relgen.methods.textual_inversion.config import TextualInversionConfig
+
+    register_schema("method", "textual_inversion", TextualInversionConfig)
+
+
+_register_builtin_schemas()

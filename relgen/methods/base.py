@@ -1,0 +1,149 @@
+"""The Method interface: what a plugin implements so the one training loop can run it.
+
+A method is constructed on a loaded backbone, prepares its data (caching latents and frozen
+encoder outputs once), exposes its trainable parameters, computes one micro-batch loss, and
+exports an artifact that :class:`Artifact` applies to a diffusers pipeline.
+
+The loop owns everything else: devices, precision, accumulation, clipping, LR schedule,
+checkpoints, logging and sample grids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import torch
+
+from relgen.config import MethodConfig
+
+
+@dataclass
+class StepOutput:
+    """A micro-batch loss and the scalars to log with it."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What the loop hands to a training step.
+
+    Attributes:
+        generator: the run's training generator (noise, timesteps, data draws); its state is
+            checkpointed, so resumed runs draw exactly what an uninterrupted run would.
+        sample_timesteps: the configured timestep sampler, ``(n, generator) -> LongTensor[n]``.
+        step: the optimizer step being accumulated (0-based).
+        micro_step: the micro-batch index within that step.
+    """
+
+    generator: torch.Generator
+    sample_timesteps: Any
+    step: int = 0
+    micro_step: int = 0
+
+
+class Artifact:
+    """A trained artifact that can be applied to a diffusers pipeline.
+
+    ``relgen.load(run_dir)`` returns one. ``apply(pipe)`` installs what the method trained
+    (token rows, LoRA, graph network); ``pipeline_inputs`` turns prompts into the pipeline's
+    keyword arguments (plain strings by default, prompt embeddings for methods that edit them).
+    """
+
+    method: str = ""
+
+    def apply(self, pipe) -> None:
+        raise NotImplementedError
+
+    def pipeline_inputs(self, pipe, prompts: list[str], **options) -> dict:
+        return {"prompt": prompts}
+
+    def sample_prompts(self) -> list[str]:
+        return []
+
+
+class Method:
+    """Base class of method plugins (see the module docstring).
+
+    Class attributes:
+        name: the registry name.
+        dataset_formats: dataset kinds the method reads ("reversion", "rrnet",
+            "dreamrelation"); checked before any weights load.
+        requires: fields the dataset must provide (e.g. {"keypoints"}).
+        families: backbone families it supports.
+    """
+
+    name: ClassVar[str] = ""
+    dataset_formats: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[frozenset[str]] = frozenset()
+    families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl"})
+
+    def __init__(self, cfg: MethodConfig, backbone, data) -> None:
+        self.cfg = cfg
+        self.backbone = backbone
+        self.data = data
+
+    # -- training ---------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[dict]:
+        """Optimizer parameter groups (all fp32)."""
+        raise NotImplementedError
+
+    def next_batch(self, generator: torch.Generator) -> Any:
+        """Draw the next micro-batch using only ``generator`` for randomness."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, ctx: StepContext) -> StepOutput:
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimizer update (e.g. restore frozen token rows)."""
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: trained tensors plus any schedule position."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- artifacts --------------------------------------------------------------------------
+    def export(self, out_dir: Path) -> list[Path]:
+        """Write the trained artifact in standard formats; return the files written."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_artifact(cls, export_dir: Path, meta: dict) -> Artifact:
+        """Read what :meth:`export` wrote (or an official checkpoint) for generation."""
+        raise NotImplementedError
+
+    def live_artifact(self) -> Artifact:
+        """An artifact bound to the in-training state, for sample grids during training."""
+        raise NotImplementedError
+
+    def sample_prompts(self) -> list[str]:
+        return list(self.cfg.sample_prompts)
+
+
+def check_capabilities(method_cls: type[Method], family: str, dataset_format: str,
+                       provides: frozenset[str], method_name: str, backbone_name: str,
+                       dataset_name: str) -> None:
+    """Refuse incompatible combinations before any weights are loaded."""
+    from relgen.errors import ConfigError
+
+    if family not in method_cls.families:
+        raise ConfigError(f"method {method_name} does not support backbone {backbone_name} "
+                          f"(family {family}); supported families: {sorted(method_cls.families)}")
+    if method_cls.dataset_formats and dataset_format not in method_cls.dataset_formats:
+        raise ConfigError(f"method {method_name} reads {'/'.join(method_cls.dataset_formats)} datasets, "
+                          f"but dataset {dataset_name} is a {dataset_format} dataset")
+    missing = method_cls.requires - provides
+    if missing:
+        raise ConfigError(f"method {method_name} needs {sorted(missing)} from the dataset, which "
+                          f"dataset {dataset_name} does not provide")
+
+
+def optional_path(p: Optional[str]) -> Optional[Path]:
+    return Path(p).expanduser() if p else None

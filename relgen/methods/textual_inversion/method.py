@@ -1,0 +1,176 @@
+"""Textual inversion: learn a placeholder token's embedding row in every text encoder.
+
+The reference plugin (and the baseline of ReVersion and RRNet). Captions come from a
+ReVersion-layout dataset: each image has caption templates whose ``{}`` is filled with the
+placeholder token. Loss: the denoising MSE against the backbone's target (epsilon or v).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from relgen.errors import RelgenError
+from relgen.methods.base import Artifact, Method, StepContext, StepOutput
+from relgen.methods.textual_inversion.config import TextualInversionConfig
+from relgen.methods.textual_inversion.embeddings import PlaceholderEmbeddings
+
+EMBEDS_FILE = "learned_embeds.safetensors"
+
+
+class TextualInversion(Method):
+    name = "textual_inversion"
+    config_class = TextualInversionConfig
+    dataset_formats = ("reversion",)
+    requires = frozenset({"images", "captions"})
+
+    def __init__(self, cfg: TextualInversionConfig, backbone, data) -> None:
+        super().__init__(cfg, backbone, data)
+        from relgen.data.latents import latent_dists
+
+        self.token = cfg.placeholder_token
+        self.embeds = PlaceholderEmbeddings(backbone, [self.token], cfg.initializer_token)
+        self.embeds.attach()
+        self.resolution = cfg.resolution or backbone.resolution
+        self.items = list(data.items)
+        # Exemplar latents are encoded once (and cached on disk); the step only samples them.
+        self.latent_dists = latent_dists(backbone, [it.image for it in self.items], self.resolution)
+
+    # -- training ---------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[dict]:
+        return [{"params": list(self.embeds.rows)}]
+
+    def next_batch(self, generator: torch.Generator) -> dict[str, Any]:
+        n = self.cfg.batch_size
+        idx = torch.randint(0, len(self.items), (n,), generator=generator)
+        captions = []
+        for i in idx.tolist():
+            templates = self.items[i].templates
+            j = int(torch.randint(0, len(templates), (1,), generator=generator))
+            captions.append(templates[j].format(self.token))  # one random template per sample
+        return {"index": idx, "captions": captions}
+
+    def denoising_loss(self, batch: dict[str, Any], ctx: StepContext):
+        """Returns (loss, token ids per encoder) for the batch's captions."""
+        bb = self.backbone
+        gen = ctx.generator
+        latents = bb.sample_latents(self.latent_dists[batch["index"]], gen).to(bb.device)
+        noise = torch.randn(latents.shape, generator=gen).to(bb.device)
+        t = ctx.sample_timesteps(latents.shape[0], gen).to(bb.device)
+        noisy = bb.add_noise(latents, noise, t)
+        ids = bb.tokenize(batch["captions"])
+        cond = bb.encode_text(ids)
+        pred = bb.unet_forward(noisy.to(bb.unet.dtype), t, cond)
+        target = bb.training_target(latents, noise, t)
+        return F.mse_loss(pred.float(), target.float()), ids
+
+    def training_step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
+        loss, _ = self.denoising_loss(batch, ctx)
+        return StepOutput(loss, {})
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {f"rows.{k}": v for k, v in self.embeds.named_rows().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for key, rows in zip(self.embeds.keys, self.embeds.rows):
+                rows.copy_(state[f"rows.{key}"])
+
+    # -- artifacts --------------------------------------------------------------------------
+    def export(self, out_dir: Path) -> list[Path]:
+        self.embeds.write_into_encoders()
+        return [save_token_embeddings(out_dir / EMBEDS_FILE, self.token, self.embeds.named_rows())]
+
+    @classmethod
+    def load_artifact(cls, export_dir: Path, meta: dict) -> "TokenArtifact":
+        return TokenArtifact.from_file(Path(export_dir) / EMBEDS_FILE, meta)
+
+    def live_artifact(self) -> "TokenArtifact":
+        self.embeds.write_into_encoders()
+        return TokenArtifact(self.token, self.embeds.named_rows(), self.sample_prompts(), self.name)
+
+    def sample_prompts(self) -> list[str]:
+        if self.cfg.sample_prompts:
+            return list(self.cfg.sample_prompts)
+        prompts = []
+        for item in self.items[: self.cfg.num_sample_prompts]:
+            prompts.append(item.templates[0].format(self.token))
+        return prompts
+
+
+# ------------------------------------------------------------------------------------------
+# Export format: diffusers' textual-inversion file. SD 1.x/2.x: {token: (D,)} (one key, as
+# diffusers' textual_inversion.py writes). SDXL: {"clip_l": (n, 768), "clip_g": (n, 1280)},
+# the community format whose parts load with load_textual_inversion(..., text_encoder=...).
+
+
+def save_token_embeddings(path: Path, token: str, rows: dict[str, torch.Tensor]) -> Path:
+    from safetensors.torch import save_file
+
+    if set(rows) == {"text_encoder"}:
+        tensors = {token: rows["text_encoder"][0].contiguous()}
+    else:
+        tensors = {key: value.contiguous() for key, value in rows.items()}
+    save_file(tensors, str(path), metadata={"placeholder_token": token, "format": "relgen-ti"})
+    return path
+
+
+class TokenArtifact(Artifact):
+    """Learned rows for one placeholder token, per text encoder key."""
+
+    def __init__(self, token: str, rows: dict[str, torch.Tensor], prompts: list[str], method: str) -> None:
+        self.token = token
+        self.rows = rows
+        self.prompts = prompts
+        self.method = method
+
+    @classmethod
+    def from_file(cls, path: Path, meta: dict) -> "TokenArtifact":
+        from safetensors import safe_open
+
+        if not path.is_file():
+            raise RelgenError(f"{path}: exported embeddings not found; was the run finished?")
+        with safe_open(str(path), "pt") as f:
+            token = (f.metadata() or {}).get("placeholder_token") or meta["method_config"]["placeholder_token"]
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if set(tensors) <= {"clip_l", "clip_g"}:
+            rows = {k: v.reshape(-1, v.shape[-1]) for k, v in tensors.items()}
+        else:
+            (name, value), = tensors.items()
+            token = name
+            rows = {"text_encoder": value.reshape(1, -1)}
+        return cls(token, rows, list(meta.get("method_config", {}).get("sample_prompts") or []), meta["method"])
+
+    def apply(self, pipe) -> None:
+        """Add the token to the pipeline's tokenizer(s) and write its rows (idempotent)."""
+        from relgen.backbones.base import fix_eos_token_id
+
+        pairs = [("text_encoder", pipe.tokenizer, pipe.text_encoder)]
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            pairs = [("clip_l", pipe.tokenizer, pipe.text_encoder),
+                     ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)]
+        for key, tok, enc in pairs:
+            if key not in self.rows:
+                raise RelgenError(f"the artifact has rows for {sorted(self.rows)} but the pipeline needs "
+                                  f"'{key}'; it was trained on another backbone family")
+            row = self.rows[key][0]
+            width = enc.get_input_embeddings().weight.shape[1]
+            if row.shape[0] != width:
+                raise RelgenError(f"token {self.token}: learned row is {row.shape[0]}-wide but the pipeline's "
+                                  f"{key} embeds {width}-wide; use a pipeline of the backbone it was trained on")
+            if self.token not in tok.get_vocab():
+                tok.add_tokens([self.token])
+            tid = tok.convert_tokens_to_ids(self.token)
+            if tid >= enc.get_input_embeddings().weight.shape[0]:
+                enc.resize_token_embeddings(len(tok))
+            fix_eos_token_id(enc, tok)
+            with torch.no_grad():
+                weight = enc.get_input_embeddings().weight
+                weight[tid] = row.to(weight.device, weight.dtype)
+
+    def sample_prompts(self) -> list[str]:
+        return self.prompts

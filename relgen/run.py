@@ -1,0 +1,103 @@
+"""One training run: check, load, train, export, sample, summarise.
+
+The order matters for users: everything that can be checked without weights (config, data,
+method/dataset/backbone capabilities) is checked first, so a typo costs seconds, not the
+minutes it takes to load SDXL. ``dry_run=true`` stops after those checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from relgen.errors import ConfigError
+
+log = logging.getLogger("relgen")
+
+
+def run_training(cfg: DictConfig, run_dir: str) -> int:
+    from relgen.data.registry import open_dataset
+    from relgen.methods.base import check_capabilities
+    from relgen.registry import get_backbone, get_method
+
+    run_dir = Path(run_dir)
+    method_cls = get_method(cfg.method.name)
+    get_backbone(cfg.backbone.name)  # unknown names fail here, listing the known ones
+    dataset = open_dataset(cfg.dataset, cfg.cache_dir)
+    check_capabilities(method_cls, cfg.backbone.family, dataset.format, dataset.provides,
+                       cfg.method.name, cfg.backbone.name, cfg.dataset.name)
+    data = dataset.load()  # reads and validates every file now
+    if cfg.dry_run:
+        print(f"relgen: dry run ok: method={cfg.method.name} backbone={cfg.backbone.name} "
+              f"dataset={cfg.dataset.name} ({dataset.describe(data)}); no weights were loaded")
+        return 0
+
+    import torch
+    from accelerate import Accelerator
+
+    from relgen.train.loop import Trainer, write_json
+
+    acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu)
+    torch.manual_seed(cfg.seed)
+    backbone = get_backbone(cfg.backbone.name)(cfg.backbone, cfg.cache_dir, acc.device)
+    if cfg.trainer.gradient_checkpointing:
+        backbone.unet.enable_gradient_checkpointing()
+    method = method_cls(cfg.method, backbone, data)
+    trainer = Trainer(cfg, run_dir, acc, backbone, method)
+    if cfg.resume:
+        trainer.resume(cfg.resume)
+    elif acc.is_main_process and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        raise ConfigError(f"{run_dir}: already holds checkpoints; pass resume=latest to continue it "
+                          "or choose a new hydra.run.dir")
+    result = trainer.train()
+    if not acc.is_main_process:
+        return 0
+
+    export_dir = export_run(cfg, run_dir, method)
+    samples = None
+    if cfg.trainer.sample_at_end:
+        samples = trainer.sample_grid("final")
+    summary = {
+        "method": cfg.method.name, "backbone": cfg.backbone.name, "dataset": cfg.dataset.name,
+        "steps": trainer.step, "final": result["final_logs"], "train_seconds": round(result["seconds"], 2),
+        "run_dir": str(run_dir), "export": str(export_dir),
+        "samples": str(samples) if samples else None,
+        "checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.csv"),
+    }
+    write_json(run_dir / "summary.json", summary)
+    print(f"relgen: trained {cfg.method.name} on {cfg.backbone.name} for {trainer.step} steps")
+    for key in ("run_dir", "export", "samples", "checkpoints", "metrics"):
+        if summary[key]:
+            print(f"  {key:12s} {summary[key]}")
+    return 0
+
+
+def export_run(cfg: DictConfig, run_dir: Path, method) -> Path:
+    """Write ``export/`` (artifact files + ``relgen.json``) atomically."""
+    import relgen
+
+    final = run_dir / "export"
+    tmp = run_dir / f".export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files = method.export(tmp)
+    meta: dict[str, Any] = {
+        "method": cfg.method.name,
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
+        "dataset": cfg.dataset.name,
+        "cache_dir": cfg.cache_dir,
+        "files": [p.name for p in files],
+        "relgen_version": relgen.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (tmp / "relgen.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final

@@ -1,0 +1,204 @@
+"""The one training loop. Every method runs through it.
+
+A *step* is one optimizer update made of ``grad_accum`` micro-batches. Checkpoints fall on
+step boundaries and hold everything needed to continue bit for bit: method state, optimizer,
+LR scheduler, RNG states and the step. All randomness of a step (data draws, noise,
+timesteps) comes from one ``torch.Generator`` that is part of that state.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from relgen.errors import RelgenError
+from relgen.methods.base import Method, StepContext
+from relgen.train import checkpoint as ckpt
+from relgen.train.timesteps import make_timestep_sampler
+
+log = logging.getLogger("relgen")
+
+
+def effective_lr(mcfg, num_processes: int) -> float:
+    """``scale_lr`` multiplies by batch × accumulation × processes (diffusers' --scale_lr)."""
+    if mcfg.scale_lr:
+        return mcfg.lr * mcfg.batch_size * mcfg.grad_accum * num_processes
+    return mcfg.lr
+
+
+class Trainer:
+    """Runs ``method`` for ``max_steps`` optimizer steps in ``run_dir``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, accelerator, backbone, method: Method) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.acc = accelerator
+        self.backbone = backbone
+        self.method = method
+        mcfg, tcfg = cfg.method, cfg.trainer
+        self.max_steps = tcfg.max_steps if tcfg.max_steps is not None else mcfg.max_steps
+        self.checkpoint_every = tcfg.checkpoint_every or mcfg.checkpoint_every
+        self.grad_accum = mcfg.grad_accum
+
+        # Trainable parameters always stay fp32, whatever the frozen modules' dtype; mixed
+        # precision only changes the compute dtype (avoids "Attempting to unscale FP16 gradients").
+        self.param_groups = method.trainable_parameters()
+        self.params = [p for g in self.param_groups for p in g["params"]]
+        for p in self.params:
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
+        self.lr = effective_lr(mcfg, accelerator.num_processes)
+        optimizer = torch.optim.AdamW(self.param_groups, lr=self.lr, betas=(mcfg.adam_beta1, mcfg.adam_beta2),
+                                      eps=mcfg.adam_epsilon, weight_decay=mcfg.weight_decay)
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(mcfg.lr_scheduler, optimizer, num_warmup_steps=mcfg.lr_warmup_steps,
+                                          num_training_steps=self.max_steps)
+        self.optimizer = accelerator.prepare(optimizer)
+        # One generator for all of a step's randomness; ranks draw different streams.
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1000003 * accelerator.process_index)
+        self.sample_timesteps = make_timestep_sampler(mcfg.timestep_sampler, backbone.num_train_timesteps,
+                                                      mcfg.focal_alpha)
+        self.step = 0
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {"method": self.cfg.method.name, "backbone": self.cfg.backbone.name, "step": self.step,
+                "method_state": self.method.state_dict(), "optimizer": self.optimizer.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(), "rng": ckpt.rng_state(self.generator)}
+
+    def resume(self, resume: str) -> None:
+        path = ckpt.find_checkpoint(self.run_dir, resume)
+        state = ckpt.load_checkpoint(path)
+        ckpt.check_same_run(state, self.cfg.method.name, self.cfg.backbone.name, path)
+        self.method.load_state_dict(state["method_state"])
+        self.optimizer.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        ckpt.restore_rng_state(state["rng"], self.generator)
+        self.step = int(state["step"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save(self) -> Optional[Path]:
+        if not self.acc.is_main_process:
+            return None
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.state(), self.config_yaml,
+                                    keep=self.cfg.trainer.keep_checkpoints)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        tcfg = self.cfg.trainer
+        main = self.acc.is_main_process
+        metrics = _MetricsWriter(self.run_dir, tensorboard=tcfg.tensorboard) if main else None
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not (main and tcfg.progress),
+                   desc=f"{self.cfg.method.name}", dynamic_ncols=True)
+        last_logs: dict[str, float] = {}
+        started = time.time()
+        while self.step < self.max_steps:
+            step_logs: dict[str, float] = {}
+            for micro in range(self.grad_accum):
+                ctx = StepContext(self.generator, self.sample_timesteps, self.step, micro)
+                batch = self.method.next_batch(self.generator)
+                with self.acc.autocast():
+                    out = self.method.training_step(batch, ctx)
+                if not torch.isfinite(out.loss):
+                    last = ckpt.checkpoint_dirs(self.run_dir)
+                    where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+                    raise RelgenError(f"step {self.step + 1}: the loss is {out.loss.item()} (not finite); "
+                                      f"stopping, {where}; lower method.lr or check the data")
+                self.acc.backward(out.loss / self.grad_accum)
+                for k, v in {"loss": out.loss.item(), **out.logs}.items():
+                    step_logs[k] = step_logs.get(k, 0.0) + float(v) / self.grad_accum
+            if self.acc.num_processes > 1:
+                # Methods train few parameters and call modules in their own way, so gradients
+                # are averaged explicitly instead of wrapping a module in DDP.
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad = self.acc.reduce(p.grad, reduction="mean")
+            if self.cfg.method.max_grad_norm:
+                step_logs["grad_norm"] = float(self.acc.clip_grad_norm_(self.params, self.cfg.method.max_grad_norm))
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.method.after_optimizer_step()
+            self.step += 1
+            step_logs["lr"] = self.lr_scheduler.get_last_lr()[0]
+            last_logs = step_logs
+            if metrics and (self.step % tcfg.log_every == 0 or self.step == self.max_steps):
+                metrics.write(self.step, step_logs)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_logs['loss']:.4f}")
+            if self.step % self.checkpoint_every == 0 or self.step == self.max_steps:
+                self.save()
+            if main and tcfg.sample_every and self.step % tcfg.sample_every == 0 and self.step < self.max_steps:
+                self.sample_grid(f"step-{self.step:06d}")
+            self.acc.wait_for_everyone()
+        bar.close()
+        if metrics:
+            metrics.close()
+        return {"final_logs": last_logs, "seconds": time.time() - started}
+
+    def sample_grid(self, tag: str) -> Optional[Path]:
+        """Render the method's sample prompts with fixed seeds into ``samples/<tag>.png``."""
+        from relgen.generate import GenerationOptions, render_grid
+
+        prompts = self.method.sample_prompts()
+        if not prompts:
+            return None
+        mcfg = self.cfg.method
+        opts = GenerationOptions(seed=mcfg.sample_seed, num_images=self.cfg.trainer.num_samples,
+                                 steps=mcfg.sample_steps, guidance=mcfg.sample_guidance)
+        return render_grid(self.backbone, self.method.live_artifact(), prompts, opts,
+                           self.run_dir / "samples" / f"{tag}.png")
+
+
+class _MetricsWriter:
+    """metrics.csv (one row per logged step) and TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+        self.path = Path(run_dir) / "metrics.csv"
+        self.fields: Optional[list[str]] = None
+        if self.path.exists():
+            with open(self.path) as f:
+                self.fields = next(csv.reader(f), None)
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def write(self, step: int, logs: dict[str, float]) -> None:
+        if self.fields is None:
+            self.fields = ["step"] + sorted(logs)
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(self.fields)
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([step] + [_fmt(logs.get(k)) for k in self.fields[1:]])
+        if self.tb:
+            for k, v in logs.items():
+                if v is not None and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+
+
+def _fmt(v) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = Path(path).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)

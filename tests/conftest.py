@@ -1,0 +1,51 @@
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet for every test; set before torch/diffusers/dgl are imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("DGLBACKEND", "pytorch")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """The official-format samples, found through RELGEN_SAMPLES_DIR; skip when unset."""
+    root = os.environ.get("RELGEN_SAMPLES_DIR")
+    if not root or not Path(root).is_dir():
+        pytest.skip("RELGEN_SAMPLES_DIR is not set to the official samples folder")
+    return Path(root)
+
+
+# One cache folder per test session: tiny backbones and synthetic datasets are built once,
+# and nothing is written to the user's ~/.cache.
+if "RELGEN_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["RELGEN_CACHE"] = tempfile.mkdtemp(prefix="relgen-test-cache-")
+
+
+def compose(*overrides: str):
+    """The run config Hydra composes for these command-line overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    import relgen.config  # noqa: F401
+
+    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def load_tiny(name: str, **overrides):
+    """A freshly loaded tiny backbone (methods mutate backbones, so never share one)."""
+    from omegaconf import OmegaConf
+
+    from relgen.backbones.loading import load_backbone
+
+    cfg = compose(f"backbone={name}").backbone
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return load_backbone(cfg)
