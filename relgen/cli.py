@@ -31,6 +31,10 @@ def run_cli(body: Callable[[], int]) -> int:
         return 130
 
 
+class JobFailed(RuntimeError):
+    """A sweep job that stopped with a user error (already printed)."""
+
+
 def train_main() -> None:
     """``python -m relgen method=<m> backbone=<b> dataset=<d> [trainer=...]``."""
     import hydra
@@ -43,12 +47,12 @@ def train_main() -> None:
 
         from relgen.run import run_training
 
-        run_dir = HydraConfig.get().runtime.output_dir
-        code = run_cli(lambda: run_training(cfg, run_dir))
+        hc = HydraConfig.get()
+        code = run_cli(lambda: run_training(cfg, hc.runtime.output_dir))
         if code:
-            # In a sweep, raising lets Hydra record the failure and move on to the next job.
-            if HydraConfig.get().mode.name == "MULTIRUN":
-                raise SystemExit(code)
+            if hc.mode.name == "MULTIRUN":
+                # An ordinary exception: Hydra records this job as failed and runs the others.
+                raise JobFailed(f"job {hc.job.num} ({hc.job.override_dirname}) failed with exit code {code}")
             sys.exit(code)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

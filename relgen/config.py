@@ -143,9 +143,15 @@ _store.store(name="run_schema", node=RunConfig)
 
 
 def _register_builtin_schemas() -> None:
+    from relgen.methods.relationbooth.config import RelationBoothConfig
+    from relgen.methods.reversion.config import ReVersionConfig
+    from relgen.methods.rrnet.config import RRNetConfig
     from relgen.methods.textual_inversion.config import TextualInversionConfig
 
     register_schema("method", "textual_inversion", TextualInversionConfig)
+    register_schema("method", "reversion", ReVersionConfig)
+    register_schema("method", "rrnet", RRNetConfig)
+    register_schema("method", "relationbooth", RelationBoothConfig)
 
 
 _register_builtin_schemas()

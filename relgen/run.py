@@ -33,6 +33,9 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
     check_capabilities(method_cls, cfg.backbone.family, dataset.format, dataset.provides,
                        cfg.method.name, cfg.backbone.name, cfg.dataset.name)
     data = dataset.load()  # reads and validates every file now
+    check_data = getattr(method_cls, "check_data", None)
+    if check_data is not None:  # optional hook: method checks that need the data, not weights
+        check_data(cfg.method, data)
     if cfg.dry_run:
         print(f"relgen: dry run ok: method={cfg.method.name} backbone={cfg.backbone.name} "
               f"dataset={cfg.dataset.name} ({dataset.describe(data)}); no weights were loaded")
@@ -44,6 +47,9 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
     from relgen.train.loop import Trainer, write_json
 
     acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
     backbone = get_backbone(cfg.backbone.name)(cfg.backbone, cfg.cache_dir, acc.device)
     if cfg.trainer.gradient_checkpointing:

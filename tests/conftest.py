@@ -49,3 +49,14 @@ def load_tiny(name: str, **overrides):
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     return load_backbone(cfg)
+
+
+def run_relgen(*args: str, module: str = "relgen", timeout: int = 300, env: dict | None = None, cwd=None):
+    """Run ``python -m <module> args...`` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd)

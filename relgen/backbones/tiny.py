@@ -16,17 +16,7 @@ from pathlib import Path
 
 import torch
 
-# Words that tokenise to a single token in the tiny tokenizer (everything else still works,
-# falling back to byte-level pieces).
-TINY_WORDS = [
-    "a", "an", "the", "is", "of", "and", "photo", "this", "on", "in", "above", "below", "under",
-    "over", "inside", "left", "right", "to", "top", "beside", "near", "next", "placed", "with",
-    "cat", "dog", "book", "bowl", "stone", "cube", "ball", "red", "green", "blue", "yellow",
-    "purple", "orange", "white", "black", "circle", "square", "triangle", "star", "cross",
-    "diamond", "ring", "hugging", "hug", "painted", "carved", "by",
-]
-
-TINY_VERSION = "1"  # bump when the builders change, so cached folders are rebuilt
+TINY_VERSION = "2"  # bump when the builders change, so cached folders are rebuilt
 
 
 def build_tiny_components(family: str, prediction_type: str, seed: int, tokenizer_dir: Path) -> dict:
@@ -36,9 +26,10 @@ def build_tiny_components(family: str, prediction_type: str, seed: int, tokenize
     from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
                               CLIPTokenizer)
 
-    from relgen.data._tiny_tokenizer import write_tiny_clip_tokenizer
+    from relgen.data._tiny_tokenizer import DEFAULT_WORDS, write_tiny_clip_tokenizer
 
-    write_tiny_clip_tokenizer(tokenizer_dir, TINY_WORDS)
+    # whole words of the synthetic datasets and common prompts are single tokens
+    write_tiny_clip_tokenizer(tokenizer_dir, DEFAULT_WORDS)
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
     tok_bang = CLIPTokenizer.from_pretrained(tokenizer_dir, pad_token="!")
 

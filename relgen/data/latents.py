@@ -12,18 +12,17 @@ from typing import Optional, Sequence
 
 import torch
 
-RESIZE_POLICY = "bicubic-resize-nocrop-noflip"
 
 
 def latent_dists(backbone, paths: Sequence[Path], resolution: int, use_disk_cache: bool = True,
-                 batch_size: int = 4) -> torch.Tensor:
-    """Posterior parameters (N, 2C, h, w) of ``paths`` resized to ``resolution`` (bicubic)."""
+                 batch_size: int = 4, resample: str = "bicubic") -> torch.Tensor:
+    """Posterior parameters (N, 2C, h, w) of ``paths`` resized to ``resolution`` (no crop, no flip)."""
     from relgen.backbones.base import cache_root
     from relgen.data.cache import TensorCache, cache_key
     from relgen.data.images import image_digest, load_image
 
     cache = TensorCache(cache_root(backbone.cache_dir) / "latents") if use_disk_cache else None
-    keys = [cache_key(image_digest(p), resolution, RESIZE_POLICY, backbone.identity, "vae") for p in paths]
+    keys = [cache_key(image_digest(p), resolution, f"{resample}-resize-nocrop-noflip", backbone.identity, "vae") for p in paths]
     out: list[Optional[torch.Tensor]] = [None] * len(paths)
     todo = []
     for i, key in enumerate(keys):
@@ -34,7 +33,7 @@ def latent_dists(backbone, paths: Sequence[Path], resolution: int, use_disk_cach
             todo.append(i)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        pixels = torch.stack([load_image(paths[i], resolution) for i in chunk])
+        pixels = torch.stack([load_image(paths[i], resolution, resample=resample) for i in chunk])
         dists = backbone.encode_latent_dist(pixels).cpu()
         for i, dist in zip(chunk, dists):
             out[i] = dist.clone()

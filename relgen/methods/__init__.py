@@ -4,3 +4,9 @@ from relgen.registry import register_method
 
 register_method("textual_inversion", "relgen.methods.textual_inversion.method:TextualInversion",
                 summary="textual inversion: placeholder token rows in every text encoder (baseline)")
+register_method("reversion", "relgen.methods.reversion.method:ReVersion",
+                summary="ReVersion: relation token <R> with steering contrastive loss and relation-focal sampling")
+register_method("rrnet", "relgen.methods.rrnet.method:RRNet",
+                summary="RRNet: heterogeneous graph attention network that adjusts the EOT embedding")
+register_method("relationbooth", "relgen.methods.relationbooth.method:RelationBooth",
+                summary="RelationBooth: cross-attention LoRA on an image-prompt branch with keypoint loss")

@@ -85,6 +85,8 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         ckpt.restore_rng_state(state["rng"], self.generator)
         self.step = int(state["step"])
+        if self.acc.is_main_process:
+            _truncate_metrics(self.run_dir / "metrics.csv", self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
     def save(self) -> Optional[Path]:
@@ -192,6 +194,19 @@ class _MetricsWriter:
     def close(self) -> None:
         if self.tb:
             self.tb.close()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after ``step`` (written before a crash, redone after resume)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    tmp.replace(path)
 
 
 def _fmt(v) -> str:

@@ -1,0 +1,170 @@
+"""Image files: listing, loading into [-1, 1] tensors, and content digests.
+
+Loading follows the released ReVersion and RRNet data code: convert to RGB, resize to the
+target size without preserving the aspect ratio (no crop, no flip), and scale the pixels to
+[-1, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from relgen.errors import ConfigError, DataError
+
+#: File-name suffixes (lower case, with the dot) treated as images; matched case-insensitively.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+)
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def one_line(text: object) -> str:
+    """Collapse ``text`` onto a single line (error messages must be one line)."""
+    return " ".join(str(text).split())
+
+
+def natural_key(name: str) -> list[object]:
+    """Sort key that orders embedded numbers by value: ``2.png`` before ``10.png``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """List the image files directly inside ``folder``.
+
+    Hidden files (names starting with ``.``, such as macOS ``._1.jpg`` resource forks) and
+    sub-folders are skipped.
+
+    Args:
+        folder: The folder to list.
+
+    Returns:
+        The image paths in natural order of their file names (``2.png`` before ``10.png``).
+
+    Raises:
+        DataError: If ``folder`` does not exist or is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder does not exist; create it and add the images")
+    paths = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and is_image_file(p)
+    ]
+    return sorted(paths, key=lambda p: natural_key(p.name))
+
+
+def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        height = width = size
+    else:
+        height, width = (int(s) for s in size)
+    if height <= 0 or width <= 0:
+        raise ConfigError(f"image size must be positive, got {size}")
+    return height, width
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open and fully decode an image as RGB.
+
+    Only the first frame of an animated GIF/WebP is used. An alpha channel is dropped (no
+    compositing), as ``PIL.Image.convert("RGB")`` in the released ReVersion code does.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        The decoded RGB image.
+
+    Raises:
+        DataError: If the file is missing or cannot be decoded, naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file does not exist; add it or remove what names it")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except Exception as exc:  # PIL raises many types (OSError, ValueError, SyntaxError, ...)
+        raise DataError(
+            f"{path}: cannot be read as an image ({one_line(exc)}); replace or remove it"
+        ) from exc
+
+
+def load_image(
+    path: str | Path, size: int | tuple[int, int], resample: str = "bicubic"
+) -> torch.Tensor:
+    """Load an image as a float tensor in [-1, 1].
+
+    The image is converted to RGB and resized to ``size`` with a plain resize: the aspect
+    ratio is not preserved and nothing is cropped or flipped, as in the released ReVersion
+    (``center_crop`` off by default, ``flip_p=0``) and RRNet (``VaeImageProcessor.preprocess``
+    at a fixed height and width) code.
+
+    Args:
+        path: The image file.
+        size: Target size; an int for a square image or ``(height, width)``.
+        resample: PIL resampling filter: ``nearest``, ``bilinear``, ``bicubic``, ``lanczos``,
+            ``box`` or ``hamming``.
+
+    Returns:
+        ``torch.float32`` tensor of shape ``[3, height, width]`` with values in [-1, 1].
+
+    Raises:
+        DataError: If the file is missing or cannot be decoded.
+        ConfigError: If ``size`` or ``resample`` is invalid.
+    """
+    height, width = _as_hw(size)
+    if resample not in _RESAMPLE:
+        raise ConfigError(
+            f"unknown resample filter '{resample}'; use one of {', '.join(sorted(_RESAMPLE))}"
+        )
+    image = open_rgb(path)
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=_RESAMPLE[resample])
+    array = np.asarray(image, dtype=np.float32)  # [H, W, 3] in [0, 255]
+    tensor = torch.from_numpy(array / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+    return tensor
+
+
+def image_digest(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes (used in cache keys).
+
+    Args:
+        path: The file.
+
+    Returns:
+        64 lower-case hex characters.
+
+    Raises:
+        DataError: If the file cannot be read.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({one_line(exc)}); check that it exists") from exc
+    return digest.hexdigest()
