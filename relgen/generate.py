@@ -4,8 +4,8 @@
 backbone and exported artifact, renders every prompt with the same seeds, and writes one
 folder of images and one grid per prompt under ``<run_dir>/generate/``.
 Options: ``prompts=[..]``, ``num_images``, ``seed``, ``steps``, ``guidance``, ``scheduler``,
-``batch_size``, ``negative_prompt``, ``out_dir``, and method options under ``method_options``
-(e.g. RRNet's ``method_options.scales=[0,0.5,1]``).
+``batch_size``, ``negative_prompt``, ``out_dir``, ``limit`` (render only the first N prompts),
+and method options under ``method_options`` (e.g. RRNet's ``method_options.scales=[0,0.5,1]``).
 """
 
 from __future__ import annotations
@@ -93,14 +93,36 @@ def slug(text: str, limit: int = 80) -> str:
 
 def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
                       out_dir: Optional[str] = None, backbone_overrides: Optional[dict] = None) -> list[Path]:
-    """Load a finished run and write one image folder and one grid per prompt."""
+    """Load a finished run and write one image folder and one grid per prompt.
+
+    Steps and guidance not given fall back to the run's ``method.sample_steps`` /
+    ``sample_guidance`` (then the backbone's defaults); no prompts: the run's sample prompts.
+    An artifact with a ``grid(pipe, prompts, opts, backbone_cfg, out_dir)`` method may render
+    its own layout (RRNet's λ grid for ``method_options.scales``); it returns ``None`` to decline.
+    """
+    from dataclasses import replace
+
     from relgen.api import load
+    from relgen.errors import ConfigError
 
     loaded = load(run_dir)
+    mcfg = loaded.meta.get("method_config") or {}
+    if opts.steps is None and mcfg.get("sample_steps"):
+        opts = replace(opts, steps=int(mcfg["sample_steps"]))
+    if opts.guidance is None and mcfg.get("sample_guidance") is not None:
+        opts = replace(opts, guidance=float(mcfg["sample_guidance"]))
+    prompts = list(prompts) or loaded.artifact.sample_prompts()
+    if not prompts:
+        raise ConfigError("relgen.generate: give prompt=... (or prompts=[...], or relation=<benchmark relation>)")
     backbone = loaded.load_backbone(**(backbone_overrides or {}))
     pipe = backbone.pipeline(opts.scheduler)
     loaded.apply(pipe)
     out = Path(out_dir) if out_dir else Path(run_dir) / "generate"
+    grid = getattr(loaded.artifact, "grid", None)
+    if grid is not None:
+        written = grid(pipe, prompts, opts, backbone.cfg, out)
+        if written is not None:
+            return written
     written = []
     rows = render(pipe, loaded.artifact, prompts, opts, backbone.cfg)
     for prompt, images in zip(prompts, rows):
@@ -121,7 +143,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     def body() -> int:
         args = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
         allowed = {"run_dir", "prompt", "prompts", "num_images", "seed", "steps", "guidance", "scheduler",
-                   "batch_size", "negative_prompt", "out_dir", "method_options", "relation"}
+                   "batch_size", "negative_prompt", "out_dir", "method_options", "relation", "limit"}
         unknown = set(args.keys()) - allowed
         from relgen.errors import ConfigError
 
@@ -140,8 +162,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             if args.relation not in scen:
                 raise ConfigError(f"relation '{args.relation}' is not a benchmark relation; known: {sorted(scen)}")
             loaded_prompts += [t.format("<R>") for t in scen[args.relation]]
-        if not loaded_prompts:
-            raise ConfigError("relgen.generate: give prompt=... (or prompts=[...], or relation=<benchmark relation>)")
+        if args.get("limit") is not None:
+            if int(args.limit) < 1:
+                raise ConfigError(f"relgen.generate: limit={args.limit} must be >= 1 (the number of prompts to render)")
+            loaded_prompts = loaded_prompts[:int(args.limit)]
         opts = GenerationOptions(
             seed=int(args.get("seed", 0)), num_images=int(args.get("num_images", 4)),
             steps=args.get("steps"), guidance=args.get("guidance"), scheduler=args.get("scheduler"),

@@ -72,6 +72,7 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
     summary = {
         "method": cfg.method.name, "backbone": cfg.backbone.name, "dataset": cfg.dataset.name,
         "steps": trainer.step, "final": result["final_logs"], "train_seconds": round(result["seconds"], 2),
+        "num_processes": acc.num_processes, "lr": trainer.lr, "device": str(acc.device),
         "run_dir": str(run_dir), "export": str(export_dir),
         "samples": str(samples) if samples else None,
         "checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.csv"),

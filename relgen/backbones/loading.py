@@ -22,8 +22,10 @@ def load_backbone(cfg: BackboneConfig, cache_dir: Optional[str] = None,
         raise ConfigError(f"backbone.family '{cfg.family}' must be 'sd' or 'sdxl'")
     _quiet_libraries()
     if cfg.tiny:
+        from relgen.backbones.tiny import TINY_VERSION
+
         source = str(materialize_tiny(cfg, cache_dir))
-        identity = f"tiny_{cfg.tiny}-seed{cfg.tiny_seed}-{cfg.prediction_type}"
+        identity = f"tiny_{cfg.tiny}-seed{cfg.tiny_seed}-{cfg.prediction_type}-v{TINY_VERSION}"
     else:
         if not cfg.pretrained:
             raise ConfigError(f"backbone {cfg.name}: set backbone.pretrained= to a hub id, a local "
@@ -35,6 +37,12 @@ def load_backbone(cfg: BackboneConfig, cache_dir: Optional[str] = None,
     else:
         parts = _load_folder(cfg, source)
 
+    return assemble_backbone(cfg, parts, identity, cache_dir, device)
+
+
+def assemble_backbone(cfg: BackboneConfig, parts: dict, identity: str, cache_dir: Optional[str] = None,
+                      device: Optional[torch.device] = None) -> Backbone:
+    """A frozen :class:`Backbone` from loaded modules (tokenizers, text_encoders, unet, vae, ...)."""
     dtype, vae_dtype = torch_dtype(cfg.dtype), torch_dtype(cfg.vae_dtype)
     keys = ["text_encoder"] if cfg.family == "sd" else ["clip_l", "clip_g"]
     slots = [TextEncoderSlot(tok, _cast(enc, dtype), key)
@@ -45,13 +53,29 @@ def load_backbone(cfg: BackboneConfig, cache_dir: Optional[str] = None,
                         noise_scheduler=parts["noise_scheduler"], scheduler_config=parts["scheduler_config"],
                         identity=identity, cache_dir=cache_dir)
     if backbone.prediction_type != cfg.prediction_type:
-        raise ConfigError(f"backbone {cfg.name}: '{source}' predicts '{backbone.prediction_type}' but "
+        raise ConfigError(f"backbone {cfg.name}: '{identity}' predicts '{backbone.prediction_type}' but "
                           f"backbone.prediction_type is '{cfg.prediction_type}'; pick the matching backbone "
                           "(sd21 is v_prediction at 768 px, sd21_base is epsilon at 512 px)")
     backbone.freeze()
     if device is not None:
         backbone.to(device)
     return backbone
+
+
+def build_random_backbone(cfg: BackboneConfig, size: str = "full", cache_dir: Optional[str] = None,
+                          device: Optional[torch.device] = None) -> Backbone:
+    """Random weights of the published architecture of ``cfg.tiny`` in memory (benchmarks)."""
+    import tempfile
+
+    from relgen.backbones.tiny import build_tiny_components
+
+    with tempfile.TemporaryDirectory() as tmp:
+        comps = build_tiny_components(cfg.tiny, cfg.prediction_type, cfg.tiny_seed, Path(tmp), size=size)
+    tokenizers = [comps["tokenizer"]] + ([comps["tokenizer_2"]] if "tokenizer_2" in comps else [])
+    encoders = [comps["text_encoder"]] + ([comps["text_encoder_2"]] if "text_encoder_2" in comps else [])
+    parts = dict(tokenizers=tokenizers, text_encoders=encoders, unet=comps["unet"], vae=comps["vae"],
+                 noise_scheduler=comps["train_scheduler"], scheduler_config=dict(comps["scheduler"].config))
+    return assemble_backbone(cfg, parts, f"random-{size}-{cfg.tiny}-seed{cfg.tiny_seed}", cache_dir, device)
 
 
 def materialize_tiny(cfg: BackboneConfig, cache_dir: Optional[str] = None) -> Path:

@@ -19,8 +19,62 @@ import torch
 TINY_VERSION = "2"  # bump when the builders change, so cached folders are rebuilt
 
 
-def build_tiny_components(family: str, prediction_type: str, seed: int, tokenizer_dir: Path) -> dict:
-    """Seeded random modules of ``family`` ("sd15", "sd21" or "sdxl") structure."""
+# Text-encoder and UNet sizes: "tiny" for tests, "full" = the published architectures
+# (random weights) for speed and memory benchmarks.
+_TEXT = {
+    ("tiny", "l"): dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                        projection_dim=32),
+    ("tiny", "h"): dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                        projection_dim=32),
+    ("tiny", "g"): dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                        projection_dim=32),
+    ("full", "l"): dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        projection_dim=768),
+    ("full", "h"): dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                        projection_dim=512),
+    ("full", "g"): dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                        projection_dim=1280),
+}
+_UNET = {
+    ("tiny", "sd15"): dict(sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+                           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                           attention_head_dim=8, norm_num_groups=8),
+    ("tiny", "sd21"): dict(sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+                           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                           attention_head_dim=[2, 4], use_linear_projection=True, norm_num_groups=8),
+    ("tiny", "sdxl"): dict(sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                           up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                           attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=64,
+                           addition_embed_type="text_time", addition_time_embed_dim=8,
+                           projection_class_embeddings_input_dim=6 * 8 + 32, norm_num_groups=8),
+    ("full", "sd15"): dict(sample_size=64, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+                           down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                           up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                           cross_attention_dim=768, attention_head_dim=8),
+    ("full", "sd21"): dict(sample_size=96, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+                           down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                           up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                           cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                           use_linear_projection=True),
+    ("full", "sdxl"): dict(sample_size=128, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                           up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                           transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+                           use_linear_projection=True, cross_attention_dim=2048, addition_embed_type="text_time",
+                           addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816),
+}
+
+
+def build_tiny_components(family: str, prediction_type: str, seed: int, tokenizer_dir: Path,
+                          size: str = "tiny") -> dict:
+    """Seeded random modules of ``family`` ("sd15", "sd21" or "sdxl") structure.
+
+    ``size="full"`` builds the published text-encoder and UNet architectures (random weights,
+    the small VAE) for benchmarks.
+    """
     from diffusers import (AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler,
                            UNet2DConditionModel)
     from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
@@ -28,16 +82,18 @@ def build_tiny_components(family: str, prediction_type: str, seed: int, tokenize
 
     from relgen.data._tiny_tokenizer import DEFAULT_WORDS, write_tiny_clip_tokenizer
 
+    if family not in ("sd15", "sd21", "sdxl") or size not in ("tiny", "full"):
+        raise ValueError(f"unknown tiny structure {family!r} / size {size!r}")
     # whole words of the synthetic datasets and common prompts are single tokens
     write_tiny_clip_tokenizer(tokenizer_dir, DEFAULT_WORDS)
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
     tok_bang = CLIPTokenizer.from_pretrained(tokenizer_dir, pad_token="!")
 
-    def text_config(act: str) -> CLIPTextConfig:
-        return CLIPTextConfig(vocab_size=len(tok) + 8, hidden_size=32, intermediate_size=37,
-                              num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                              projection_dim=32, hidden_act=act, bos_token_id=tok.bos_token_id,
-                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    def text_config(kind: str, act: str) -> CLIPTextConfig:
+        vocab = len(tok) + 8 if size == "tiny" else 49408
+        return CLIPTextConfig(vocab_size=vocab, max_position_embeddings=77, hidden_act=act,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id, **_TEXT[(size, kind)])
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
@@ -47,32 +103,21 @@ def build_tiny_components(family: str, prediction_type: str, seed: int, tokenize
                         force_upcast=family == "sdxl")
     sched_kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     steps_offset=1, prediction_type=prediction_type)
-    comps: dict = {"vae": vae}
-    if family in ("sd15", "sd21"):
-        sd21 = family == "sd21"
-        comps["tokenizer"] = tok_bang if sd21 else tok
-        comps["text_encoder"] = CLIPTextModel(text_config("gelu" if sd21 else "quick_gelu"))
-        comps["unet"] = UNet2DConditionModel(
-            sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-            attention_head_dim=[2, 4] if sd21 else 8, use_linear_projection=sd21, norm_num_groups=8)
+    comps: dict = {"vae": vae, "unet": UNet2DConditionModel(**_UNET[(size, family)])}
+    if family == "sd15":
+        comps["tokenizer"] = tok
+        comps["text_encoder"] = CLIPTextModel(text_config("l", "quick_gelu"))
         comps["scheduler"] = PNDMScheduler(skip_prk_steps=True, **sched_kw)
-    elif family == "sdxl":
+    elif family == "sd21":
+        comps["tokenizer"] = tok_bang
+        comps["text_encoder"] = CLIPTextModel(text_config("h", "gelu"))
+        comps["scheduler"] = PNDMScheduler(skip_prk_steps=True, **sched_kw)
+    else:
         comps["tokenizer"] = tok
         comps["tokenizer_2"] = tok_bang
-        comps["text_encoder"] = CLIPTextModel(text_config("quick_gelu"))
-        comps["text_encoder_2"] = CLIPTextModelWithProjection(text_config("gelu"))
-        comps["unet"] = UNet2DConditionModel(
-            sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
-            attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=64,
-            addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=6 * 8 + 32, norm_num_groups=8)
+        comps["text_encoder"] = CLIPTextModel(text_config("l", "quick_gelu"))
+        comps["text_encoder_2"] = CLIPTextModelWithProjection(text_config("g", "gelu"))
         comps["scheduler"] = EulerDiscreteScheduler(timestep_spacing="leading", **sched_kw)
-    else:
-        raise ValueError(f"unknown tiny family {family!r}")
     comps["train_scheduler"] = DDPMScheduler(clip_sample=False, **sched_kw)
     return comps
 

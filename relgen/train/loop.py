@@ -107,34 +107,7 @@ class Trainer:
         last_logs: dict[str, float] = {}
         started = time.time()
         while self.step < self.max_steps:
-            step_logs: dict[str, float] = {}
-            for micro in range(self.grad_accum):
-                ctx = StepContext(self.generator, self.sample_timesteps, self.step, micro)
-                batch = self.method.next_batch(self.generator)
-                with self.acc.autocast():
-                    out = self.method.training_step(batch, ctx)
-                if not torch.isfinite(out.loss):
-                    last = ckpt.checkpoint_dirs(self.run_dir)
-                    where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
-                    raise RelgenError(f"step {self.step + 1}: the loss is {out.loss.item()} (not finite); "
-                                      f"stopping, {where}; lower method.lr or check the data")
-                self.acc.backward(out.loss / self.grad_accum)
-                for k, v in {"loss": out.loss.item(), **out.logs}.items():
-                    step_logs[k] = step_logs.get(k, 0.0) + float(v) / self.grad_accum
-            if self.acc.num_processes > 1:
-                # Methods train few parameters and call modules in their own way, so gradients
-                # are averaged explicitly instead of wrapping a module in DDP.
-                for p in self.params:
-                    if p.grad is not None:
-                        p.grad = self.acc.reduce(p.grad, reduction="mean")
-            if self.cfg.method.max_grad_norm:
-                step_logs["grad_norm"] = float(self.acc.clip_grad_norm_(self.params, self.cfg.method.max_grad_norm))
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.method.after_optimizer_step()
-            self.step += 1
-            step_logs["lr"] = self.lr_scheduler.get_last_lr()[0]
+            step_logs = self.run_step()
             last_logs = step_logs
             if metrics and (self.step % tcfg.log_every == 0 or self.step == self.max_steps):
                 metrics.write(self.step, step_logs)
@@ -149,6 +122,38 @@ class Trainer:
         if metrics:
             metrics.close()
         return {"final_logs": last_logs, "seconds": time.time() - started}
+
+    def run_step(self) -> dict[str, float]:
+        """One optimizer step: ``grad_accum`` micro-batches, then clip, update, schedule."""
+        step_logs: dict[str, float] = {}
+        for micro in range(self.grad_accum):
+            ctx = StepContext(self.generator, self.sample_timesteps, self.step, micro)
+            batch = self.method.next_batch(self.generator)
+            with self.acc.autocast():
+                out = self.method.training_step(batch, ctx)
+            if not torch.isfinite(out.loss):
+                last = ckpt.checkpoint_dirs(self.run_dir)
+                where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+                raise RelgenError(f"step {self.step + 1}: the loss is {out.loss.item()} (not finite); "
+                                  f"stopping, {where}; lower method.lr or check the data")
+            self.acc.backward(out.loss / self.grad_accum)
+            for k, v in {"loss": out.loss.item(), **out.logs}.items():
+                step_logs[k] = step_logs.get(k, 0.0) + float(v) / self.grad_accum
+        if self.acc.num_processes > 1:
+            # Methods train few parameters and call modules in their own way, so gradients
+            # are averaged explicitly instead of wrapping a module in DDP.
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad = self.acc.reduce(p.grad, reduction="mean")
+        if self.cfg.method.max_grad_norm:
+            step_logs["grad_norm"] = float(self.acc.clip_grad_norm_(self.params, self.cfg.method.max_grad_norm))
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_optimizer_step()
+        self.step += 1
+        step_logs["lr"] = self.lr_scheduler.get_last_lr()[0]
+        return step_logs
 
     def sample_grid(self, tag: str) -> Optional[Path]:
         """Render the method's sample prompts with fixed seeds into ``samples/<tag>.png``."""

@@ -173,3 +173,17 @@ def test_slurm_launcher_preset_composes():
     proc = run_relgen("hydra/launcher=relgen_slurm", "--cfg", "hydra")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SlurmLauncher" in proc.stdout and "gpus_per_node: 1" in proc.stdout
+
+
+def test_two_process_cpu_run_with_gloo(tmp_path):
+    """torchrun --nproc_per_node 2 with trainer.cpu=true: accelerate's MULTI_CPU (gloo); rank 0 owns the run."""
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "relgen",
+                           "trainer=debug", "trainer.cpu=true", f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert summary["lr"] == pytest.approx(2.5e-4 * 2 * 4 * 2)  # scale_lr counts both processes
+    assert proc.stdout.count("relgen: trained") == 1  # only rank 0 reports and exports
+    assert (run_dir / "export" / "learned_embeds.safetensors").exists()

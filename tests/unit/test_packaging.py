@@ -22,3 +22,18 @@ def test_every_package_folder_is_listed_in_pyproject():
         else:
             rel = Path(*pkg.split("."))
         assert (ROOT / rel / "__init__.py").is_file(), f"{rel} needs an __init__.py"
+
+
+def test_notice_names_every_shipped_data_file():
+    notice = (ROOT / "NOTICE").read_text()
+    data_files = [p for p in (ROOT / "relgen").rglob("data/*") if p.is_file() and p.suffix in (".txt", ".json")]
+    assert data_files
+    for path in data_files:
+        assert path.name in notice, f"NOTICE does not say where {path.relative_to(ROOT)} comes from"
+
+
+def test_readme_commands_and_ci_agree():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/test.sh" in readme and "bash scripts/demo.sh" in readme
+    assert "bash scripts/test.sh" in ci

@@ -1,0 +1,256 @@
+"""Training-step time and peak memory of each method, against the bare model compute.
+
+For every method × backbone the script builds the run exactly as ``python -m relgen`` does,
+then alternates one full optimizer step (``Trainer.run_step``) with its *floor*: the model
+compute that step cannot avoid, on the same shapes:
+
+* textual_inversion, reversion: text encoder forward + UNet forward, backward into the token
+  embeddings (per micro-batch, × grad_accum);
+* rrnet: two UNet forward+backward passes of the pair (positive and swapped), gradient into
+  the conditioning;
+* relationbooth: UNet forward+backward with the LoRA and the image branch, gradient into the
+  LoRA weights (the method's own ``benchmark_floor``).
+
+It reports the median of the step/floor ratios over ``--pairs`` interleaved pairs with the
+spread (min–max), the median step and floor times, peak memory (peak RSS of a process that
+runs one combination; CUDA peak allocation on a GPU), and what the caches save: the time to
+VAE-encode the step's images and run the frozen text encoder on its prompts, which a step
+without caches would add.
+
+    python benchmarks/step_time.py                      # tiny backbones, every method
+    python benchmarks/step_time.py --full --methods textual_inversion --backbones sd15
+    python benchmarks/step_time.py --full --methods rrnet --backbones sd21
+    python benchmarks/step_time.py --full --methods relationbooth --backbones sdxl
+
+``--full`` builds the published UNet and text-encoder architectures with random weights at
+32×32 latents (256 px). Results go to ``benchmarks/results/step_time[_full].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+METHODS = ["textual_inversion", "reversion", "rrnet", "relationbooth"]
+BACKBONES = ["sd15", "sd21", "sdxl"]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_module
+
+    import relgen.config  # noqa: F401
+
+    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def _peak_memory_gib() -> float:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn) -> float:
+    _sync()
+    start = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - start
+
+
+def _text_floor(method, batch):
+    """Text encoder forward + UNet forward, backward into the embedding outputs (no optimizer)."""
+    import torch
+
+    bb = method.backbone
+    gen = torch.Generator().manual_seed(0)
+    ids = bb.tokenize(batch["captions"])
+    handles = []
+    for slot in bb.slots:  # make each embedding output a leaf that wants a gradient
+        handles.append(slot.encoder.get_input_embeddings().register_forward_hook(
+            lambda m, i, o: o.detach().requires_grad_(True)))
+    try:
+        dist = method.latent_dists[batch["index"]]
+        latents = bb.sample_latents(dist, gen).to(bb.device)
+        noise = torch.randn(latents.shape, generator=gen).to(bb.device)
+        t = torch.randint(0, 1000, (latents.shape[0],), generator=gen).to(bb.device)
+        cond = bb.encode_text(ids)
+        pred = bb.unet_forward(bb.add_noise(latents, noise, t), t, cond)
+        torch.nn.functional.mse_loss(pred.float(), noise.float()).backward()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _pair_floor(method, batch):
+    """Two UNet forward+backward passes (batch 2) with gradient into the conditioning."""
+    import torch
+
+    bb = method.backbone
+    gen = torch.Generator().manual_seed(0)
+    res = method.latent_shape if hasattr(method, "latent_shape") else None
+    cond = bb.encode_prompts(["a photo", "a photo"])
+    hidden = cond.hidden.detach().requires_grad_(True)
+    cond.hidden = hidden
+    if res is None:
+        side = method.resolution // bb.vae_scale
+        res = (4, side, side)
+    latents = torch.randn((2, *res), generator=gen).to(bb.device)
+    noise = torch.randn(latents.shape, generator=gen).to(bb.device)
+    t = torch.randint(0, 1000, (1,), generator=gen).repeat(2).to(bb.device)
+    noisy = bb.add_noise(latents, noise, t)
+    loss = 0
+    for x in (noisy, noisy.flip(0)):
+        pred = bb.unet_forward(x, t, cond)
+        loss = loss + torch.nn.functional.mse_loss(pred.float(), noise.float())
+    loss.backward()
+
+
+def _floor(method, batch):
+    if hasattr(method, "benchmark_floor"):
+        return method.benchmark_floor(batch)
+    if method.name in ("textual_inversion", "reversion"):
+        return _text_floor(method, batch)
+    if method.name == "rrnet":
+        return _pair_floor(method, batch)
+    raise SystemExit(f"no floor defined for method {method.name}")
+
+
+def _uncached_extra(method, batch) -> float:
+    """Seconds a step would add if it VAE-encoded its images and ran the frozen text encoder."""
+    import torch
+
+    bb = method.backbone
+    res = getattr(method, "resolution", bb.resolution)
+    n_images = getattr(method.cfg, "batch_size", 1) * getattr(method.cfg, "grad_accum", 1)
+    if method.name == "rrnet":
+        n_images = 2
+    pixels = torch.rand(n_images, 3, res, res) * 2 - 1
+    seconds = _timed(lambda: bb.encode_latent_dist(pixels))
+    if method.name in ("rrnet", "relationbooth"):  # these cache frozen text-encoder outputs
+        prompts = ["a photo of a cat on a book"] * max(2, n_images)
+        with torch.no_grad():
+            seconds += _timed(lambda: bb.encode_prompts(prompts))
+    return seconds
+
+
+def run_one(method_name: str, backbone: str, full: bool, pairs: int) -> dict:
+    import torch
+    from accelerate import Accelerator
+
+    from relgen.backbones.loading import build_random_backbone, load_backbone
+    from relgen.data.registry import open_dataset
+    from relgen.registry import get_method
+    from relgen.train.loop import Trainer
+
+    torch.manual_seed(0)
+    over = [f"method={method_name}", f"backbone=tiny_{backbone}", "trainer.tensorboard=false",
+            "trainer.progress=false"]
+    if full:
+        over += ["backbone.resolution=256", "dataset.size=256"]
+    cfg = _compose(over)
+    acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
+    if full:
+        bb = build_random_backbone(cfg.backbone, size="full", device=acc.device)
+    else:
+        bb = load_backbone(cfg.backbone, device=acc.device)
+    data = open_dataset(cfg.dataset).load()
+    method = get_method(method_name)(cfg.method, bb, data)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, Path(run_dir), acc, bb, method)
+        trainer.run_step()  # warm-up
+        batch = method.next_batch(torch.Generator().manual_seed(1))
+        _floor(method, batch)
+        for p in trainer.params:
+            p.grad = None
+        steps, floors = [], []
+        micro = cfg.method.grad_accum
+        for _ in range(pairs):
+            steps.append(_timed(trainer.run_step))
+            floors.append(_timed(lambda: [_floor(method, batch) for _ in range(micro)]))
+            for module in [bb.unet] + [s.encoder for s in bb.slots]:
+                module.zero_grad(set_to_none=True)
+        extra = _uncached_extra(method, batch)
+    ratios = [s / f for s, f in zip(steps, floors)]
+    step = statistics.median(steps)
+    return {
+        "method": method_name, "backbone": backbone, "size": "full" if full else "tiny",
+        "latent": method.resolution // bb.vae_scale if hasattr(method, "resolution") else None,
+        "pairs": pairs, "step_s": step, "floor_s": statistics.median(floors),
+        "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "peak_mem_gib": _peak_memory_gib(), "uncached_extra_s": extra,
+        "uncached_over_cached": (step + extra) / step,
+        "device": str(acc.device), "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="published architectures, random weights, 32x32 latents")
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--backbones", nargs="+", default=BACKBONES)
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.one:  # child process: one combination, so its peak memory is its own
+        method, backbone = args.one.split(":")
+        print(json.dumps(run_one(method, backbone, args.full, args.pairs)))
+        return 0
+
+    rows = []
+    for m in args.methods:
+        for b in args.backbones:
+            proc = subprocess.run([sys.executable, __file__, "--one", f"{m}:{b}", "--pairs", str(args.pairs)]
+                                  + (["--full"] if args.full else []), capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{m} on {b}: failed\n{proc.stderr[-1500:]}", file=sys.stderr)
+                rows.append({"method": m, "backbone": b, "error": proc.stderr.strip().splitlines()[-1:]})
+                continue
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"{m:18s} {b:5s} step {r['step_s']:.3f}s floor {r['floor_s']:.3f}s "
+                  f"ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}-{r['ratio_max']:.3f}] "
+                  f"peak {r['peak_mem_gib']:.2f} GiB  no-cache x{r['uncached_over_cached']:.2f}", flush=True)
+    out = args.out or RESULTS / ("step_time_full.json" if args.full else "step_time.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"\n| method | backbone | step (s) | floor (s) | ratio (median, min–max) | peak GiB | step without caches |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['method']} | {r['backbone']} | failed | | | | |")
+            continue
+        print(f"| {r['method']} | {r['backbone']} | {r['step_s']:.3f} | {r['floor_s']:.3f} | "
+              f"{r['ratio']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | {r['peak_mem_gib']:.2f} | "
+              f"×{r['uncached_over_cached']:.2f} |")
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
