@@ -37,3 +37,20 @@ def test_readme_commands_and_ci_agree():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/test.sh" in readme and "bash scripts/demo.sh" in readme
     assert "bash scripts/test.sh" in ci
+
+
+def test_wheel_ships_configs_and_package_data(tmp_path):
+    """A non-editable install gets relgen.conf and every data file (conf/ lives outside relgen/)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           str(ROOT), "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("relgen-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"relgen/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
+    expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "relgen").rglob("data/*") if p.is_file()}
+    expected.add("hydra_plugins/relgen_searchpath/__init__.py")
+    assert expected - names == set()
