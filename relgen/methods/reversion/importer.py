@@ -1,0 +1,68 @@
+"""Import ReVersion's official ``learned_embeds.bin``.
+
+The released train.py saves ``{"<R>": FloatTensor[768]}`` with ``torch.save`` (a 1-D vector
+of SD 1.5's CLIP ViT-L token-embedding width). It is read with ``weights_only=True``, so a
+file holding anything but tensors and plain containers is refused, never unpickled.
+
+    from relgen.methods.reversion.importer import import_official_embeds
+    artifact = import_official_embeds("experiments/painted_on/learned_embeds.bin")
+    artifact.apply(pipe)                       # a StableDiffusionPipeline of SD 1.5
+    pipe(**artifact.pipeline_inputs(pipe, ["Cat <R> stone"]))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from relgen.errors import RelgenError
+
+OFFICIAL_EMBEDS_FILE = "learned_embeds.bin"
+
+
+def import_official_embeds(path, lowercase_prompts: bool = True):
+    """Read an official ReVersion ``learned_embeds.bin`` into an applicable artifact.
+
+    Args:
+        path: The ``.bin`` file (a ``torch.save`` of ``{token: tensor (D,)}``; ``(1, D)`` is
+            accepted too).
+        lowercase_prompts: Lower-case prompts except the token at generation (as the released
+            inference.py).
+
+    Returns:
+        A :class:`~relgen.methods.reversion.method.ReVersionArtifact` whose
+        ``rows["text_encoder"]`` is the ``(1, D)`` float32 vector.
+
+    Raises:
+        RelgenError: If the file is missing, cannot be read with ``weights_only=True``, or does
+            not hold exactly one token with one finite floating-point vector.
+    """
+    from relgen.data.images import one_line
+    from relgen.methods.reversion.method import ReVersionArtifact
+
+    path = Path(path).expanduser()
+    expected = "ReVersion's learned_embeds.bin holds {'<R>': float tensor of shape (768,)}"
+    if not path.is_file():
+        raise RelgenError(f"{path}: file not found; give the path of an official {OFFICIAL_EMBEDS_FILE} "
+                          "or of a relgen export folder")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or unsafe pickles
+        reason = one_line(exc)[:160]
+        raise RelgenError(f"{path}: cannot be read as a tensor file with weights_only=True ({reason}); "
+                          f"{expected}") from exc
+    if not isinstance(obj, dict) or len(obj) != 1:
+        what = f"a dict with {len(obj)} entries" if isinstance(obj, dict) else type(obj).__name__
+        raise RelgenError(f"{path}: holds {what}; {expected}")
+    (token, vector), = obj.items()
+    if not isinstance(token, str) or not token:
+        raise RelgenError(f"{path}: the key {token!r} is not a token string; {expected}")
+    if not torch.is_tensor(vector) or not vector.is_floating_point():
+        raise RelgenError(f"{path}: the value for {token!r} is not a floating-point tensor; {expected}")
+    if not (vector.dim() == 1 or (vector.dim() == 2 and vector.shape[0] == 1)) or vector.numel() == 0:
+        raise RelgenError(f"{path}: the vector for {token!r} has shape {tuple(vector.shape)}; {expected}")
+    if not torch.isfinite(vector).all():
+        raise RelgenError(f"{path}: the vector for {token!r} holds NaN or infinite values")
+    rows = {"text_encoder": vector.detach().float().reshape(1, -1).clone()}  # (1, D)
+    return ReVersionArtifact(token, rows, [], "reversion", lowercase_prompts)
