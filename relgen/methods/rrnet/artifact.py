@@ -1,0 +1,458 @@
+"""RRNet's text features, the EOT adjustment, and the artifact that applies a trained network.
+
+Shared by training (:mod:`relgen.methods.rrnet.method`) and generation:
+
+* :func:`first_token_rows` - node features of the object and relation words: the input
+  token-embedding row of each word's first sub-token (SDXL: both encoders' rows side by side);
+* :func:`object_sentence` - the sentence whose EOT output feeds the ``eot0`` node;
+* :func:`rectify` - ``e_eot' = e_eot + λ·delta`` at each prompt's first EOT position only;
+* :class:`RRNetArtifact` - a trained (or officially released) network bound to its relation;
+  ``pipeline_inputs`` turns prompts into ``prompt_embeds`` for a diffusers pipeline;
+* :func:`render_scale_grid` - the λ sweep of the paper's figures (rows = prompts, columns = λ).
+
+Importing this module does not import DGL.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from relgen.errors import ConfigError, RelgenError
+from relgen.methods.base import Artifact
+
+GAT_FILE = "rrnet_gat.safetensors"
+RELATION_FILE = "relation.json"
+FORMAT = "relgen-rrnet"
+FORMAT_VERSION = 1
+DEFAULT_OBJECT_TEMPLATE = "this is a photo of {}"
+
+__all__ = [
+    "GAT_FILE",
+    "RELATION_FILE",
+    "RRNetArtifact",
+    "dgl_device",
+    "first_token_rows",
+    "object_sentence",
+    "rectify",
+    "render_scale_grid",
+]
+
+
+# ------------------------------------------------------------------------------------------
+# Text features
+
+
+def object_sentence(word: str, template: str = DEFAULT_OBJECT_TEMPLATE) -> str:
+    """The object sentence of ``word``, lower-cased as RRNet's released dataset.py does.
+
+    Example: ``object_sentence("Book") == "this is a photo of book"``.
+    """
+    return template.format(word).lower()
+
+
+def first_token_rows(pairs: Sequence[tuple[Any, Any]], words: Sequence[str]) -> Tensor:
+    """Input token-embedding rows of each word's first sub-token, encoders side by side.
+
+    RRNet's released GNN.py takes the token right after BOS, so a word that tokenises to
+    several pieces is represented by its first piece only; this warns (one line) when that
+    happens.
+
+    Args:
+        pairs: ``(tokenizer, text encoder)`` per text encoder (one for SD 1.x/2.x, two for
+            SDXL).
+        words: The words, e.g. ``["book", "placed", "bowl"]``.
+
+    Returns:
+        ``(len(words), sum of the encoders' token-embedding widths)`` rows, detached, in the
+        embedding's dtype (1024 for SD 2.x; 768 + 1280 = 2048 for SDXL).
+
+    Raises:
+        ConfigError: If a word gives no token at all (an empty string).
+    """
+    rows = []
+    for word in words:
+        parts = []
+        for i, (tokenizer, encoder) in enumerate(pairs):
+            ids = tokenizer(word, add_special_tokens=False).input_ids
+            if not ids:
+                raise ConfigError(f"RRNet word {word!r} gives no tokens; use a non-empty word")
+            if len(ids) > 1 and i == 0:
+                pieces = tokenizer.convert_ids_to_tokens(ids)
+                warnings.warn(f"RRNet word '{word}' is {len(ids)} tokens {pieces}; only the first "
+                              f"piece '{pieces[0]}' is used, as RRNet's released code does",
+                              stacklevel=2)
+            weight = encoder.get_input_embeddings().weight
+            parts.append(weight[ids[0]].detach())
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def eot_positions(tokenizer, prompts: Sequence[str]) -> Tensor:
+    """(B,) index of the first EOS token of each prompt padded to the tokenizer's length.
+
+    The pad token is not assumed to be EOS (SD 2.x and SDXL's second tokenizer pad with "!").
+    """
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+
+
+def rectify(hidden: Tensor, eot: Tensor, delta: Tensor, scale: Union[float, Tensor]) -> Tensor:
+    """Add ``scale * delta`` to each prompt's first EOT row; every other row is unchanged.
+
+    ``V*_eot = V_eot + λ·h_ΔEOT`` (RRNet, Sec. 3; as the released train.py and generate.py,
+    which edit only the first EOT position, not the padding after it).
+
+    Args:
+        hidden: ``(B, L, D)`` text conditioning.
+        eot: ``(B,)`` first EOT position per prompt.
+        delta: ``(B, D)`` adjustment vectors (may require grad).
+        scale: λ, a float or a ``(B,)`` tensor of per-prompt values.
+
+    Returns:
+        A new ``(B, L, D)`` tensor in ``hidden``'s dtype; rows other than ``eot`` are bitwise
+        those of ``hidden``.
+    """
+    batch = torch.arange(hidden.shape[0], device=hidden.device)
+    eot = eot.to(hidden.device)
+    if isinstance(scale, Tensor):
+        scale = scale.to(hidden.device, torch.float32).reshape(-1, 1)
+    row = hidden[batch, eot].float() + scale * delta.to(hidden.device).float()
+    return hidden.index_put((batch, eot), row.to(hidden.dtype))
+
+
+_DGL_DEVICES: dict[str, bool] = {}
+
+
+def dgl_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` if the installed DGL can place graphs there, else the CPU.
+
+    The pip wheels of DGL are CPU builds; the network is small (15.8 M parameters at SD 2.1
+    width, 10 nodes per pair), so it then runs on the CPU and its output moves to ``device``.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return device
+    key = str(device)
+    if key not in _DGL_DEVICES:
+        from relgen.graph._dgl import import_dgl
+
+        dgl = import_dgl()
+        try:
+            dgl.graph(([0], [0])).to(device)
+            _DGL_DEVICES[key] = True
+        except Exception:  # DGL raises DGLError for a build without that device
+            _DGL_DEVICES[key] = False
+    return device if _DGL_DEVICES[key] else torch.device("cpu")
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip(string.punctuation).lower() for w in text.split()]
+
+
+def _word_index(prompt: str, word: str) -> int:
+    """Index of the first whole-word occurrence of ``word`` (one or more words); -1 if none."""
+    hay, needle = _words(prompt), _words(word)
+    for i in range(len(hay) - len(needle) + 1):
+        if needle and hay[i:i + len(needle)] == needle:
+            return i
+    return -1
+
+
+def build_prompt_graphs(rows: Tensor, eots: Tensor, eot_self_loops: bool):
+    """One relation graph per prompt.
+
+    Args:
+        rows: ``(G, 3, D)`` node features of ``[subject, relation, object]`` per prompt.
+        eots: ``(G, 2, D)`` EOT outputs ``[object sentence of the subject, prompt]``.
+        eot_self_loops: See :func:`relgen.methods.rrnet.graph.build_relation_graph`.
+
+    Returns:
+        The batched graph (``G`` graphs) for :meth:`RelationGAT.eot_deltas`.
+    """
+    from relgen.methods.rrnet.graph import batch_graphs, build_relation_graph
+
+    graphs = [build_relation_graph(torch.stack([r[0], r[2]]), r[1], e, eot_self_loops=eot_self_loops)
+              for r, e in zip(rows, eots)]
+    return batch_graphs(graphs)
+
+
+# ------------------------------------------------------------------------------------------
+# The artifact
+
+
+def _pipe_pairs(pipe) -> list[tuple[Any, Any]]:
+    pairs = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    return pairs
+
+
+def _encode(pipe, prompts: list[str], guidance: bool):
+    """The pipeline's own ``encode_prompt``: (embeds, negative, pooled, negative pooled)."""
+    device = getattr(pipe, "_execution_device", None) or pipe.device
+    out = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
+                             do_classifier_free_guidance=guidance, negative_prompt=None)
+    return tuple(out) + (None,) * (4 - len(out))
+
+
+class RRNetArtifact(Artifact):
+    """A trained relation network and the relation it was trained on.
+
+    Args:
+        gnn: The :class:`~relgen.methods.rrnet.gnn.RelationGAT`.
+        relation: ``{"A", "R", "B", "ARB", "BRA", ...}`` (words may be missing for an
+            imported official checkpoint; then every call must name A, R and B).
+        scale: Default λ at generation.
+        grid_scales: Default λ columns of :meth:`grid`.
+        object_template: The object sentence (``eot0``) template.
+        prompts: Sample prompts (default: ARB and BRA).
+        movable: Move the network to the pipeline's device (where DGL supports it) when
+            used; ``False`` for a network that is being trained in place.
+    """
+
+    method = "rrnet"
+
+    def __init__(self, gnn, relation: dict, scale: float = 0.6,
+                 grid_scales: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                 object_template: str = DEFAULT_OBJECT_TEMPLATE,
+                 prompts: Optional[Sequence[str]] = None, movable: bool = True) -> None:
+        self.gnn = gnn
+        self.movable = movable
+        self.relation = dict(relation)
+        self.scale = float(scale)
+        self.grid_scales = [float(s) for s in grid_scales]
+        self.object_template = object_template
+        self.prompts = list(prompts) if prompts else [p for p in (relation.get("ARB"), relation.get("BRA")) if p]
+
+    # -- loading ------------------------------------------------------------------------
+    @classmethod
+    def from_export(cls, export_dir: Path, meta: Optional[dict] = None) -> "RRNetArtifact":
+        """Read ``rrnet_gat.safetensors`` and ``relation.json`` written by a relgen run."""
+        from safetensors.torch import load_file
+
+        from relgen.methods.rrnet.gnn import RelationGAT
+
+        export_dir = Path(export_dir)
+        rel_path, gat_path = export_dir / RELATION_FILE, export_dir / GAT_FILE
+        for path in (rel_path, gat_path):
+            if not path.is_file():
+                raise RelgenError(f"{path}: exported RRNet file not found; was the run finished?")
+        try:
+            rel = json.loads(rel_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RelgenError(f"{rel_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
+        try:
+            gnn = RelationGAT(int(rel["in_dim"]), int(rel["out_dim"]), hidden=int(rel["hidden"]),
+                              heads=int(rel["heads"]), eot_self_loops=bool(rel["eot_self_loops"]))
+        except KeyError as exc:
+            raise RelgenError(f"{rel_path}: missing key {exc}; re-export the run") from None
+        state = load_file(str(gat_path))
+        try:
+            gnn.load_state_dict(state)
+        except RuntimeError as exc:
+            raise RelgenError(f"{gat_path}: does not fit the network in {rel_path} "
+                              f"({str(exc).splitlines()[0]})") from None
+        gnn.eval()
+        mcfg = (meta or {}).get("method_config") or {}
+        return cls(gnn, rel, scale=rel.get("scale", 0.6),
+                   grid_scales=rel.get("grid_scales") or mcfg.get("grid_scales") or (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                   object_template=rel.get("object_template", DEFAULT_OBJECT_TEMPLATE),
+                   prompts=mcfg.get("sample_prompts") or None)
+
+    @classmethod
+    def from_official(cls, path, A: Optional[str] = None, R: Optional[str] = None, B: Optional[str] = None,
+                      ARB: Optional[str] = None, BRA: Optional[str] = None, width: int = 1024,
+                      hidden: int = 512, heads: int = 2, scale: float = 0.6) -> "RRNetArtifact":
+        """Import a released ``gat_<R>`` file (``torch.save`` of the state dict, DGL key names).
+
+        It is read with ``weights_only=True``. The released models are for SD 2.1-base
+        (``width`` 1024). Give the relation's words so that ``pipeline_inputs`` can build
+        graphs without being told A, R and B each time.
+        """
+        from relgen.methods.rrnet.gnn import RelationGAT
+
+        gnn = RelationGAT(width, width, hidden=hidden, heads=heads)
+        gnn.load_official_state_dict(path)
+        gnn.eval()
+        relation = {k: v for k, v in dict(A=A, R=R, B=B, ARB=ARB, BRA=BRA).items() if v}
+        relation.update(in_dim=width, out_dim=width, hidden=hidden, heads=heads, eot_self_loops=False,
+                        source=str(path))
+        return cls(gnn, relation, scale=scale)
+
+    # -- applying -----------------------------------------------------------------------
+    def apply(self, pipe) -> None:
+        """Check that the pipeline fits; the adjustment itself happens in :meth:`pipeline_inputs`."""
+        width = sum(enc.get_input_embeddings().weight.shape[1] for _, enc in _pipe_pairs(pipe))
+        if width != self.gnn.in_dim:
+            raise RelgenError(f"the RRNet network takes {self.gnn.in_dim}-wide features but the pipeline's "
+                              f"text encoders give {width}; use a pipeline of the backbone it was trained on")
+
+    def words_for(self, prompt: str, A: Optional[str] = None, R: Optional[str] = None,
+                  B: Optional[str] = None) -> tuple[str, str, str]:
+        """(subject, relation, object) words of ``prompt``.
+
+        Given words win; missing ones come from the trained relation. When both objects come
+        from the relation, the one that occurs first in the prompt is the subject, so the
+        relation's own BRA prompt gets the swapped graph, as in training.
+        """
+        a = A or self.relation.get("A")
+        r = R or self.relation.get("R")
+        b = B or self.relation.get("B")
+        if not (a and r and b):
+            raise ConfigError("RRNet needs the words A, R and B of each prompt; pass them as "
+                              "method_options.A=..., method_options.R=..., method_options.B=...")
+        if not A and not B:
+            ia, ib = _word_index(prompt, a), _word_index(prompt, b)
+            if ia >= 0 and ib >= 0 and ib < ia:
+                a, b = b, a
+        for key, word in (("A", a), ("R", r), ("B", b)):
+            if _word_index(prompt, word) < 0:
+                raise ConfigError(f"prompt {prompt!r} does not contain the {key} word '{word}'; "
+                                  f"name the prompt's own words with method_options.A=, R=, B=")
+        return a, r, b
+
+    def gnn_inputs(self, pipe, prompts: Sequence[str], A=None, R=None, B=None):
+        """Encode ``prompts`` with the pipeline and build their graphs.
+
+        Returns:
+            ``(encoded, eot, graph)``: the pipeline's ``encode_prompt`` outputs (embeds,
+            negative embeds, pooled, negative pooled), ``(n,)`` first EOT positions, and the
+            batched graph of the ``n`` prompts.
+        """
+        prompts = list(prompts)
+        words = [self.words_for(p, A, R, B) for p in prompts]
+        encoded = _encode(pipe, prompts, guidance=True)
+        objects = _encode(pipe, [object_sentence(w[0], self.object_template) for w in words], guidance=False)[0]
+        eot = eot_positions(pipe.tokenizer, prompts)
+        eot_obj = eot_positions(pipe.tokenizer, [object_sentence(w[0], self.object_template) for w in words])
+        if self.movable:
+            self.gnn.to(dgl_device(encoded[0].device))
+        device = next(self.gnn.parameters()).device
+        flat = first_token_rows(_pipe_pairs(pipe), [x for w in words for x in w])
+        rows = flat.to(device, torch.float32).reshape(len(prompts), 3, -1)
+        n = torch.arange(len(prompts), device=objects.device)
+        eots = torch.stack([objects[n, eot_obj.to(objects.device)], encoded[0][n, eot.to(objects.device)]], dim=1)
+        graph = build_prompt_graphs(rows, eots.to(device, torch.float32), self.gnn.eot_self_loops)
+        return encoded, eot, graph
+
+    @torch.no_grad()
+    def prompt_deltas(self, pipe, prompts: Sequence[str], A=None, R=None, B=None) -> Tensor:
+        """``(n, D)`` adjustment vectors (the ``eot1`` outputs) of ``prompts``, on the CPU."""
+        _, _, graph = self.gnn_inputs(pipe, prompts, A, R, B)
+        return self.gnn.eot_deltas(graph)[:, 1].float().cpu()
+
+    @torch.no_grad()
+    def pipeline_inputs(self, pipe, prompts: list[str], scale: Optional[float] = None,
+                        scales: Optional[Sequence[float]] = None, A: Optional[str] = None,
+                        R: Optional[str] = None, B: Optional[str] = None, **unused) -> dict:
+        """Rectified prompt embeddings for ``pipe(**inputs)``.
+
+        Args:
+            pipe: A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``.
+            prompts: The prompts (n of them).
+            scale: λ for every prompt (default: the artifact's, 0.6 as the released demo).
+            scales: λ per prompt (length n, or 1 to broadcast); wins over ``scale``.
+            A, R, B: The prompts' subject, relation and object words (default: the trained
+                relation's, swapped for prompts where B comes first).
+
+        Returns:
+            ``prompt_embeds`` ``(n, 77, D)`` with only the first EOT row changed,
+            ``negative_prompt_embeds`` (the pipeline's own unconditional encoding, unchanged),
+            and for SDXL ``pooled_prompt_embeds`` / ``negative_pooled_prompt_embeds``
+            (unchanged).
+        """
+        if unused:
+            raise ConfigError(f"unknown RRNet option(s) {sorted(unused)}; known: scale, scales, A, R, B")
+        n = len(prompts)
+        if scales is not None:
+            values = [float(s) for s in (scales if isinstance(scales, (list, tuple)) else [scales])]
+            if len(values) == 1:
+                values = values * n
+            if len(values) != n:
+                raise ConfigError(f"method_options.scales has {len(values)} values for {n} prompts; "
+                                  "give one per prompt (or one for all)")
+        else:
+            values = [self.scale if scale is None else float(scale)] * n
+        encoded, eot, graph = self.gnn_inputs(pipe, prompts, A, R, B)
+        deltas = self.gnn.eot_deltas(graph)[:, 1]
+        embeds = rectify(encoded[0], eot, deltas, torch.tensor(values))
+        inputs = {"prompt_embeds": embeds, "negative_prompt_embeds": encoded[1]}
+        if encoded[2] is not None:  # SDXL: the pooled embedding is left as the pipeline made it
+            inputs["pooled_prompt_embeds"] = encoded[2]
+            inputs["negative_pooled_prompt_embeds"] = encoded[3]
+        return inputs
+
+    def grid(self, pipe, prompts: list[str], opts, backbone_cfg, out_dir: Path) -> Optional[list[Path]]:
+        """With ``opts.method_options["scales"]``: write the λ grid and return its path.
+
+        Used by ``python -m relgen.generate run_dir=... method_options.scales=[0,0.5,1]``.
+        Writes ``<out>/<prompt>/w=<λ>/<i>.png`` (the released generate.py's layout) and one
+        grid ``<out>/scales_<first prompt>.png`` (rows = prompts, columns = λ). Returns
+        ``None`` without ``scales`` (plain rendering then applies).
+        """
+        from relgen.generate import _save_png, slug
+
+        options = dict(opts.method_options)
+        if "scales" not in options:
+            return None
+        scales = options.pop("scales")
+        scales = list(self.grid_scales) if scales in (None, True) else [float(s) for s in scales]
+        image, cells = render_scale_grid(pipe, self, prompts, scales, replace(opts, method_options=options),
+                                         backbone_cfg)
+        out_dir = Path(out_dir)
+        for prompt, per_scale in zip(prompts, cells):
+            for value, images in zip(scales, per_scale):
+                folder = out_dir / slug(prompt) / f"w={value:g}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, img in enumerate(images):
+                    _save_png(img, folder / f"{i:04d}.png")
+        path = out_dir / f"scales_{slug(prompts[0])}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save_png(image, path)
+        return [path]
+
+    def sample_prompts(self) -> list[str]:
+        return list(self.prompts)
+
+
+def render_scale_grid(pipe, artifact: RRNetArtifact, prompts: Sequence[str], scales: Sequence[float],
+                      opts, backbone_cfg):
+    """Render every prompt at every λ with the same seeds (RRNet's Fig. 4 layout).
+
+    Image i of every cell uses seed ``opts.seed + i`` (through :func:`relgen.generate.render`),
+    so columns differ only in λ.
+
+    Args:
+        pipe: The pipeline to render with.
+        artifact: The RRNet artifact.
+        prompts: Rows of the grid (e.g. ARB and BRA).
+        scales: Columns of the grid (λ values).
+        opts: :class:`relgen.generate.GenerationOptions`; ``method_options`` may name A, R, B.
+        backbone_cfg: The backbone config (default steps, guidance, resolution).
+
+    Returns:
+        ``(grid, cells)``: one PIL image with ``len(prompts) * opts.num_images`` rows (image i
+        of prompt p in row ``p * num_images + i``) and ``len(scales)`` columns, and
+        ``cells[p][j]`` = the images of prompt p at ``scales[j]``.
+    """
+    from relgen.generate import make_grid, render
+
+    options = {k: v for k, v in opts.method_options.items() if k not in ("scale", "scales")}
+    cells: list[list[list[Any]]] = [[] for _ in prompts]
+    for value in scales:
+        rows = render(pipe, artifact, list(prompts), replace(opts, method_options={**options, "scale": float(value)}),
+                      backbone_cfg)
+        for p, images in enumerate(rows):
+            cells[p].append(images)
+    grid_rows = [[cells[p][j][i] for j in range(len(scales))]
+                 for p in range(len(prompts)) for i in range(len(cells[p][0]))]
+    return make_grid(grid_rows), cells
