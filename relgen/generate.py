@@ -10,6 +10,7 @@ and method options under ``method_options`` (e.g. RRNet's ``method_options.scale
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from dataclasses import dataclass, field
@@ -47,7 +48,10 @@ def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone
         for start in range(0, opts.num_images, opts.batch_size):
             n = min(opts.batch_size, opts.num_images - start)
             gens = [torch.Generator().manual_seed(opts.seed + start + i) for i in range(n)]
-            inputs = artifact.pipeline_inputs(pipe, [prompt] * n, **opts.method_options)
+            options = dict(opts.method_options)
+            if opts.negative_prompt and "negative_prompt" in inspect.signature(artifact.pipeline_inputs).parameters:
+                options.setdefault("negative_prompt", opts.negative_prompt)  # methods that build embeddings
+            inputs = artifact.pipeline_inputs(pipe, [prompt] * n, **options)
             if opts.negative_prompt and "prompt" in inputs:
                 inputs["negative_prompt"] = [opts.negative_prompt] * n
             out = pipe(**inputs, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
