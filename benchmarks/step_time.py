@@ -129,14 +129,33 @@ def _pair_floor(method, batch):
     loss.backward()
 
 
+def _lora_floor(method, batch):
+    """UNet forward+backward with the LoRA and the image branch, on the method's cached conditioning."""
+    import torch
+
+    from relgen.backbones.base import TextCond
+
+    bb = method.backbone
+    gen = torch.Generator().manual_seed(0)
+    items = [method.items[i] for i in batch["index"]]
+    crops = batch["crop"]
+    latents = bb.sample_latents(torch.stack([it.crop_dists[c] for it, c in zip(items, crops)]), gen).to(bb.device)
+    noise = torch.randn(latents.shape, generator=gen).to(bb.device)
+    t = torch.randint(0, 1000, (latents.shape[0],), generator=gen).to(bb.device)
+    ehs = torch.stack([it.crop_ehs[c] for it, c in zip(items, crops)]).to(bb.device)
+    pooled = None if items[0].pooled is None else torch.stack([it.pooled for it in items]).to(bb.device)
+    boxes = torch.stack([it.crop_boxes[c] for it, c in zip(items, crops)]).to(bb.device)
+    pred = bb.unet_forward(bb.add_noise(latents, noise, t).to(bb.unet.dtype), t, TextCond(ehs, pooled),
+                           cross_attention_kwargs={"boxes": boxes})
+    torch.nn.functional.mse_loss(pred.float(), noise.float()).backward()
+
+
 def _floor(method, batch):
-    if hasattr(method, "benchmark_floor"):
-        return method.benchmark_floor(batch)
-    if method.name in ("textual_inversion", "reversion"):
-        return _text_floor(method, batch)
-    if method.name == "rrnet":
-        return _pair_floor(method, batch)
-    raise SystemExit(f"no floor defined for method {method.name}")
+    floors = {"textual_inversion": _text_floor, "reversion": _text_floor, "rrnet": _pair_floor,
+              "relationbooth": _lora_floor}
+    if method.name not in floors:
+        raise SystemExit(f"no floor defined for method {method.name}")
+    return floors[method.name](method, batch)
 
 
 def _uncached_extra(method, batch) -> float:
@@ -213,11 +232,17 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--backbones", nargs="+", default=BACKBONES)
     ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per combination (1 gives steadier timings on a busy machine)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.one:  # child process: one combination, so its peak memory is its own
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         method, backbone = args.one.split(":")
         print(json.dumps(run_one(method, backbone, args.full, args.pairs)))
         return 0
@@ -226,7 +251,9 @@ def main() -> int:
     for m in args.methods:
         for b in args.backbones:
             proc = subprocess.run([sys.executable, __file__, "--one", f"{m}:{b}", "--pairs", str(args.pairs)]
-                                  + (["--full"] if args.full else []), capture_output=True, text=True)
+                                  + (["--full"] if args.full else [])
+                                  + (["--threads", str(args.threads)] if args.threads else []),
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{m} on {b}: failed\n{proc.stderr[-1500:]}", file=sys.stderr)
                 rows.append({"method": m, "backbone": b, "error": proc.stderr.strip().splitlines()[-1:]})

@@ -116,6 +116,9 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     if opts.guidance is None and mcfg.get("sample_guidance") is not None:
         opts = replace(opts, guidance=float(mcfg["sample_guidance"]))
     prompts = list(prompts) or loaded.artifact.sample_prompts()
+    # benchmark templates ("cat {} stone") take the run's own relation token
+    token = getattr(loaded.artifact, "token", "<R>")
+    prompts = [p.format(token) if "{}" in p else p for p in prompts]
     if not prompts:
         raise ConfigError("relgen.generate: give prompt=... (or prompts=[...], or relation=<benchmark relation>)")
     backbone = loaded.load_backbone(**(backbone_overrides or {}))
@@ -165,7 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             scen = load_benchmark_scenarios()
             if args.relation not in scen:
                 raise ConfigError(f"relation '{args.relation}' is not a benchmark relation; known: {sorted(scen)}")
-            loaded_prompts += [t.format("<R>") for t in scen[args.relation]]
+            loaded_prompts += list(scen[args.relation])  # "{}" is filled with the run's token
         if args.get("limit") is not None:
             if int(args.limit) < 1:
                 raise ConfigError(f"relgen.generate: limit={args.limit} must be >= 1 (the number of prompts to render)")

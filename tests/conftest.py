@@ -9,6 +9,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("DGLBACKEND", "pytorch")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models gain nothing from several threads, and pytest plus a CLI subprocess each using
+# every core oversubscribe a small machine badly; one thread per process keeps timings sane.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +55,7 @@ def load_tiny(name: str, **overrides):
     return load_backbone(cfg)
 
 
-def run_relgen(*args: str, module: str = "relgen", timeout: int = 300, env: dict | None = None, cwd=None):
+def run_relgen(*args: str, module: str = "relgen", timeout: int = 900, env: dict | None = None, cwd=None):
     """Run ``python -m <module> args...`` in a subprocess; returns the CompletedProcess."""
     import subprocess
     import sys

@@ -21,13 +21,10 @@ TINY_VERSION = "2"  # bump when the builders change, so cached folders are rebui
 
 # Text-encoder and UNet sizes: "tiny" for tests, "full" = the published architectures
 # (random weights) for speed and memory benchmarks.
-_TEXT = {
-    ("tiny", "l"): dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                        projection_dim=32),
-    ("tiny", "h"): dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                        projection_dim=32),
-    ("tiny", "g"): dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                        projection_dim=32),
+_TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  projection_dim=32)
+_TEXT = {  # l: CLIP ViT-L (SD 1.5, SDXL 1st), h: OpenCLIP ViT-H (SD 2.x), g: OpenCLIP bigG (SDXL 2nd)
+    ("tiny", "l"): _TINY_TEXT, ("tiny", "h"): _TINY_TEXT, ("tiny", "g"): _TINY_TEXT,
     ("full", "l"): dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                         projection_dim=768),
     ("full", "h"): dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,

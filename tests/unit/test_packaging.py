@@ -46,7 +46,7 @@ def test_wheel_ships_configs_and_package_data(tmp_path):
     import zipfile
 
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           str(ROOT), "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           str(ROOT), "-w", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("relgen-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

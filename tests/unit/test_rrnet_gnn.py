@@ -66,7 +66,7 @@ def test_import_gnn_module_does_not_import_dgl():
         "import sys, relgen.methods.rrnet.gnn, relgen.methods.rrnet.graph; "
         "assert 'dgl' not in sys.modules, 'dgl imported at module import'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
 
 
 def test_graphbolt_stub_is_safe_for_introspection():
