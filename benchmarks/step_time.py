@@ -109,12 +109,16 @@ def _pair_floor(method, batch):
     """Two UNet forward+backward passes (batch 2) with gradient into the conditioning."""
     import torch
 
+    from relgen.backbones.base import TextCond
+
     bb = method.backbone
     gen = torch.Generator().manual_seed(0)
     res = method.latent_shape if hasattr(method, "latent_shape") else None
-    cond = bb.encode_prompts(["a photo", "a photo"])
-    hidden = cond.hidden.detach().requires_grad_(True)
-    cond.hidden = hidden
+    if not hasattr(method, "_floor_cond"):  # the frozen text encoder is not part of the floor
+        with torch.no_grad():
+            method._floor_cond = bb.encode_prompts(["a photo", "a photo"])
+    base = method._floor_cond
+    cond = TextCond(base.hidden.detach().clone().requires_grad_(True), base.pooled, base.eot)
     if res is None:
         side = method.resolution // bb.vae_scale
         res = (4, side, side)

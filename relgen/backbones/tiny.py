@@ -69,8 +69,8 @@ def build_tiny_components(family: str, prediction_type: str, seed: int, tokenize
                           size: str = "tiny") -> dict:
     """Seeded random modules of ``family`` ("sd15", "sd21" or "sdxl") structure.
 
-    ``size="full"`` builds the published text-encoder and UNet architectures (random weights,
-    the small VAE) for benchmarks.
+    ``size="full"`` builds the published text-encoder, UNet and VAE architectures (random
+    weights) for benchmarks.
     """
     from diffusers import (AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler,
                            UNet2DConditionModel)
@@ -93,11 +93,13 @@ def build_tiny_components(family: str, prediction_type: str, seed: int, tokenize
                               pad_token_id=tok.pad_token_id, **_TEXT[(size, kind)])
 
     torch.manual_seed(seed)
+    # the published VAE is 4 blocks of (128, 256, 512, 512) channels, 2 layers each
+    vae_size = dict(block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=8) if size == "tiny" \
+        else dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                        block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=8,
                         sample_size=64, scaling_factor=0.13025 if family == "sdxl" else 0.18215,
-                        force_upcast=family == "sdxl")
+                        force_upcast=family == "sdxl", **vae_size)
     sched_kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     steps_offset=1, prediction_type=prediction_type)
     comps: dict = {"vae": vae, "unet": UNet2DConditionModel(**_UNET[(size, family)])}
