@@ -30,14 +30,49 @@ def load_backbone(cfg: BackboneConfig, cache_dir: Optional[str] = None,
         if not cfg.pretrained:
             raise ConfigError(f"backbone {cfg.name}: set backbone.pretrained= to a hub id, a local "
                               "diffusers folder or a .safetensors file")
-        source = cfg.pretrained
+        source = resolve_pretrained(cfg)
         identity = f"{cfg.pretrained}@{cfg.revision or 'main'}"
+        if cfg.pretrained.startswith("pkg://"):  # shipped weights change with the package
+            identity = f"{cfg.pretrained}@{_weights_digest(Path(source))}"
     if source.endswith((".safetensors", ".ckpt")):
         parts = _load_single_file(cfg, source)
     else:
         parts = _load_folder(cfg, source)
 
     return assemble_backbone(cfg, parts, identity, cache_dir, device)
+
+
+def resolve_pretrained(cfg: BackboneConfig) -> str:
+    """``backbone.pretrained`` as a hub id or path; ``pkg://<package>/<folder>`` names a folder
+    inside an installed Python package (found with importlib.resources)."""
+    source = cfg.pretrained
+    if not source.startswith("pkg://"):
+        return source
+    package, _, sub = source[len("pkg://"):].partition("/")
+    from importlib.resources import files
+
+    try:
+        folder = Path(str(files(package))).joinpath(*[p for p in sub.split("/") if p])
+    except (ModuleNotFoundError, TypeError, ValueError) as exc:
+        raise ConfigError(f"backbone {cfg.name}: backbone.pretrained '{source}' names package '{package}', "
+                          "which is not installed; use pkg://<package>/<folder>") from exc
+    if not (folder / "model_index.json").is_file():
+        raise RelgenError(f"backbone {cfg.name}: '{source}' resolves to {folder}, which holds no diffusers "
+                          "folder (model_index.json); the weights are not built yet (for relworld: python "
+                          "benchmarks/relworld/pretrain.py) or set backbone.pretrained= to a diffusers folder")
+    return str(folder)
+
+
+def _weights_digest(folder: Path) -> str:
+    """Short content hash of a folder's weights and configs (keys caches of shipped weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in (".safetensors", ".json", ".txt"):
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def assemble_backbone(cfg: BackboneConfig, parts: dict, identity: str, cache_dir: Optional[str] = None,

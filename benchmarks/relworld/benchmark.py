@@ -1,0 +1,244 @@
+"""The relworld benchmark: generate, detect exactly, and report with confidence intervals.
+
+    python benchmarks/relworld/benchmark.py                         # the shipped relworld model
+    python benchmarks/relworld/benchmark.py --model /path/to/diffusers-folder --samples 8
+
+Base-model suites (every prompt rendered with seeds ``seed .. seed + samples - 1``):
+
+* ``seen``: canonical prompts "a A r a B" for each relation named in pretraining captions,
+  ``--pairs`` object pairs each, in the direction pretraining shows;
+* ``swapped``: object-swapped prompt pairs ("a A r a B" / "a B r a A", same seeds) of unbiased
+  shape pairs — direction accuracy;
+* ``biased``: the same for the biased pairs (pretraining shows only one direction);
+* ``heldout``: prompts of the held-out relation (never named in pretraining captions);
+* ``vae_ceiling``: no generation — ground-truth renders of the ``seen`` prompts passed through
+  the model's VAE (encode, decode): what the detector can find at best in decoded images.
+
+Metrics come from :mod:`relgen.data.relworld_detector`: relation accuracy, object accuracy
+(both objects present) and direction accuracy, each with a 95 % Wilson interval. Writes
+``report.md``, ``results.json`` and one image grid per suite (rows = prompts, columns =
+seeds) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from relgen.data import relworld as rw
+from relgen.data.relworld_detector import (
+    Detector,
+    Reading,
+    direction_accuracy,
+    object_accuracy,
+    relation_accuracy,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Prompt:
+    a: tuple[str, str]
+    relation: str
+    b: tuple[str, str]
+    text: str
+
+
+@dataclass
+class Suite:
+    name: str
+    prompts: list[Prompt]
+    swapped: bool = False  # prompts come in (ARB, BRA) pairs
+    readings: list[list[Reading]] = field(default_factory=list)
+    images: list[list] = field(default_factory=list)
+
+
+def _pair_objects(rng: np.random.Generator, spec: rw.WorldSpec, shapes: tuple[str, str]):
+    ca, cb = rng.choice(len(spec.colours), size=2, replace=False)
+    return (shapes[0], spec.colours[ca]), (shapes[1], spec.colours[cb])
+
+
+def build_suites(spec: rw.WorldSpec, pairs: int, seed: int = 0) -> list[Suite]:
+    """The base-model suites (deterministic for a seed)."""
+    rng = np.random.default_rng([seed, 17])
+    biased_shapes = {frozenset((p.first, p.second)) for p in spec.biased}
+    free_shapes = [(x, y) for i, x in enumerate(spec.shapes) for y in spec.shapes[i + 1:]
+                   if frozenset((x, y)) not in biased_shapes]
+
+    def make(a, relation, b) -> Prompt:
+        return Prompt(a, relation, b, rw.prompt(a, relation, b, spec))
+
+    seen = []
+    for relation in spec.captioned_relations:
+        for _ in range(pairs):
+            sa, sb = free_shapes[int(rng.integers(len(free_shapes)))]
+            a, b = _pair_objects(rng, spec, (sa, sb) if rng.random() < 0.5 else (sb, sa))
+            seen.append(make(a, relation, b))
+    swapped = []
+    for relation in ("above", "left_of"):
+        for _ in range(max(1, pairs // 2)):
+            a, b = _pair_objects(rng, spec, free_shapes[int(rng.integers(len(free_shapes)))])
+            swapped += [make(a, relation, b), make(b, relation, a)]
+    biased = []
+    for pair in spec.biased:
+        for _ in range(max(1, pairs // 2)):
+            a, b = _pair_objects(rng, spec, (pair.first, pair.second))
+            biased += [make(a, pair.relation, b), make(b, pair.relation, a)]
+    heldout = []
+    if spec.heldout_relation:
+        for _ in range(pairs):
+            sa, sb = free_shapes[int(rng.integers(len(free_shapes)))]
+            a, b = _pair_objects(rng, spec, (sa, sb))
+            heldout.append(make(a, spec.heldout_relation, b))
+    return [Suite("seen", seen), Suite("swapped", swapped, swapped=True), Suite("biased", biased, swapped=True),
+            Suite("heldout", heldout), Suite("vae_ceiling", list(seen))]
+
+
+def load_pipeline(model: str | None, scheduler: str | None = None):
+    """The relworld backbone (``model`` = a diffusers folder or pkg:// URI; None = shipped)."""
+    from hydra import compose, initialize_config_module
+
+    import relgen.config  # noqa: F401  (registers the schemas)
+    from relgen.backbones.loading import load_backbone
+
+    overrides = ["backbone=relworld"] + ([f"backbone.pretrained={model}"] if model else [])
+    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides).backbone
+    backbone = load_backbone(cfg)
+    return backbone, backbone.pipeline(scheduler)
+
+
+def run_suite(suite: Suite, pipe, backbone_cfg, detector: Detector, samples: int, seed: int,
+              steps: int | None, guidance: float | None, batch_size: int) -> None:
+    """Render every prompt ``samples`` times and read each image."""
+    from relgen.generate import GenerationOptions, render
+    from relgen.methods.base import Artifact
+
+    opts = GenerationOptions(seed=seed, num_images=samples, steps=steps, guidance=guidance,
+                             batch_size=batch_size)
+    rows = render(pipe, Artifact(), [p.text for p in suite.prompts], opts, backbone_cfg)
+    suite.images = rows
+    suite.readings = [[detector.read(np.asarray(img), p.a, p.relation, p.b) for img in row]
+                      for p, row in zip(suite.prompts, rows)]
+
+
+@torch.no_grad()
+def run_vae_ceiling(suite: Suite, backbone, spec: rw.WorldSpec, detector: Detector, samples: int,
+                    seed: int) -> None:
+    """Ground-truth scenes of each prompt, through the VAE (posterior mean), then detected."""
+    from PIL import Image
+
+    vae = backbone.vae
+    suite.images, suite.readings = [], []
+    for k, p in enumerate(suite.prompts):
+        scenes = [rw.sample_scene(np.random.default_rng([seed, k, i]), spec, p.relation, p.a, p.b)
+                  for i in range(samples)]
+        x = torch.from_numpy(np.stack([s.render()[0] for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
+        images = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        suite.images.append([Image.fromarray(im) for im in images])
+        suite.readings.append([detector.read(im, p.a, p.relation, p.b) for im in images])
+
+
+def summarize(suite: Suite) -> dict:
+    flat = [r for row in suite.readings for r in row]
+    out = {"prompts": len(suite.prompts), "images": len(flat),
+           "relation_accuracy": relation_accuracy(flat), "object_accuracy": object_accuracy(flat)}
+    if suite.swapped:
+        pairs = [(x, y) for row_ab, row_ba in zip(suite.readings[0::2], suite.readings[1::2])
+                 for x, y in zip(row_ab, row_ba)]
+        out["direction_accuracy"] = direction_accuracy(pairs)
+    by_relation = {}
+    for p, row in zip(suite.prompts, suite.readings):
+        by_relation.setdefault(p.relation, []).extend(row)
+    out["by_relation"] = {k: relation_accuracy(v) for k, v in by_relation.items()}
+    return out
+
+
+def write_report(out: Path, suites: list[Suite], summaries: dict, meta: dict) -> Path:
+    from relgen.generate import make_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# relworld benchmark — {meta['model']}", "",
+             f"{meta['samples']} samples per prompt (seeds {meta['seed']}..{meta['seed'] + meta['samples'] - 1}), "
+             f"{meta['steps']} steps, guidance {meta['guidance']}, {meta['scheduler']} scheduler. "
+             f"Rates in %, with 95 % Wilson intervals. Wall time {meta['wall_s']:.0f} s.", "",
+             "| suite | prompts | images | relation acc. | object acc. | direction acc. |",
+             "|---|---|---|---|---|---|"]
+    for s in suites:
+        m = summaries[s.name]
+        lines.append(f"| {s.name} | {m['prompts']} | {m['images']} | {m['relation_accuracy']} | "
+                     f"{m['object_accuracy']} | {m.get('direction_accuracy', '—')} |")
+    lines += ["", "Relation accuracy per relation:", "", "| suite | relation | accuracy |", "|---|---|---|"]
+    for s in suites:
+        for rel, r in summaries[s.name]["by_relation"].items():
+            lines.append(f"| {s.name} | {rel} | {r} |")
+    lines.append("")
+    for s in suites:
+        grid = out / f"grid_{s.name}.png"
+        make_grid(s.images).save(grid)
+        lines += [f"## {s.name}", "", "Rows: " + "; ".join(f"`{p.text}`" for p in s.prompts), "",
+                  f"![{s.name}]({grid.name})", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+    def plain(v):
+        if hasattr(v, "k"):
+            return {"k": v.k, "n": v.n, "value": v.value, "low": v.low, "high": v.high}
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    (out / "results.json").write_text(json.dumps({"meta": meta, "suites": plain(summaries)}, indent=2))
+    return out / "report.md"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="diffusers folder or pkg:// URI (default: the shipped model)")
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--pairs", type=int, default=4, help="object pairs per relation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--scheduler", default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--suites", default="seen,swapped,biased,heldout,vae_ceiling")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(HERE / "results" / "base"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    spec = rw.WorldSpec()
+    backbone, pipe = load_pipeline(args.model, args.scheduler)
+    detector = Detector(spec)
+    wanted = args.suites.split(",")
+    suites = [s for s in build_suites(spec, args.pairs, args.seed) if s.name in wanted]
+    summaries = {}
+    for suite in suites:
+        if suite.name == "vae_ceiling":
+            run_vae_ceiling(suite, backbone, spec, detector, args.samples, args.seed)
+        else:
+            run_suite(suite, pipe, backbone.cfg, detector, args.samples, args.seed, args.steps, args.guidance,
+                      args.batch_size)
+        summaries[suite.name] = summarize(suite)
+        m = summaries[suite.name]
+        print(f"{suite.name:8s} relation {m['relation_accuracy']}  object {m['object_accuracy']}"
+              + (f"  direction {m['direction_accuracy']}" if "direction_accuracy" in m else ""), flush=True)
+    meta = {"model": args.model or backbone.cfg.pretrained, "samples": args.samples, "seed": args.seed,
+            "steps": args.steps or backbone.cfg.inference_steps,
+            "guidance": args.guidance if args.guidance is not None else backbone.cfg.guidance_scale,
+            "scheduler": args.scheduler or backbone.cfg.inference_scheduler, "wall_s": time.time() - t0}
+    print(write_report(Path(args.out), suites, summaries, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

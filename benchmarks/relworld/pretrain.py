@@ -1,0 +1,480 @@
+"""Pretrain the ``relworld`` micro backbone on the relation world, on a CPU, resumably.
+
+    nice -n 19 python benchmarks/relworld/pretrain.py --max-minutes 60      # run a while, stop cleanly
+    nice -n 19 python benchmarks/relworld/pretrain.py                       # continue where it stopped
+    python benchmarks/relworld/pretrain.py --status                         # where it stands
+
+Stages (each resumes from its checkpoint in ``--work``; a finished stage returns at once, and raising
+``--vae-steps`` or ``--steps`` trains further — the latents are re-encoded when the VAE changed):
+
+1. ``data``: :func:`relgen.data.relworld.write_pretraining_set` (PNG images + captions.jsonl).
+2. ``tokenizer``: BPE merges learnt on the captions, written as a CLIP tokenizer.
+3. ``vae``: an AutoencoderKL trained from scratch on the images (L1 reconstruction + a small
+   KL term, as the KL-f autoencoders of latent diffusion, without the adversarial and
+   perceptual terms that flat-coloured shapes do not need).
+4. ``latents``: the VAE posterior of every image, cached; ``scaling_factor`` = 1 / std of the
+   latents (Rombach et al. 2022, Sec. 4.3.2 / the SD configs' 0.18215 rule).
+5. ``diffusion``: text encoder + UNet trained jointly with the epsilon loss, 10 % empty
+   captions (for classifier-free guidance), Min-SNR-5 loss weights (Hang et al. 2023, Eq. 9)
+   and an EMA of the weights; checkpoints every few minutes.
+6. ``export``: the EMA weights written with ``save_pretrained`` into ``--out`` (by default the
+   shipped ``relgen/relworld_model/``), through a temporary folder and a rename.
+
+The script stops by itself when ``--max-minutes`` are spent or on SIGINT/SIGTERM, after
+writing a checkpoint; run it again to continue. Resuming reproduces the uninterrupted run
+(all randomness comes from checkpointed generators). ``progress.json`` records the CPU seconds
+each stage used; ``log.csv`` the losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from relgen.backbones import relworld as rb
+from relgen.data import relworld as rw
+
+STAGES = ("data", "tokenizer", "vae", "latents", "diffusion", "export")
+
+
+# --------------------------------------------------------------------------------------------
+# Bookkeeping
+# --------------------------------------------------------------------------------------------
+
+
+class Budget:
+    """Stops a stage when this invocation's minutes are spent or a signal arrived."""
+
+    def __init__(self, max_minutes: float | None):
+        self.deadline = time.time() + 60 * max_minutes if max_minutes else None
+        self.stop = False
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+
+    def _signal(self, *_):
+        self.stop = True
+
+    def over(self) -> bool:
+        return self.stop or (self.deadline is not None and time.time() > self.deadline)
+
+
+class Progress:
+    """``progress.json``: finished stages and CPU seconds per stage."""
+
+    def __init__(self, work: Path):
+        self.path = work / "progress.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"done": [], "cpu_s": {}}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["done"]
+
+    def finish(self, stage: str) -> None:
+        if stage not in self.data["done"]:
+            self.data["done"].append(stage)
+        self.save()
+
+    def add_cpu(self, stage: str, seconds: float) -> None:
+        self.data["cpu_s"][stage] = self.data["cpu_s"].get(stage, 0.0) + seconds
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.data, indent=2))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def log_row(work: Path, **row) -> None:
+    path = work / "log.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["stage", "step", "loss", "lr", "cpu_s", "time"])
+        if new:
+            writer.writeheader()
+        writer.writerow({"time": time.strftime("%Y-%m-%d %H:%M:%S"), **row})
+
+
+def generator_from(state) -> torch.Generator:
+    g = torch.Generator()
+    g.set_state(state)
+    return g
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+
+def stage_data(args, work: Path) -> Path:
+    return rw.write_pretraining_set(work / "data", rw.WorldSpec(), seed=args.seed, num_images=args.num_images)
+
+
+def load_images(work: Path, records: list[dict]) -> np.ndarray:
+    """uint8 [N, 64, 64, 3] of the pretraining images, cached as one .npy."""
+    from PIL import Image
+
+    path = work / "images_u8.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    images = np.stack([np.asarray(Image.open(r["file"]).convert("RGB")) for r in records])
+    np.save(work / "images_u8.tmp.npy", images)
+    os.replace(work / "images_u8.tmp.npy", path)
+    return images
+
+
+def to_pixels(batch_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""
+    x = torch.from_numpy(np.array(batch_u8)).permute(0, 3, 1, 2).float()  # a copy: the cache is read-only
+    return x / 127.5 - 1.0
+
+
+def stage_tokenizer(args, work: Path, records: list[dict]) -> Path:
+    folder = work / "tokenizer"
+    if not (folder / "vocab.json").exists():
+        merges = rb.train_bpe_merges(r["caption"] for r in records)
+        tmp = work / "tokenizer.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        rb.write_clip_tokenizer(tmp, merges)
+        os.replace(tmp, folder)
+    return folder
+
+
+def stage_vae(args, work: Path, images: np.ndarray, budget: Budget, progress: Progress) -> bool:
+    """Train the VAE; True when its last step is done."""
+    ckpt = work / "vae.pt"
+    vae = rb.build_vae(seed=args.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        g = generator_from(state["rng"])
+        step = state["step"]
+    if step >= args.vae_steps:
+        return True
+    vae.train()
+    cpu0, last_save, losses = time.process_time(), time.time(), []
+
+    def save():
+        nonlocal cpu0, last_save
+        atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "rng": g.get_state(), "step": step}, ckpt)
+        progress.add_cpu("vae", time.process_time() - cpu0)
+        cpu0, last_save = time.process_time(), time.time()
+
+    while step < args.vae_steps:
+        if budget.over():
+            save()
+            return False
+        # random crops: the autoencoder is convolutional, and a crop is cheaper than a full
+        # image while holding as many edges and corners
+        idx = torch.randint(len(images), (args.vae_batch,), generator=g).tolist()
+        corner = torch.randint(0, images.shape[1] - args.vae_crop + 1, (args.vae_batch, 2), generator=g).tolist()
+        x = to_pixels(np.stack([images[i, r:r + args.vae_crop, c:c + args.vae_crop]
+                                for i, (r, c) in zip(idx, corner)]))
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        # object pixels (a channel below the pale backgrounds' range) weigh more: they are a
+        # small share of each image but carry the shapes' corners and edges
+        weight = 1.0 + args.vae_object_weight * (x.min(dim=1, keepdim=True).values < args.vae_object_level).float()
+        rec_loss = (weight * (rec - x).abs()).mean() / weight.mean()
+        # LDM's autoencoder loss sums the L1 term over pixels and the KL over latents, KL weight
+        # 1e-6 (latent-diffusion's LPIPSWithDiscriminator); dividing both by the pixel count
+        # keeps that ratio
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = rec_loss + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        lr = args.vae_lr * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps))  # cosine decay
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        step += 1
+        losses.append(rec_loss.item())
+        if step % 25 == 0:
+            log_row(work, stage="vae", step=step, loss=f"{np.mean(losses):.5f}", lr=f"{lr:.2e}",
+                    cpu_s=f"{progress.data['cpu_s'].get('vae', 0) + time.process_time() - cpu0:.0f}")
+            losses = []
+        if time.time() - last_save > args.save_every_s:
+            save()
+    save()
+    return True
+
+
+def stage_latents(args, work: Path, images: np.ndarray, budget: Budget, progress: Progress) -> bool:
+    """Encode every image; True when done. Writes latents.pt = {params [N, 8, 16, 16], scaling}."""
+    out = work / "latents.pt"
+    vae_state = torch.load(work / "vae.pt", weights_only=True)
+    if out.exists() and torch.load(out, weights_only=True).get("vae_step") == vae_state["step"]:
+        return True
+    vae = rb.build_vae(seed=args.seed)
+    vae.load_state_dict(vae_state["model"])
+    vae.eval()
+    part = work / "latents_part.pt"
+    chunks = []
+    if part.exists():
+        saved = torch.load(part, weights_only=True)
+        chunks = saved["chunks"] if saved.get("vae_step") == vae_state["step"] else []
+    cpu0 = time.process_time()
+    done = sum(c.shape[0] for c in chunks)
+    with torch.no_grad():
+        while done < len(images):
+            if budget.over():
+                atomic_save({"chunks": chunks, "vae_step": vae_state["step"]}, part)
+                progress.add_cpu("latents", time.process_time() - cpu0)
+                return False
+            x = to_pixels(images[done:done + 256])
+            chunks.append(vae.encode(x).latent_dist.parameters.float())
+            done += x.shape[0]
+    params = torch.cat(chunks)
+    mean, logvar = params.chunk(2, dim=1)
+    g = torch.Generator().manual_seed(args.seed + 2)
+    sample = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)
+    scaling = float(1.0 / sample.std())
+    atomic_save({"params": params, "scaling_factor": scaling, "vae_step": vae_state["step"]}, out)
+    part.unlink(missing_ok=True)
+    progress.add_cpu("latents", time.process_time() - cpu0)
+    log_row(work, stage="latents", step=len(images), loss=f"{float(sample.std()):.5f}", lr="",
+            cpu_s=f"{progress.data['cpu_s']['latents']:.0f}")
+    return True
+
+
+def ema_update(ema: dict[str, torch.Tensor], params: dict[str, torch.Tensor], decay: float) -> None:
+    with torch.no_grad():
+        for name, p in params.items():
+            ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progress: Progress) -> bool:
+    """Train text encoder + UNet; True when the last step is done."""
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    ckpt = work / "diffusion.pt"
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    text_encoder = rb.build_text_encoder(tokenizer, seed=args.seed)
+    unet = rb.build_unet(seed=args.seed)
+    latents = torch.load(work / "latents.pt", weights_only=True)
+    params_all, scaling = latents["params"], latents["scaling_factor"]
+    ids_all = tokenizer([r["caption"] for r in records], padding="max_length", max_length=77,
+                        truncation=True, return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    sched = DDPMScheduler.from_config({k: v for k, v in rb.SCHEDULER_CONFIG.items()
+                                       if k not in ("skip_prk_steps", "set_alpha_to_one")}, clip_sample=False)
+    alphas = sched.alphas_cumprod
+    snr_all = alphas / (1 - alphas)
+
+    modules = {"text_encoder": text_encoder, "unet": unet}
+    named = {f"{k}.{n}": p for k, m in modules.items() for n, p in m.named_parameters()}
+    opt = torch.optim.AdamW(list(named.values()), lr=args.lr, weight_decay=0.01)
+    ema = {n: p.detach().clone() for n, p in named.items()}
+    g = torch.Generator().manual_seed(args.seed + 3)
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        if state.get("vae_step") != latents.get("vae_step"):
+            raise SystemExit(f"{ckpt} was trained on latents of VAE step {state.get('vae_step')}, but "
+                             f"latents.pt is from step {latents.get('vae_step')}; move {ckpt} away to restart")
+        for k, m in modules.items():
+            m.load_state_dict(state[k])
+        opt.load_state_dict(state["opt"])
+        ema = state["ema"]
+        g = generator_from(state["rng"])
+        step = state["step"]
+    if step >= args.steps:
+        return True
+    for m in modules.values():
+        m.train()
+    cpu0, last_save, losses = time.process_time(), time.time(), []
+
+    def save():
+        nonlocal cpu0, last_save
+        state = {k: m.state_dict() for k, m in modules.items()}
+        state.update(opt=opt.state_dict(), ema=ema, rng=g.get_state(), step=step, vae_step=latents.get("vae_step"))
+        atomic_save(state, ckpt)
+        progress.add_cpu("diffusion", time.process_time() - cpu0)
+        cpu0, last_save = time.process_time(), time.time()
+
+    B = args.batch
+    while step < args.steps:
+        if budget.over():
+            save()
+            return False
+        idx = torch.randint(len(records), (B,), generator=g)
+        mean, logvar = params_all[idx].chunk(2, dim=1)
+        x0 = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * scaling
+        ids = ids_all[idx].clone()
+        drop = torch.rand(B, generator=g) < args.caption_dropout
+        ids[drop] = empty_ids[0]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (B,), generator=g)
+        noisy = sched.add_noise(x0, noise, t)
+        hidden = text_encoder(ids)[0]
+        pred = unet(noisy, t, hidden).sample
+        # Min-SNR-gamma weights for epsilon prediction: min(SNR, gamma) / SNR (Hang et al. 2023, Eq. 9)
+        snr = snr_all[t]
+        weight = torch.clamp(snr, max=args.min_snr_gamma) / snr
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        step += 1
+        ema_update(ema, named, min(args.ema, (1 + step) / (10 + step)))  # EMA warm-up as diffusers' EMAModel
+        losses.append(loss.item())
+        if step % 25 == 0:
+            log_row(work, stage="diffusion", step=step, loss=f"{np.mean(losses):.5f}", lr=f"{lr:.2e}",
+                    cpu_s=f"{progress.data['cpu_s'].get('diffusion', 0) + time.process_time() - cpu0:.0f}")
+            losses = []
+        if time.time() - last_save > args.save_every_s:
+            save()
+        if args.snapshot_every and step % args.snapshot_every == 0:
+            save()
+            export(args, work, work / f"snapshot-{step:06d}", use_ema=True)
+    save()
+    return True
+
+
+def export(args, work: Path, out: Path, use_ema: bool = True) -> Path:
+    """Write the diffusers folder (EMA weights) to ``out`` via a temporary sibling and a rename."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    text_encoder = rb.build_text_encoder(tokenizer, seed=args.seed)
+    unet = rb.build_unet(seed=args.seed)
+    state = torch.load(work / "diffusion.pt", weights_only=True)
+    if use_ema:
+        for prefix, module in (("text_encoder.", text_encoder), ("unet.", unet)):
+            own = {n[len(prefix):]: p for n, p in state["ema"].items() if n.startswith(prefix)}
+            module.load_state_dict({**module.state_dict(), **own})
+    else:
+        text_encoder.load_state_dict(state["text_encoder"])
+        unet.load_state_dict(state["unet"])
+    scaling = torch.load(work / "latents.pt", weights_only=True)["scaling_factor"]
+    vae = rb.build_vae(seed=args.seed, scaling_factor=scaling)
+    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=True)["model"])
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rb.save_pipeline(tmp, work / "tokenizer", text_encoder, unet, vae)
+    (tmp / "relworld_pretraining.json").write_text(json.dumps({
+        "diffusion_steps": int(state["step"]), "ema": use_ema, "args": vars(args) | {"work": None, "out": None},
+        "cpu_s": json.loads((work / "progress.json").read_text())["cpu_s"],
+    }, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", default=os.path.join(os.path.expanduser(os.environ.get("RELGEN_CACHE", "~/.cache/relgen")),
+                                                  "relworld_pretrain"), help="checkpoints and data")
+    p.add_argument("--out", default=str(rb.shipped_model_folder()), help="where the final model is written")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-images", type=int, default=30000)
+    p.add_argument("--vae-steps", type=int, default=4000)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-crop", type=int, default=32, help="side of the random training crops")
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-kl", type=float, default=1e-6)
+    p.add_argument("--vae-object-weight", type=float, default=0.0, help="extra L1 weight of object pixels")
+    p.add_argument("--vae-object-level", type=float, default=0.0,
+                   help="a pixel whose darkest channel is below this (in [-1, 1]) is an object pixel")
+    p.add_argument("--steps", type=int, default=6000, help="diffusion optimizer steps")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--min-snr-gamma", type=float, default=5.0)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--snapshot-every", type=int, default=0, help="also export a snapshot folder every N steps")
+    p.add_argument("--save-every-s", type=float, default=300.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
+    p.add_argument("--stop-after", choices=STAGES[2:5], default=None, help="stop after this stage")
+    p.add_argument("--status", action="store_true", help="print progress and exit")
+    p.add_argument("--export-to", default=None, help="only export the current EMA weights to this folder")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    progress = Progress(work)
+    if args.status:
+        print(json.dumps(progress.data, indent=2))
+        return 0
+    if args.export_to:
+        print(export(args, work, Path(args.export_to)))
+        return 0
+    budget = Budget(args.max_minutes)
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+
+    cpu0 = time.process_time()
+    root = stage_data(args, work)
+    if not progress.done("data"):
+        progress.add_cpu("data", time.process_time() - cpu0)
+        progress.finish("data")
+    records = rw.read_pretraining_set(root)
+    stage_tokenizer(args, work, records)
+    progress.finish("tokenizer")
+    images = load_images(work, records)
+    for name, run in (("vae", lambda: stage_vae(args, work, images, budget, progress)),
+                      ("latents", lambda: stage_latents(args, work, images, budget, progress)),
+                      ("diffusion", lambda: stage_diffusion(args, work, records, budget, progress))):
+        print(f"[pretrain] stage {name}", flush=True)  # each stage returns at once when complete
+        if not run():
+            print(f"[pretrain] stopped in stage {name}; run again to continue", flush=True)
+            return 3
+        progress.finish(name)
+        if args.stop_after == name:
+            print(f"[pretrain] stopped after stage {name} (--stop-after)", flush=True)
+            return 0
+    out = export(args, work, Path(args.out))
+    progress.finish("export")
+    total = sum(progress.data["cpu_s"].values())
+    print(f"[pretrain] wrote {out} ({rb.weights_size(out) / 1e6:.1f} MB of weights); "
+          f"CPU time {total / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The relworld benchmark's suites and summaries (on ground-truth renders instead of a model)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relgen.data import relworld as rw
+from relgen.data.relworld_detector import Detector
+
+SPEC = rw.WorldSpec()
+DET = Detector(SPEC)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("relworld_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def _read(prompt, image):
+    return DET.read(image, prompt.a, prompt.relation, prompt.b)
+
+
+def test_suites_are_deterministic_and_well_formed(bench):
+    suites = {s.name: s for s in bench.build_suites(SPEC, pairs=4, seed=0)}
+    again = {s.name: s for s in bench.build_suites(SPEC, pairs=4, seed=0)}
+    assert [p.text for p in suites["seen"].prompts] == [p.text for p in again["seen"].prompts]
+    seen = suites["seen"].prompts
+    assert len(seen) == 4 * len(SPEC.captioned_relations)
+    for p in seen:
+        assert p.relation != SPEC.heldout_relation and not SPEC.forbidden(p.relation, p.a[0], p.b[0])
+        assert p.text == rw.prompt(p.a, p.relation, p.b)
+    for name in ("swapped", "biased"):
+        ps = suites[name].prompts
+        assert suites[name].swapped and len(ps) % 2 == 0
+        for ab, ba in zip(ps[0::2], ps[1::2]):
+            assert (ab.a, ab.relation, ab.b) == (ba.b, ba.relation, ba.a)
+    # each biased pair: one prompt of the pair is the direction pretraining never shows
+    for ab, ba in zip(suites["biased"].prompts[0::2], suites["biased"].prompts[1::2]):
+        assert SPEC.forbidden(ab.relation, ab.a[0], ab.b[0]) != SPEC.forbidden(ba.relation, ba.a[0], ba.b[0])
+    assert {p.relation for p in suites["heldout"].prompts} == {"inside"}
+
+
+def test_summaries_on_faithful_and_biased_images(bench):
+    suites = {s.name: s for s in bench.build_suites(SPEC, pairs=2, seed=1)}
+    biased = suites["biased"]
+    rng = np.random.default_rng(0)
+    faithful, ignoring = [], []
+    for p in biased.prompts:
+        images = [rw.sample_scene(rng, SPEC, p.relation, p.a, p.b).render()[0] for _ in range(3)]
+        faithful.append([_read(p, im) for im in images])
+        # a model with the pretraining bias draws the allowed direction whatever the prompt says
+        a, b = (p.b, p.a) if SPEC.forbidden(p.relation, p.a[0], p.b[0]) else (p.a, p.b)
+        images = [rw.sample_scene(rng, SPEC, p.relation, a, b).render()[0] for _ in range(3)]
+        ignoring.append([_read(p, im) for im in images])
+    biased.readings = faithful
+    m = bench.summarize(biased)
+    assert m["images"] == 3 * len(biased.prompts)
+    assert m["relation_accuracy"].value == 1.0 and m["direction_accuracy"].value == 1.0
+    assert m["direction_accuracy"].n == 3 * len(biased.prompts) // 2
+    biased.readings = ignoring
+    m = bench.summarize(biased)
+    assert m["relation_accuracy"].value == 0.5 and m["object_accuracy"].value == 1.0
+    assert m["direction_accuracy"].value == 0.0
