@@ -9,5 +9,5 @@ bash scripts/setup.sh
 run_dir="outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)"
 .venv/bin/python -m relgen method=reversion trainer.max_steps=30 trainer.checkpoint_every=10 \
   hydra.run.dir="$run_dir" "$@"
-.venv/bin/python -m relgen.generate run_dir="$run_dir" num_images=2
+.venv/bin/python -m relgen.generate run_dir="$run_dir" prompt="red circle <R> blue square" num_images=2
 echo "demo finished: everything is under $run_dir"
