@@ -61,7 +61,7 @@ class DatasetConfig:
     seed: int = 0
     size: int = 64  # synthetic image size in pixels
     relations: list[str] = field(default_factory=list)  # synthetic: "A R B" triples or words
-    num_images: int = 6
+    num_images: int = 6  # relworld_reversion: exemplars; relworld_rrnet: 2 x images per folder
     num_items: int = 4
 
 

@@ -168,6 +168,9 @@ def save_pipeline(folder: str | Path, tokenizer_dir: str | Path, text_encoder, u
                                    scheduler=PNDMScheduler(**SCHEDULER_CONFIG), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
+    # as SD 1.5's scheduler_config.json: DDIM/DDPM built from it must not clip latents to [-1, 1]
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    sched_file.write_text(json.dumps({**json.loads(sched_file.read_text()), "clip_sample": False}, indent=2))
     shutil.rmtree(folder / "tokenizer")
     (folder / "tokenizer").mkdir()
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):

@@ -108,6 +108,38 @@ def _write_dreamrelation(root: Path, dcfg) -> None:
     write_shapes_dreamrelation(root, seed=dcfg.seed, num_items=dcfg.num_items, size=dcfg.size)
 
 
+def _write_relworld_reversion(root: Path, dcfg) -> None:
+    from relgen.data.relworld import write_world_reversion
+
+    if len(dcfg.relations) > 1:
+        raise ConfigError(f"dataset.relations for {dcfg.name} takes one relation key (e.g. ['inside']), "
+                          f"got {list(dcfg.relations)}")
+    write_world_reversion(root, seed=dcfg.seed, relation=dcfg.relations[0] if dcfg.relations else None,
+                          num_images=dcfg.num_images)
+
+
+def _write_relworld_rrnet(root: Path, dcfg) -> None:
+    from relgen.data.relworld import write_world_rrnet
+
+    triples = None
+    if dcfg.relations:
+        triples = [tuple(r.split()) for r in dcfg.relations]
+        if any(len(t) != 3 for t in triples):
+            raise ConfigError(f"dataset.relations for {dcfg.name} must be 'shape relation shape' triples, "
+                              f"e.g. ['square above circle'] (got {list(dcfg.relations)})")
+    write_world_rrnet(root, seed=dcfg.seed, triples=triples, images_per_folder=max(2, dcfg.num_images // 2))
+
+
+def _write_relworld_dreamrelation(root: Path, dcfg) -> None:
+    from relgen.data.relworld import write_world_dreamrelation
+
+    if len(dcfg.relations) > 1:
+        raise ConfigError(f"dataset.relations for {dcfg.name} takes one relation key (e.g. ['inside']), "
+                          f"got {list(dcfg.relations)}")
+    write_world_dreamrelation(root, seed=dcfg.seed, relation=dcfg.relations[0] if dcfg.relations else None,
+                              num_items=dcfg.num_items)
+
+
 register_dataset("reversion_folder", _folder("reversion", "read_reversion_folder"),
                  summary="ReVersion layout: exemplar images + text.json caption templates (dataset.root=)")
 register_dataset("rrnet_folder", _folder("rrnet", "read_rrnet_folder"),
@@ -121,3 +153,10 @@ register_dataset("shapes_rrnet", _synthetic("rrnet", "read_rrnet_folder", _write
 register_dataset("shapes_dreamrelation", _synthetic("dreamrelation", "read_dreamrelation_folder",
                                                     _write_dreamrelation),
                  summary="synthetic relation triplets with keypoints and masks, DreamRelation layout")
+register_dataset("relworld_reversion", _synthetic("reversion", "read_reversion_folder", _write_relworld_reversion),
+                 summary="relworld exemplars of one relation (default: the held-out 'inside'), ReVersion layout")
+register_dataset("relworld_rrnet", _synthetic("rrnet", "read_rrnet_folder", _write_relworld_rrnet),
+                 summary="relworld biased pairs the way round pretraining never shows, RRNet layout")
+register_dataset("relworld_dreamrelation", _synthetic("dreamrelation", "read_dreamrelation_folder",
+                                                      _write_relworld_dreamrelation),
+                 summary="relworld identity in a relation, with keypoints and masks, DreamRelation layout")

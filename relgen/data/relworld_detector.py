@@ -61,6 +61,11 @@ class DetectorConfig:
         min_iou: Smallest IoU with the fitted shape for an object to count as present.
         touch_tolerance: Most empty rows between A and B that still count as touching.
         inside_fraction: Share of A's pixels within B's filled outline for ``inside``.
+        match_shape: An object counts as present only when its best shape is the prompted one
+            (the strict reading). ``False`` finds each object by colour alone (the largest
+            component of its colour; prompts give A and B different colours): a coarser
+            reading that still scores layout when a model draws the right colours in the
+            wrong shapes.
     """
 
     colour_tolerance: float = 70.0
@@ -68,6 +73,7 @@ class DetectorConfig:
     min_iou: float = 0.5
     touch_tolerance: int = 2
     inside_fraction: float = 0.8
+    match_shape: bool = True
 
 
 @dataclass
@@ -240,9 +246,12 @@ class Detector:
     def find(self, image: np.ndarray, shape: str, colour: str,
              labels: Optional[np.ndarray] = None) -> Optional[Detection]:
         """The object ``colour shape`` if present: a component of that colour whose best shape is
-        ``shape`` with IoU >= ``min_iou`` (the best such one), else ``None``."""
+        ``shape`` with IoU >= ``min_iou`` (the best such one), else ``None``. Without
+        ``config.match_shape``: the largest component of ``colour``, whatever its shape."""
         labels = self.colour_labels(image) if labels is None else labels
         found = [self.identify(m, colour) for m in self.components(labels, colour)]
+        if not self.config.match_shape:
+            return found[0] if found else None
         found = [d for d in found if d.shape == shape and d.iou >= self.config.min_iou]
         return max(found, key=lambda d: d.iou) if found else None
 

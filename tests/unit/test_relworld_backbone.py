@@ -110,3 +110,11 @@ def test_shipped_model_loads():
     backbone = load_backbone(compose("backbone=relworld").backbone)
     assert rb.weights_size(rb.shipped_model_folder()) <= 50e6
     assert backbone.unet.config.sample_size == 16 and backbone.resolution == 64
+
+
+def test_scheduler_config_matches_sd15(fake_package):
+    config = json.loads((fake_package / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == "PNDMScheduler"
+    assert (config["beta_start"], config["beta_end"], config["beta_schedule"]) == (0.00085, 0.012, "scaled_linear")
+    assert (config["clip_sample"], config["set_alpha_to_one"], config["skip_prk_steps"]) == (False, False, True)
+    assert config["prediction_type"] == "epsilon" and config["steps_offset"] == 1

@@ -72,3 +72,55 @@ def test_summaries_on_faithful_and_biased_images(bench):
     m = bench.summarize(biased)
     assert m["relation_accuracy"].value == 0.5 and m["object_accuracy"].value == 1.0
     assert m["direction_accuracy"].value == 0.0
+
+
+@pytest.mark.slow
+def test_pretrain_resume_is_bitwise_and_exports_a_loadable_model(tmp_path):
+    import subprocess
+
+    import torch
+
+    from relgen.backbones import relworld as rb
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld" / "pretrain.py"
+    common = ["--num-images", "40", "--text-steps", "3", "--text-batch", "4", "--vae-steps", "3", "--vae-batch", "4",
+              "--batch", "4", "--decay-steps", "2"]
+
+    def run(work, steps):
+        proc = subprocess.run([sys.executable, str(script), "--work", str(work), "--out", str(work / "out"),
+                               "--steps", str(steps), *common], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    run(tmp_path / "a", 6)
+    run(tmp_path / "b", 3)
+    run(tmp_path / "b", 6)  # resumes at step 3
+    a = torch.load(tmp_path / "a" / "diffusion.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "diffusion.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in ("unet", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert rb.is_trained(tmp_path / "a" / "out")
+
+
+def _load_script(name: str):
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"relworld_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hard_negatives_swap_objects_and_colours():
+    pretrain = _load_script("pretrain")
+    objects = [{"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "blue"}]
+    record = {"caption": "the blue square is beneath the red circle", "objects": objects}
+    assert pretrain.hard_negatives(record, SPEC) == ("the red circle is beneath the blue square",
+                                                     "the red square is beneath the blue circle",
+                                                     "the blue square is above the red circle")
+    record = {"caption": "a photo of a red circle to the left of a blue square", "objects": objects}
+    assert pretrain.hard_negatives(record, SPEC)[2] == "a photo of a red circle to the right of a blue square"
+    record = {"caption": "red circle on a blue square", "objects": objects}
+    assert pretrain.hard_negatives(record, SPEC)[2] == "red circle below a blue square"
+    assert pretrain.hard_negatives({"caption": "a red circle and a blue square", "objects": objects}, SPEC) is None
+    assert pretrain.hard_negatives({"caption": "a red circle", "objects": objects[:1]}, SPEC) is None
+    assert pretrain.hard_negatives({"caption": "", "objects": objects[:1]}, SPEC) is None

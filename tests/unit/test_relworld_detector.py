@@ -11,6 +11,7 @@ from scipy import ndimage
 from relgen.data import relworld as rw
 from relgen.data.relworld_detector import (
     Detector,
+    DetectorConfig,
     Reading,
     direction_accuracy,
     fit_shape,
@@ -87,6 +88,22 @@ def test_wrong_shape_or_colour_is_absent():
     reading = DET.read(image, ("circle", "red"), "left_of", ("diamond", "blue"))
     assert reading.a is not None and reading.b is None and reading.geometry is None
     assert not reading.relation_ok and not reading.both_present
+
+
+def test_colour_reading_ignores_shape_but_not_colour_or_layout():
+    scene = rw.sample_scene(np.random.default_rng(4), SPEC, "left_of", ("circle", "red"), ("square", "blue"))
+    image, _ = scene.render()
+    loose = Detector(SPEC, DetectorConfig(match_shape=False))
+    # prompted shapes are wrong both ways: the strict reading finds nothing ...
+    strict = DET.read(image, ("triangle", "red"), "left_of", ("cross", "blue"))
+    assert not strict.both_present
+    # ... the colour reading finds both objects where they are, so the relation still counts
+    reading = loose.read(image, ("triangle", "red"), "left_of", ("cross", "blue"))
+    assert reading.both_present and reading.geometry == "left_of" and reading.relation_ok
+    assert (reading.a.shape, reading.b.shape) == ("circle", "square")  # what was actually drawn
+    assert abs(reading.a.cx - scene.objects[0].cx) < 1.0 and abs(reading.b.cy - scene.objects[1].cy) < 1.0
+    assert not loose.read(image, ("triangle", "red"), "right_of", ("cross", "blue")).relation_ok
+    assert loose.read(image, ("circle", "green"), "left_of", ("square", "blue")).a is None
 
 
 def test_fit_shape_recovers_the_object_and_rejects_other_shapes():

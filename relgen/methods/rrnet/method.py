@@ -149,11 +149,12 @@ class RRNet(Method):
 
     # -- data -------------------------------------------------------------------------------
     @classmethod
-    def select_relation(cls, cfg: RRNetConfig, data: list) -> Any:
-        """The relation folder named by ``method.relation`` (default: the first)."""
+    def select_relation(cls, cfg: RRNetConfig, data: list, announce: bool = False) -> Any:
+        """The relation folder named by ``method.relation`` (default: the first; ``announce``
+        says so in the log when there are several)."""
         names = [rel.name for rel in data]
         if cfg.relation is None:
-            if len(names) > 1:
+            if len(names) > 1 and announce:
                 log.info("rrnet: the dataset holds %d relations %s; training on '%s' (choose with "
                          "method.relation=, sweep with -m method.relation=%s)", len(names), names, names[0],
                          ",".join(names))
@@ -167,7 +168,7 @@ class RRNet(Method):
     @classmethod
     def check_data(cls, cfg: RRNetConfig, data: list) -> None:
         """Checks that need the data but no weights (run before loading the backbone)."""
-        cls.select_relation(cfg, data)
+        cls.select_relation(cfg, data, announce=True)
         if cfg.batch_size != 1:
             raise ConfigError(f"method.batch_size={cfg.batch_size}: RRNet trains on one prompt pair per "
                               "step; keep batch_size=1 (use grad_accum= to accumulate pairs)")
@@ -180,7 +181,7 @@ class RRNet(Method):
         from relgen.data.latents import latent_dists
         from relgen.methods.rrnet.gnn import RelationGAT
 
-        self.check_data(cfg, data)
+        self.check_data(cfg, data)  # run.py called it already; direct construction needs it too
         rel = self.select_relation(cfg, data)
         self.relation = rel
         self.text = encode_relation_text(backbone, rel.A, rel.R, rel.B, rel.ARB, rel.BRA,
