@@ -35,6 +35,7 @@ import torch
 from relgen.data import relworld as rw
 from relgen.data.relworld_detector import (
     Detector,
+    DetectorConfig,
     Reading,
     direction_accuracy,
     object_accuracy,
@@ -58,6 +59,7 @@ class Suite:
     prompts: list[Prompt]
     swapped: bool = False  # prompts come in (ARB, BRA) pairs
     readings: list[list[Reading]] = field(default_factory=list)
+    colour_readings: list[list[Reading]] = field(default_factory=list)  # objects found by colour alone
     images: list[list] = field(default_factory=list)
 
 
@@ -126,8 +128,15 @@ def run_suite(suite: Suite, pipe, backbone_cfg, detector: Detector, samples: int
                              batch_size=batch_size)
     rows = render(pipe, Artifact(), [p.text for p in suite.prompts], opts, backbone_cfg)
     suite.images = rows
-    suite.readings = [[detector.read(np.asarray(img), p.a, p.relation, p.b) for img in row]
-                      for p, row in zip(suite.prompts, rows)]
+    read_all(suite, detector)
+
+
+def read_all(suite: Suite, detector: Detector) -> None:
+    """Strict readings (colour and shape) and colour readings of every image of ``suite``."""
+    loose = Detector(detector.spec, DetectorConfig(**{**vars(detector.config), "match_shape": False}))
+    for name, det in (("readings", detector), ("colour_readings", loose)):
+        setattr(suite, name, [[det.read(np.asarray(img), p.a, p.relation, p.b) for img in row]
+                              for p, row in zip(suite.prompts, suite.images)])
 
 
 @torch.no_grad()
@@ -137,7 +146,7 @@ def run_vae_ceiling(suite: Suite, backbone, spec: rw.WorldSpec, detector: Detect
     from PIL import Image
 
     vae = backbone.vae
-    suite.images, suite.readings = [], []
+    suite.images = []
     for k, p in enumerate(suite.prompts):
         scenes = [rw.sample_scene(np.random.default_rng([seed, k, i]), spec, p.relation, p.a, p.b)
                   for i in range(samples)]
@@ -145,17 +154,21 @@ def run_vae_ceiling(suite: Suite, backbone, spec: rw.WorldSpec, detector: Detect
         rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
         images = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         suite.images.append([Image.fromarray(im) for im in images])
-        suite.readings.append([detector.read(im, p.a, p.relation, p.b) for im in images])
+    read_all(suite, detector)
 
 
 def summarize(suite: Suite) -> dict:
     flat = [r for row in suite.readings for r in row]
     out = {"prompts": len(suite.prompts), "images": len(flat),
            "relation_accuracy": relation_accuracy(flat), "object_accuracy": object_accuracy(flat)}
-    if suite.swapped:
-        pairs = [(x, y) for row_ab, row_ba in zip(suite.readings[0::2], suite.readings[1::2])
-                 for x, y in zip(row_ab, row_ba)]
-        out["direction_accuracy"] = direction_accuracy(pairs)
+    if suite.colour_readings:
+        loose = [r for row in suite.colour_readings for r in row]
+        out["relation_accuracy_colour"] = relation_accuracy(loose)
+        out["object_accuracy_colour"] = object_accuracy(loose)
+    for key, readings in (("direction_accuracy", suite.readings), ("direction_accuracy_colour", suite.colour_readings)):
+        if suite.swapped and readings:
+            pairs = [(x, y) for row_ab, row_ba in zip(readings[0::2], readings[1::2]) for x, y in zip(row_ab, row_ba)]
+            out[key] = direction_accuracy(pairs)
     by_relation = {}
     for p, row in zip(suite.prompts, suite.readings):
         by_relation.setdefault(p.relation, []).extend(row)
@@ -170,13 +183,17 @@ def write_report(out: Path, suites: list[Suite], summaries: dict, meta: dict) ->
     lines = [f"# relworld benchmark — {meta['model']}", "",
              f"{meta['samples']} samples per prompt (seeds {meta['seed']}..{meta['seed'] + meta['samples'] - 1}), "
              f"{meta['steps']} steps, guidance {meta['guidance']}, {meta['scheduler']} scheduler. "
-             f"Rates in %, with 95 % Wilson intervals. Wall time {meta['wall_s']:.0f} s.", "",
-             "| suite | prompts | images | relation acc. | object acc. | direction acc. |",
-             "|---|---|---|---|---|---|"]
+             f"Rates in %, with 95 % Wilson intervals. *strict*: each object found by colour and shape; "
+             f"*colour*: by colour alone. Wall time {meta['wall_s']:.0f} s.", "",
+             "| suite | prompts | images | relation acc. | object acc. | direction acc. | relation acc. (colour) | "
+             "object acc. (colour) | direction acc. (colour) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in suites:
         m = summaries[s.name]
         lines.append(f"| {s.name} | {m['prompts']} | {m['images']} | {m['relation_accuracy']} | "
-                     f"{m['object_accuracy']} | {m.get('direction_accuracy', '—')} |")
+                     f"{m['object_accuracy']} | {m.get('direction_accuracy', '—')} | "
+                     f"{m.get('relation_accuracy_colour', '—')} | {m.get('object_accuracy_colour', '—')} | "
+                     f"{m.get('direction_accuracy_colour', '—')} |")
     lines += ["", "Relation accuracy per relation:", "", "| suite | relation | accuracy |", "|---|---|---|"]
     for s in suites:
         for rel, r in summaries[s.name]["by_relation"].items():
@@ -231,7 +248,10 @@ def main(argv=None) -> int:
         summaries[suite.name] = summarize(suite)
         m = summaries[suite.name]
         print(f"{suite.name:8s} relation {m['relation_accuracy']}  object {m['object_accuracy']}"
-              + (f"  direction {m['direction_accuracy']}" if "direction_accuracy" in m else ""), flush=True)
+              + (f"  direction {m['direction_accuracy']}" if "direction_accuracy" in m else "")
+              + f"  | colour: relation {m['relation_accuracy_colour']}  object {m['object_accuracy_colour']}"
+              + (f"  direction {m['direction_accuracy_colour']}" if "direction_accuracy_colour" in m else ""),
+              flush=True)
     meta = {"model": args.model or backbone.cfg.pretrained, "samples": args.samples, "seed": args.seed,
             "steps": args.steps or backbone.cfg.inference_steps,
             "guidance": args.guidance if args.guidance is not None else backbone.cfg.guidance_scale,

@@ -77,6 +77,7 @@ class Settings:
     identity_items: int = 6  # RelationBooth training items
     identity_steps: int = 300  # RelationBooth optimizer steps (batch 1 x 4)
     customisation_relation: str = "on_top_of"
+    skip: tuple[str, ...] = ()  # condition names left out (the short regression run)
     grid_seeds: int = 2  # seeds shown per prompt in the grids
     train_seed: int = 0  # seed of the training runs (relgen's ``seed=``)
 
@@ -254,9 +255,11 @@ def task_inversion(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
     data = rw.write_world_reversion(out / "data" / f"inversion-{s.seed}", spec, seed=s.seed,
                                     relation=spec.heldout_relation, num_images=s.exemplars, pairs=train_pairs)
     task = TaskResult("inversion", inversion_prompts(spec, s.pairs, s.seed, eval_pairs), [])
-    task.conditions = [Condition("base, relation written", "written"),
-                       Condition("base, relation omitted", "omitted")]
+    task.conditions = [c for c in (Condition("base, relation written", "written"),
+                                   Condition("base, relation omitted", "omitted")) if c.name not in s.skip]
     for method, label in (("textual_inversion", "textual inversion"), ("reversion", "ReVersion")):
+        if label in s.skip:
+            continue
         run, seconds = train(method, "reversion_folder", data, out / "runs" / f"{method}-{s.seed}-{s.train_seed}",
                              s, [f"method.max_steps={s.inversion_steps}"])
         task.conditions.append(Condition(label, "token", run))
@@ -343,9 +346,12 @@ def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
         prompts.append(Prompt(a, relation, b, f"a {ident.entity} is {rw.RELATIONS[relation].phrase} "
                                               f"a {rw.object_name(b)}"))
     task = TaskResult("customisation", prompts, [Condition("base", "written")])
+    # as conf/experiment/relationbooth_relworld.yaml: image branch off, no negative prompt
     common = [f"method.max_steps={s.identity_steps}", "method.scale=0", "method.negative_prompt=''"]
     for label, extra in (("RelationBooth (LoRA + keypoint)", []),
                          ("RelationBooth without keypoint loss", ["method.kp_weight=0"])):
+        if label in s.skip:
+            continue
         tag = "kp" if not extra else "nokp"
         run, seconds = train("relationbooth", "dreamrelation_folder", data,
                              out / "runs" / f"relationbooth-{tag}-{s.seed}-{s.train_seed}", s, common + extra)
@@ -449,6 +455,50 @@ def run(s: Settings, tasks: list[str], out: Path) -> list[TaskResult]:
     return [TASKS[name](spec, s, out) for name in tasks]
 
 
+#: The short version run by the regression test (tests/integration/test_relworld_regression.py).
+SHORT = dict(samples=6, pairs=2, steps=15, exemplars=8, inversion_steps=120, rrnet_steps=100, identity_items=4,
+             identity_steps=100, scales=(0.0, 0.6),
+             skip=("base, relation omitted", "textual inversion", "RelationBooth without keypoint loss"))
+
+#: (task, method condition, baseline condition, reading, metric): each method's effect.
+CHECKS = (
+    ("inversion", "ReVersion", "base, relation written", "colour", "relation_accuracy"),
+    ("rectification", "RRNet λ = 0.6", "base (λ = 0)", "colour", "direction_accuracy"),
+    ("customisation", "RelationBooth (LoRA + keypoint)", "base", "identity", "kept"),
+)
+
+REGRESSION_FILE = HERE / "regression.json"
+
+
+def effect(tasks: dict[str, TaskResult], check) -> float:
+    """Method minus baseline (a difference of rates) for one :data:`CHECKS` entry."""
+    task, method, baseline, reading, metric = check
+    m = tasks[task].metrics
+    return m[method][reading][metric].value - m[baseline][reading][metric].value
+
+
+def calibrate(seeds: list[int], out: Path, threads: int = 1) -> dict:
+    """Run the short version with each seed (training and sampling) and set every check's
+    margin from the spread of its effect: mean - 2 standard deviations (3 seeds: ddof = 1)."""
+    per_seed = []
+    for seed in seeds:
+        t0 = time.time()
+        s = Settings(**SHORT, seed=seed, train_seed=seed)
+        tasks = {t.name: t for t in run(s, list(TASKS), out / f"seed-{seed}")}
+        per_seed.append({"seed": seed, "wall_s": time.time() - t0,
+                         "effects": [effect(tasks, c) for c in CHECKS]})
+    checks = []
+    for k, check in enumerate(CHECKS):
+        values = np.array([r["effects"][k] for r in per_seed])
+        mean, sd = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        checks.append({"task": check[0], "method": check[1], "baseline": check[2], "reading": check[3],
+                       "metric": check[4], "effects": values.tolist(), "mean": mean, "sd": sd,
+                       "margin": mean - 2 * sd})
+    result = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in SHORT.items()},
+              "seeds": seeds, "runs": per_seed, "checks": checks}
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     d = Settings()
@@ -462,12 +512,22 @@ def main(argv=None) -> int:
     p.add_argument("--scales", default=",".join(f"{x:g}" for x in d.scales), help="RRNet λ values")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "results" / "methods"))
+    p.add_argument("--calibrate", default=None, metavar="SEEDS",
+                   help="run the short regression version for these seeds (e.g. 0,1,2) and write "
+                        "regression.json with each check's margin")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from diffusers.utils import logging as dlog
 
     dlog.disable_progress_bar()
-    s = Settings(**{k: getattr(args, k) for k in vars(d) if k not in ("scales",)},
+    if args.calibrate:
+        result = calibrate([int(x) for x in args.calibrate.split(",")], Path(args.out) / "calibration")
+        REGRESSION_FILE.write_text(json.dumps(result, indent=2) + "\n")
+        for c in result["checks"]:
+            print(f"{c['task']}: {c['method']} - {c['baseline']} ({c['reading']} {c['metric']}): "
+                  f"effects {c['effects']}, margin {c['margin']:.3f}")
+        return 0
+    s = Settings(**{k: getattr(args, k) for k in vars(d) if k not in ("scales", "skip")},
                  scales=tuple(float(x) for x in args.scales.split(",")))
     t0 = time.time()
     out = Path(args.out)

@@ -34,3 +34,10 @@ def test_relworld_dreamrelation_items(tmp_path):
     cfg = compose("method=relationbooth", "dataset=relworld_dreamrelation", "dataset.num_items=2")
     data = open_dataset(cfg.dataset, str(tmp_path)).load()
     assert len(data) == 2
+
+
+def test_relationbooth_relworld_preset():
+    cfg = compose("experiment=relationbooth_relworld")
+    assert (cfg.method.name, cfg.backbone.name, cfg.dataset.name) == ("relationbooth", "relworld",
+                                                                      "relworld_dreamrelation")
+    assert cfg.method.scale == 0.0 and cfg.method.negative_prompt == ""

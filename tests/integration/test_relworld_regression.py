@@ -1,0 +1,52 @@
+"""Each method still has its effect on the relworld model (the benchmark's short version).
+
+``benchmarks/relworld/regression.json`` holds the short version's settings and, per method,
+the effect (method minus its baseline) measured with three seeds and the margin set from their
+spread (mean - 2 sd). This test reruns the short version with the first seed and fails when a
+method's effect falls below its margin: a change that breaks a method shows here.
+Recalibrate after changing the model or the short settings:
+``python benchmarks/relworld/methods.py --calibrate 0,1,2``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from relgen.backbones import relworld as rb
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld"
+
+
+@pytest.fixture(scope="module")
+def methods():
+    spec = importlib.util.spec_from_file_location("relworld_methods", BENCH / "methods.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld_model/ is not built")
+def test_each_method_beats_its_baseline_by_its_margin(methods, tmp_path):
+    reg = json.loads((BENCH / "regression.json").read_text())
+    short = {k: (list(v) if isinstance(v, tuple) else v) for k, v in methods.SHORT.items()}
+    assert reg["settings"] == short, "the short settings changed: recalibrate regression.json"
+    assert [tuple(c[k] for k in ("task", "method", "baseline", "reading", "metric")) for c in reg["checks"]] \
+        == list(methods.CHECKS), "the checks changed: recalibrate regression.json"
+    seed = reg["seeds"][0]
+    s = methods.Settings(**methods.SHORT, seed=seed, train_seed=seed)
+    tasks = {t.name: t for t in methods.run(s, list(methods.TASKS), tmp_path)}
+    failures = []
+    for check, calibrated in zip(methods.CHECKS, reg["checks"]):
+        value = methods.effect(tasks, check)
+        if not value >= calibrated["margin"]:
+            failures.append(f"{check[0]}: {check[1]} - {check[2]} ({check[3]} {check[4]}) = {value:.3f}, "
+                            f"below the margin {calibrated['margin']:.3f} (calibrated effects "
+                            f"{calibrated['effects']})")
+    assert not failures, "\n".join(failures)
