@@ -21,7 +21,7 @@ Every image is read twice by :mod:`relgen.data.relworld_detector`: *strict* (eac
 found by colour and shape) and *colour* (each object found by colour alone, so layout is
 scored even when shapes come out wrong). Rates carry 95 % Wilson intervals. Writes
 ``report.md``, ``results.json`` and one grid per task (rows = prompt x seed, columns =
-conditions) into ``--out``; training runs go to ``--out/runs``.
+conditions) into ``--out``; training data and runs go to ``--out/work`` (not kept in the repository).
 """
 
 from __future__ import annotations
@@ -77,6 +77,12 @@ class Settings:
     identity_items: int = 6  # RelationBooth training items
     identity_steps: int = 300  # RelationBooth optimizer steps (batch 1 x 4)
     customisation_relation: str = "on_top_of"
+    # the identity whose texture the relworld VAE keeps best (share of texture pixels: 0.50 in
+    # ground truth, 0.34 after the VAE; stripes fall from 0.49 to 0.17)
+    identity: str = "checkered_blue_square"
+    # RelationBooth's released 1e-4 is for SDXL's 640-2048-wide attention; on relworld's 32-128-wide
+    # one its rank-4 LoRA learnt no texture in 150 steps at 1e-4 and did at 1e-3
+    identity_lr: float = 1e-3
     skip: tuple[str, ...] = ()  # condition names left out (the short regression run)
     grid_seeds: int = 2  # seeds shown per prompt in the grids
     train_seed: int = 0  # seed of the training runs (relgen's ``seed=``)
@@ -176,16 +182,21 @@ def compose_run(overrides: list[str]):
 def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, extra: list[str]) -> tuple[Path, float]:
     """Train ``method`` on the relworld backbone (what ``python -m relgen`` does); returns the
     run folder and the training seconds. A finished run in ``run_dir`` is reused."""
+    import hashlib
+
     from relgen.run import run_training
 
-    if (run_dir / "export" / "relgen.json").exists() and (run_dir / "summary.json").exists():
-        return run_dir, float(json.loads((run_dir / "summary.json").read_text())["train_seconds"])
-    shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [f"method={method}", "backbone=relworld", f"dataset={dataset}", f"dataset.root={root}",
                  f"seed={s.train_seed}", "trainer.progress=false", "trainer.sample_at_end=false",
                  "trainer.tensorboard=false", "trainer.checkpoint_every=100000", *extra]
     if s.model:
         overrides.append(f"backbone.pretrained={s.model}")
+    # the folder name carries a digest of the overrides, so a finished run is reused only for
+    # the same settings
+    run_dir = run_dir.with_name(f"{run_dir.name}-{hashlib.sha256(' '.join(overrides).encode()).hexdigest()[:8]}")
+    if (run_dir / "export" / "relgen.json").exists() and (run_dir / "summary.json").exists():
+        return run_dir, float(json.loads((run_dir / "summary.json").read_text())["train_seconds"])
+    shutil.rmtree(run_dir, ignore_errors=True)
     run_training(compose_run(overrides), str(run_dir))
     return run_dir, float(json.loads((run_dir / "summary.json").read_text())["train_seconds"])
 
@@ -252,7 +263,7 @@ def evaluate(task: TaskResult, spec: rw.WorldSpec, s: Settings) -> None:
 
 def task_inversion(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
     train_pairs, eval_pairs = split_shape_pairs(spec, s.seed)
-    data = rw.write_world_reversion(out / "data" / f"inversion-{s.seed}", spec, seed=s.seed,
+    data = rw.write_world_reversion(out / "work" / "data" / f"inversion-{s.seed}", spec, seed=s.seed,
                                     relation=spec.heldout_relation, num_images=s.exemplars, pairs=train_pairs)
     task = TaskResult("inversion", inversion_prompts(spec, s.pairs, s.seed, eval_pairs), [])
     task.conditions = [c for c in (Condition("base, relation written", "written"),
@@ -260,8 +271,9 @@ def task_inversion(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
     for method, label in (("textual_inversion", "textual inversion"), ("reversion", "ReVersion")):
         if label in s.skip:
             continue
-        run, seconds = train(method, "reversion_folder", data, out / "runs" / f"{method}-{s.seed}-{s.train_seed}",
-                             s, [f"method.max_steps={s.inversion_steps}"])
+        run, seconds = train(method, "reversion_folder", data,
+                             out / "work" / "runs" / f"{method}-{s.seed}-{s.train_seed}", s,
+                             [f"method.max_steps={s.inversion_steps}"])
         task.conditions.append(Condition(label, "token", run))
         task.train_seconds[label] = seconds
     evaluate(task, spec, s)
@@ -273,11 +285,12 @@ def task_rectification(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
     runs = []
     for index, pair in enumerate(spec.biased):
         triple = (pair.second, pair.relation, pair.first)
-        data = rw.write_world_rrnet(out / "data" / f"rrnet-{index}-{s.seed}", spec, seed=s.seed + index,
+        data = rw.write_world_rrnet(out / "work" / "data" / f"rrnet-{index}-{s.seed}", spec, seed=s.seed + index,
                                     triples=[triple], images_per_folder=s.rrnet_images)
         relation = json.loads(next(data.glob("*/index.json")).read_text())
         train_colours = tuple(relation["ARB"].split()[1:2] + relation["BRA"].split()[1:2])
-        run, secs = train("rrnet", "rrnet_folder", data, out / "runs" / f"rrnet-{index}-{s.seed}-{s.train_seed}", s,
+        run, secs = train("rrnet", "rrnet_folder", data,
+                          out / "work" / "runs" / f"rrnet-{index}-{s.seed}-{s.train_seed}", s,
                           [f"method.max_steps={s.rrnet_steps}"])
         runs.append(run)
         seconds[f"RRNet {' '.join(triple)}"] = secs
@@ -296,8 +309,8 @@ def task_rectification(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
         task.images[cond.name] = rows
         task.metrics[cond.name] = {k: score(task.prompts, rows, d, True) for k, d in readers.items()}
         m, c = task.metrics[cond.name]["strict"], task.metrics[cond.name]["colour"]
-        print(f"[rectification] {cond.name:16s} direction {m['direction_accuracy']} (colour {c['direction_accuracy']})  "
-              f"unseen {m['unseen_relation_accuracy']} (colour {c['unseen_relation_accuracy']})  "
+        print(f"[rectification] {cond.name:16s} direction {m['direction_accuracy']} "
+              f"(colour {c['direction_accuracy']})  unseen {m['unseen_relation_accuracy']} (colour {c['unseen_relation_accuracy']})  "
               f"object {m['object_accuracy']}", flush=True)
     return task
 
@@ -319,22 +332,30 @@ def identity_share(image: np.ndarray, mask: np.ndarray, ident: rw.Identity) -> f
     return float((dark < plain).mean())
 
 
-def reference_share(spec: rw.WorldSpec, ident: rw.Identity, n: int = 32) -> float:
-    """Mean :func:`identity_share` of ground-truth renders of ``ident`` (sizes as in scenes)."""
-    shares = []
+@torch.no_grad()
+def reference_share(spec: rw.WorldSpec, ident: rw.Identity, vae=None, n: int = 32) -> tuple[float, float]:
+    """Mean :func:`identity_share` of ground-truth renders of ``ident`` (sizes as in scenes),
+    and of the same renders through ``vae`` (encode, decode: the most a generation can keep)."""
+    shares, through = [], []
     for i in range(n):
         scene = rw.sample_single(np.random.default_rng([7, i]), spec, identity=ident)
         image, masks = scene.render()
         shares.append(identity_share(image, masks[0], ident))
-    return float(np.mean(shares))
+        if vae is not None:
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+            rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
+            rec = ((rec[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            through.append(identity_share(rec, masks[0], ident))
+    return float(np.mean(shares)), float(np.mean(through)) if through else float("nan")
 
 
 def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
     """RelationBooth (LoRA + keypoint loss, image branch off) on an identity pretraining never
     named, against the base model and the variant without the keypoint loss."""
-    ident = spec.identities[0]
+    by_name = {i.name: i for i in spec.identities}
+    ident = by_name[s.identity]
     relation = s.customisation_relation
-    data = rw.write_world_dreamrelation(out / "data" / f"customisation-{s.seed}", spec, seed=s.seed,
+    data = rw.write_world_dreamrelation(out / "work" / "data" / f"customisation-{s.seed}", spec, seed=s.seed,
                                         relation=relation, num_items=s.identity_items, identity=ident.name)
     seen = {json.dumps(v["entities"]) for v in json.loads((data / "prompts.json").read_text()).values()}
     rng = np.random.default_rng([s.seed, 47])
@@ -347,18 +368,22 @@ def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
                                               f"a {rw.object_name(b)}"))
     task = TaskResult("customisation", prompts, [Condition("base", "written")])
     # as conf/experiment/relationbooth_relworld.yaml: image branch off, no negative prompt
-    common = [f"method.max_steps={s.identity_steps}", "method.scale=0", "method.negative_prompt=''"]
+    common = [f"method.max_steps={s.identity_steps}", f"method.lr={s.identity_lr}", "method.scale=0",
+              "method.negative_prompt=''"]
     for label, extra in (("RelationBooth (LoRA + keypoint)", []),
                          ("RelationBooth without keypoint loss", ["method.kp_weight=0"])):
         if label in s.skip:
             continue
         tag = "kp" if not extra else "nokp"
         run, seconds = train("relationbooth", "dreamrelation_folder", data,
-                             out / "runs" / f"relationbooth-{tag}-{s.seed}-{s.train_seed}", s, common + extra)
+                             out / "work" / "runs" / f"relationbooth-{tag}-{s.seed}-{s.train_seed}", s, common + extra)
         task.conditions.append(Condition(label, "written", run, {"scale": 0.0}))
         task.train_seconds[label] = seconds
     evaluate(task, spec, s)
-    ref = reference_share(spec, ident)
+    sys.path.insert(0, str(HERE))
+    from benchmark import load_pipeline
+
+    ref, ceiling = reference_share(spec, ident, load_pipeline(s.model)[0].vae)
     colour = Detector(spec, DetectorConfig(match_shape=False))
     for cond in task.conditions:
         shares = []
@@ -369,10 +394,11 @@ def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
         from relgen.data.relworld_detector import rate
 
         task.metrics[cond.name]["identity"] = {
-            "reference_share": ref, "mean_share": float(np.mean(shares)),
+            "reference_share": ref, "vae_share": ceiling, "mean_share": float(np.mean(shares)),
             "kept": rate([x >= 0.5 * ref for x in shares])}
         print(f"[customisation] {cond.name:36s} identity kept {task.metrics[cond.name]['identity']['kept']} "
-              f"(mean texture share {np.mean(shares):.3f}, ground truth {ref:.3f})", flush=True)
+              f"(mean texture share {np.mean(shares):.3f}, ground truth {ref:.3f}, through the VAE {ceiling:.3f})",
+              flush=True)
     return task
 
 
@@ -432,7 +458,8 @@ def write_report(out: Path, tasks: list[TaskResult], s: Settings, wall_s: float)
                        f"{k['relation_accuracy']} | {k['object_accuracy']} |")
                 if ident:
                     i = task.metrics[c.name]["identity"]
-                    row += f" {i['kept']} | {i['mean_share']:.3f} (ground truth {i['reference_share']:.3f}) |"
+                    row += (f" {i['kept']} | {i['mean_share']:.3f} (ground truth {i['reference_share']:.3f}, "
+                            f"through the VAE {i['vae_share']:.3f}) |")
                 lines.append(row)
         if task.train_seconds:
             lines += ["", "Training time: " + ", ".join(f"{k} {v:.0f} s" for k, v in task.train_seconds.items()) + "."]
@@ -457,7 +484,7 @@ def run(s: Settings, tasks: list[str], out: Path) -> list[TaskResult]:
 
 #: The short version run by the regression test (tests/integration/test_relworld_regression.py).
 SHORT = dict(samples=6, pairs=2, steps=15, exemplars=8, inversion_steps=120, rrnet_steps=100, identity_items=4,
-             identity_steps=100, scales=(0.0, 0.6),
+             identity_steps=150, scales=(0.0, 0.6),
              skip=("base, relation omitted", "textual inversion", "RelationBooth without keypoint loss"))
 
 #: (task, method condition, baseline condition, reading, metric): each method's effect.
@@ -479,7 +506,8 @@ def effect(tasks: dict[str, TaskResult], check) -> float:
 
 def calibrate(seeds: list[int], out: Path, threads: int = 1) -> dict:
     """Run the short version with each seed (training and sampling) and set every check's
-    margin from the spread of its effect: mean - 2 standard deviations (3 seeds: ddof = 1)."""
+    margin from the spread of its effect: mean - 2 standard deviations (3 seeds: ddof = 1).
+    Only checks whose margin is above zero are enforced by the regression test."""
     per_seed = []
     for seed in seeds:
         t0 = time.time()
@@ -491,9 +519,10 @@ def calibrate(seeds: list[int], out: Path, threads: int = 1) -> dict:
     for k, check in enumerate(CHECKS):
         values = np.array([r["effects"][k] for r in per_seed])
         mean, sd = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        # a margin at or below zero means the short run shows no reliable effect: recorded, not enforced
         checks.append({"task": check[0], "method": check[1], "baseline": check[2], "reading": check[3],
                        "metric": check[4], "effects": values.tolist(), "mean": mean, "sd": sd,
-                       "margin": mean - 2 * sd})
+                       "margin": mean - 2 * sd, "enforced": bool(mean - 2 * sd > 0)})
     result = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in SHORT.items()},
               "seeds": seeds, "runs": per_seed, "checks": checks}
     return result
@@ -509,6 +538,8 @@ def main(argv=None) -> int:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--customisation-relation", default=d.customisation_relation)
+    p.add_argument("--identity", default=d.identity)
+    p.add_argument("--identity-lr", type=float, default=d.identity_lr)
     p.add_argument("--scales", default=",".join(f"{x:g}" for x in d.scales), help="RRNet λ values")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "results" / "methods"))
@@ -525,7 +556,8 @@ def main(argv=None) -> int:
         REGRESSION_FILE.write_text(json.dumps(result, indent=2) + "\n")
         for c in result["checks"]:
             print(f"{c['task']}: {c['method']} - {c['baseline']} ({c['reading']} {c['metric']}): "
-                  f"effects {c['effects']}, margin {c['margin']:.3f}")
+                  f"effects {c['effects']}, margin {c['margin']:.3f}"
+                  + ("" if c["enforced"] else " (no reliable effect: not enforced)"))
         return 0
     s = Settings(**{k: getattr(args, k) for k in vars(d) if k not in ("scales", "skip")},
                  scales=tuple(float(x) for x in args.scales.split(",")))

@@ -3,7 +3,9 @@
 ``benchmarks/relworld/regression.json`` holds the short version's settings and, per method,
 the effect (method minus its baseline) measured with three seeds and the margin set from their
 spread (mean - 2 sd). This test reruns the short version with the first seed and fails when a
-method's effect falls below its margin: a change that breaks a method shows here.
+method's effect falls below its margin: a change that breaks a method shows here. Checks whose
+calibrated margin is not above zero (no reliable effect in the short run) are recorded in the
+file but not enforced.
 Recalibrate after changing the model or the short settings:
 ``python benchmarks/relworld/methods.py --calibrate 0,1,2``.
 """
@@ -42,8 +44,11 @@ def test_each_method_beats_its_baseline_by_its_margin(methods, tmp_path):
     seed = reg["seeds"][0]
     s = methods.Settings(**methods.SHORT, seed=seed, train_seed=seed)
     tasks = {t.name: t for t in methods.run(s, list(methods.TASKS), tmp_path)}
+    enforced = [(check, c) for check, c in zip(methods.CHECKS, reg["checks"]) if c["enforced"]]
+    assert enforced, "no method showed a reliable effect at calibration"
     failures = []
-    for check, calibrated in zip(methods.CHECKS, reg["checks"]):
+    for check, calibrated in enforced:
+        assert calibrated["margin"] > 0
         value = methods.effect(tasks, check)
         if not value >= calibrated["margin"]:
             failures.append(f"{check[0]}: {check[1]} - {check[2]} ({check[3]} {check[4]}) = {value:.3f}, "

@@ -142,3 +142,42 @@ def test_hard_negatives_swap_objects_and_colours():
     assert pretrain.hard_negatives({"caption": "a red circle and a blue square", "objects": objects}, SPEC) is None
     assert pretrain.hard_negatives({"caption": "a red circle", "objects": objects[:1]}, SPEC) is None
     assert pretrain.hard_negatives({"caption": "", "objects": objects[:1]}, SPEC) is None
+
+
+@pytest.fixture(scope="module")
+def methods():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld" / "methods.py"
+    spec = importlib.util.spec_from_file_location("relworld_methods_unit", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_method_benchmark_prompts_are_held_out(methods):
+    train, held = methods.split_shape_pairs(SPEC, seed=0)
+    assert len(train) == len(held) == 10 and not set(train) & set(held)
+    assert methods.split_shape_pairs(SPEC, seed=0) == (train, held)
+    prompts = methods.inversion_prompts(SPEC, 6, 0, held)
+    assert all((p.a[0], p.b[0]) in held and p.relation == "inside" and p.a[1] != p.b[1] for p in prompts)
+    pair = SPEC.biased[0]  # pretraining shows circle above square only
+    rect = methods.rectification_prompts(SPEC, pair, 3, 0, train_colours=("red", "blue"))
+    assert len(rect) == 6
+    for unseen, seen in zip(rect[0::2], rect[1::2]):
+        assert SPEC.forbidden(unseen.relation, unseen.a[0], unseen.b[0])  # the direction never shown
+        assert not SPEC.forbidden(seen.relation, seen.a[0], seen.b[0])
+        assert (unseen.a, unseen.b) == (seen.b, seen.a) and (unseen.a[1], unseen.b[1]) != ("red", "blue")
+        assert unseen.text == f"a {unseen.a[1]} square is above a {unseen.b[1]} circle"
+
+
+def test_identity_share_separates_identity_from_plain_object(methods):
+    ident = next(i for i in SPEC.identities if i.name == "checkered_blue_square")
+    scene = rw.sample_single(np.random.default_rng(3), SPEC, identity=ident)
+    image, masks = scene.render()
+    textured = methods.identity_share(image, masks[0], ident)
+    plain_image, plain_masks = rw.sample_single(np.random.default_rng(3), SPEC, ("square", "blue")).render()
+    assert 0.35 < textured < 0.65  # a checkerboard: about half of the pixels are the dark tone
+    assert methods.identity_share(plain_image, plain_masks[0], ident) == 0.0
+    reference, _ = methods.reference_share(SPEC, ident, vae=None, n=8)
+    assert 0.35 < reference < 0.65
