@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# A complete job with no downloads: train a method on a tiny backbone and a synthetic dataset,
-# export it, render a sample grid, then generate with the exported artifact.
-#   bash scripts/demo.sh                 # ReVersion, 30 steps
-#   bash scripts/demo.sh method=rrnet    # any other overrides are passed to python -m relgen
+# A complete job with no downloads: train RRNet on the relworld model (shipped in the package)
+# to rectify a relation direction pretraining never showed, export it, and render the
+# before/after grid (columns: lambda = 0, the base model, then the rectified strengths).
+#   bash scripts/demo.sh                                       # RRNet, "a square above a circle"
+#   bash scripts/demo.sh method.relation=left_of               # the other biased pair
+# Any other overrides are passed to python -m relgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 run_dir="outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)"
-.venv/bin/python -m relgen method=reversion trainer.max_steps=30 trainer.checkpoint_every=10 \
+.venv/bin/python -m relgen method=rrnet backbone=relworld dataset=relworld_rrnet \
   hydra.run.dir="$run_dir" "$@"
-.venv/bin/python -m relgen.generate run_dir="$run_dir" prompt="red circle <R> blue square" num_images=2
-echo "demo finished: everything is under $run_dir"
+.venv/bin/python -m relgen.generate run_dir="$run_dir" "method_options.scales=[0,0.3,0.6,1]" num_images=4
+echo "demo finished: the before/after grid is $(ls "$run_dir"/generate/scales_*.png)"

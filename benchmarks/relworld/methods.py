@@ -484,7 +484,7 @@ def run(s: Settings, tasks: list[str], out: Path) -> list[TaskResult]:
 
 #: The short version run by the regression test (tests/integration/test_relworld_regression.py).
 SHORT = dict(samples=6, pairs=2, steps=15, exemplars=8, inversion_steps=120, rrnet_steps=100, identity_items=4,
-             identity_steps=150, scales=(0.0, 0.6),
+             identity_steps=300, scales=(0.0, 0.6),
              skip=("base, relation omitted", "textual inversion", "RelationBooth without keypoint loss"))
 
 #: (task, method condition, baseline condition, reading, metric): each method's effect.
