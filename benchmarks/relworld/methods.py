@@ -16,6 +16,12 @@ Tasks (training data, prompts and seeds are deterministic functions of ``--seed`
   scored on object-swapped prompt pairs with colours it never saw, at several λ (λ = 0 is the
   base model with the plain prompt): direction accuracy (both prompts right for one seed),
   relation accuracy of the unseen direction, object accuracy.
+* ``customisation`` — a textured identity pretraining shows only alone and never names.
+  RelationBooth (LoRA + keypoint loss; relworld has no pretrained image encoder, so its image
+  branch is off) learns it from items of the identity in a relation, and is scored on other
+  objects against the base model and the variant without the keypoint loss: relation
+  accuracy and identity kept (:func:`identity_share`, the share of the identity's pixels in
+  its texture tone, at least half of the ground truth's).
 
 Every image is read twice by :mod:`relgen.data.relworld_detector`: *strict* (each object
 found by colour and shape) and *colour* (each object found by colour alone, so layout is
