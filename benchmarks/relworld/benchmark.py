@@ -176,6 +176,15 @@ def summarize(suite: Suite) -> dict:
     return out
 
 
+def plain(v):
+    """JSON-able copy of a result tree (:class:`Rate` -> dict)."""
+    if hasattr(v, "k"):
+        return {"k": v.k, "n": v.n, "value": v.value, "low": v.low, "high": v.high}
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    return v
+
+
 def write_report(out: Path, suites: list[Suite], summaries: dict, meta: dict) -> Path:
     from relgen.generate import make_grid
 
@@ -205,13 +214,6 @@ def write_report(out: Path, suites: list[Suite], summaries: dict, meta: dict) ->
         lines += [f"## {s.name}", "", "Rows: " + "; ".join(f"`{p.text}`" for p in s.prompts), "",
                   f"![{s.name}]({grid.name})", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-
-    def plain(v):
-        if hasattr(v, "k"):
-            return {"k": v.k, "n": v.n, "value": v.value, "low": v.low, "high": v.high}
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
 
     (out / "results.json").write_text(json.dumps({"meta": meta, "suites": plain(summaries)}, indent=2))
     return out / "report.md"

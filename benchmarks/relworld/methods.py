@@ -51,12 +51,13 @@ from relgen.data.relworld_detector import (
     Reading,
     direction_accuracy,
     object_accuracy,
+    rate,
     relation_accuracy,
 )
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchmark import Prompt  # noqa: E402
+from benchmark import Prompt, load_pipeline, plain  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,9 +218,6 @@ def render_condition(cond: Condition, prompts: list[Prompt], spec: rw.WorldSpec,
     from relgen.generate import GenerationOptions, render
     from relgen.methods.base import Artifact
 
-    sys.path.insert(0, str(HERE))
-    from benchmark import load_pipeline
-
     if cond.run_dir is None:
         backbone, pipe = load_pipeline(s.model)
         artifact, token = Artifact(), "<R>"
@@ -249,12 +247,16 @@ def score(prompts: list[Prompt], rows: list[list], detector: Detector, swapped: 
     return out
 
 
+def readers(spec: rw.WorldSpec) -> dict[str, Detector]:
+    """The two readings of every image: strict (colour and shape) and colour alone."""
+    return {"strict": Detector(spec), "colour": Detector(spec, DetectorConfig(match_shape=False))}
+
+
 def evaluate(task: TaskResult, spec: rw.WorldSpec, s: Settings) -> None:
-    readers = {"strict": Detector(spec), "colour": Detector(spec, DetectorConfig(match_shape=False))}
     for cond in task.conditions:
         rows = render_condition(cond, task.prompts, spec, s)
         task.images[cond.name] = rows
-        task.metrics[cond.name] = {k: score(task.prompts, rows, d, task.swapped) for k, d in readers.items()}
+        task.metrics[cond.name] = {k: score(task.prompts, rows, d, task.swapped) for k, d in readers(spec).items()}
         m = task.metrics[cond.name]["strict"]
         c = task.metrics[cond.name]["colour"]
         extra = f"  direction {m['direction_accuracy']} (colour {c['direction_accuracy']})" if task.swapped else ""
@@ -306,18 +308,17 @@ def task_rectification(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
     task.conditions = [Condition("base (λ = 0)", "written")]
     task.conditions += [Condition(f"RRNet λ = {lam:g}", "written", None, {"scale": lam}) for lam in s.scales if lam]
     # each biased pair has its own network: render each pair's prompts with its own run
-    readers = {"strict": Detector(spec), "colour": Detector(spec, DetectorConfig(match_shape=False))}
     for cond in task.conditions:
         rows = []
         for run, group in zip(runs, prompts):
             c = Condition(cond.name, cond.form, run if cond.options else None, cond.options)
             rows += render_condition(c, group, spec, s)
         task.images[cond.name] = rows
-        task.metrics[cond.name] = {k: score(task.prompts, rows, d, True) for k, d in readers.items()}
+        task.metrics[cond.name] = {k: score(task.prompts, rows, d, True) for k, d in readers(spec).items()}
         m, c = task.metrics[cond.name]["strict"], task.metrics[cond.name]["colour"]
         print(f"[rectification] {cond.name:16s} direction {m['direction_accuracy']} "
-              f"(colour {c['direction_accuracy']})  unseen {m['unseen_relation_accuracy']} (colour {c['unseen_relation_accuracy']})  "
-              f"object {m['object_accuracy']}", flush=True)
+              f"(colour {c['direction_accuracy']})  unseen {m['unseen_relation_accuracy']} "
+              f"(colour {c['unseen_relation_accuracy']})  object {m['object_accuracy']}", flush=True)
     return task
 
 
@@ -334,8 +335,8 @@ def identity_share(image: np.ndarray, mask: np.ndarray, ident: rw.Identity) -> f
     if not len(pixels):
         return 0.0
     dark = np.linalg.norm(pixels - np.array(rw.texture_colour(ident.colour)), axis=1)
-    plain = np.linalg.norm(pixels - np.array(COLOURS[ident.colour]), axis=1)
-    return float((dark < plain).mean())
+    base = np.linalg.norm(pixels - np.array(COLOURS[ident.colour]), axis=1)
+    return float((dark < base).mean())
 
 
 @torch.no_grad()
@@ -386,19 +387,14 @@ def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
         task.conditions.append(Condition(label, "written", run, {"scale": 0.0}))
         task.train_seconds[label] = seconds
     evaluate(task, spec, s)
-    sys.path.insert(0, str(HERE))
-    from benchmark import load_pipeline
-
     ref, ceiling = reference_share(spec, ident, load_pipeline(s.model)[0].vae)
-    colour = Detector(spec, DetectorConfig(match_shape=False))
+    colour = readers(spec)["colour"]
     for cond in task.conditions:
         shares = []
         for p, row in zip(task.prompts, task.images[cond.name]):
             for img in row:
                 found = colour.find(np.asarray(img), ident.shape, ident.colour)
                 shares.append(identity_share(np.asarray(img), found.mask, ident) if found is not None else 0.0)
-        from relgen.data.relworld_detector import rate
-
         task.metrics[cond.name]["identity"] = {
             "reference_share": ref, "vae_share": ceiling, "mean_share": float(np.mean(shares)),
             "kept": rate([x >= 0.5 * ref for x in shares])}
@@ -414,14 +410,6 @@ TASKS = {"inversion": task_inversion, "rectification": task_rectification, "cust
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-
-
-def plain(v):
-    if hasattr(v, "k"):
-        return {"k": v.k, "n": v.n, "value": v.value, "low": v.low, "high": v.high}
-    if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
-    return v
 
 
 def task_grid(task: TaskResult, seeds: int):

@@ -129,6 +129,24 @@ def generator_from(state) -> torch.Generator:
     return g
 
 
+def optimizer_step(opt: torch.optim.Optimizer, params, loss: torch.Tensor, lr: float) -> None:
+    """Backward, clip the gradient norm to 1, set the learning rate, step (every stage alike)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+
+
+def log_every_25(work: Path, stage: str, step: int, losses: list[float], lr: float, cpu_s: float) -> list[float]:
+    """Every 25 steps write the mean loss to ``log.csv``; returns the losses still to average."""
+    if step % 25:
+        return losses
+    log_row(work, stage=stage, step=step, loss=f"{np.mean(losses):.5f}", lr=f"{lr:.2e}", cpu_s=f"{cpu_s:.0f}")
+    return []
+
+
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
@@ -270,19 +288,11 @@ def stage_text(args, work: Path, records: list[dict], images: np.ndarray, budget
         logits = scale * img @ txt.T
         target = torch.arange(B)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :B].T, target))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
         lr = args.text_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.text_steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
+        optimizer_step(opt, clip.parameters(), loss, lr)
         step += 1
-        losses.append(loss.item())
-        if step % 25 == 0:
-            log_row(work, stage="text", step=step, loss=f"{np.mean(losses):.5f}", lr=f"{lr:.2e}",
-                    cpu_s=f"{progress.data['cpu_s'].get('text', 0) + time.process_time() - cpu0:.0f}")
-            losses = []
+        losses = log_every_25(work, "text", step, losses + [loss.item()], lr,
+                              progress.data["cpu_s"].get("text", 0) + time.process_time() - cpu0)
         if time.time() - last_save > args.save_every_s:
             save()
     save()
@@ -344,19 +354,11 @@ def stage_vae(args, work: Path, images: np.ndarray, budget: Budget, progress: Pr
         # keeps that ratio
         kl = posterior.kl().mean() / x[0].numel()
         loss = rec_loss + args.vae_kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         lr = args.vae_lr * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps))  # cosine decay
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
+        optimizer_step(opt, vae.parameters(), loss, lr)
         step += 1
-        losses.append(rec_loss.item())
-        if step % 25 == 0:
-            log_row(work, stage="vae", step=step, loss=f"{np.mean(losses):.5f}", lr=f"{lr:.2e}",
-                    cpu_s=f"{progress.data['cpu_s'].get('vae', 0) + time.process_time() - cpu0:.0f}")
-            losses = []
+        losses = log_every_25(work, "vae", step, losses + [rec_loss.item()], lr,
+                              progress.data["cpu_s"].get("vae", 0) + time.process_time() - cpu0)
         if time.time() - last_save > args.save_every_s:
             save()
     save()
@@ -483,23 +485,15 @@ def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progr
         snr = snr_all[t]
         weight = torch.clamp(snr, max=args.min_snr_gamma) / snr
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
         if args.decay_steps:  # cosine decay to 10 % over the last decay_steps steps
             into = max(0, step + 1 - (args.steps - args.decay_steps)) / args.decay_steps
             lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, into)))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
+        optimizer_step(opt, list(named.values()), loss, lr)
         step += 1
         ema_update(ema, named, min(args.ema, (1 + step) / (10 + step)))  # EMA warm-up as diffusers' EMAModel
-        losses.append(loss.item())
-        if step % 25 == 0:
-            log_row(work, stage="diffusion", step=step, loss=f"{np.mean(losses):.5f}", lr=f"{lr:.2e}",
-                    cpu_s=f"{progress.data['cpu_s'].get('diffusion', 0) + time.process_time() - cpu0:.0f}")
-            losses = []
+        losses = log_every_25(work, "diffusion", step, losses + [loss.item()], lr,
+                              progress.data["cpu_s"].get("diffusion", 0) + time.process_time() - cpu0)
         if time.time() - last_save > args.save_every_s:
             save()
         if args.snapshot_every and step % args.snapshot_every == 0:

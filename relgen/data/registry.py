@@ -108,14 +108,18 @@ def _write_dreamrelation(root: Path, dcfg) -> None:
     write_shapes_dreamrelation(root, seed=dcfg.seed, num_items=dcfg.num_items, size=dcfg.size)
 
 
-def _write_relworld_reversion(root: Path, dcfg) -> None:
-    from relgen.data.relworld import write_world_reversion
-
+def _one_relation(dcfg) -> Optional[str]:
+    """The single relation key of ``dataset.relations`` (None when empty: the writer's default)."""
     if len(dcfg.relations) > 1:
         raise ConfigError(f"dataset.relations for {dcfg.name} takes one relation key (e.g. ['inside']), "
                           f"got {list(dcfg.relations)}")
-    write_world_reversion(root, seed=dcfg.seed, relation=dcfg.relations[0] if dcfg.relations else None,
-                          num_images=dcfg.num_images)
+    return dcfg.relations[0] if dcfg.relations else None
+
+
+def _write_relworld_reversion(root: Path, dcfg) -> None:
+    from relgen.data.relworld import write_world_reversion
+
+    write_world_reversion(root, seed=dcfg.seed, relation=_one_relation(dcfg), num_images=dcfg.num_images)
 
 
 def _write_relworld_rrnet(root: Path, dcfg) -> None:
@@ -133,11 +137,7 @@ def _write_relworld_rrnet(root: Path, dcfg) -> None:
 def _write_relworld_dreamrelation(root: Path, dcfg) -> None:
     from relgen.data.relworld import write_world_dreamrelation
 
-    if len(dcfg.relations) > 1:
-        raise ConfigError(f"dataset.relations for {dcfg.name} takes one relation key (e.g. ['inside']), "
-                          f"got {list(dcfg.relations)}")
-    write_world_dreamrelation(root, seed=dcfg.seed, relation=dcfg.relations[0] if dcfg.relations else None,
-                              num_items=dcfg.num_items)
+    write_world_dreamrelation(root, seed=dcfg.seed, relation=_one_relation(dcfg), num_items=dcfg.num_items)
 
 
 register_dataset("reversion_folder", _folder("reversion", "read_reversion_folder"),
