@@ -498,6 +498,21 @@ def effect(tasks: dict[str, TaskResult], check) -> float:
     return m[method][reading][metric].value - m[baseline][reading][metric].value
 
 
+def regression_failures(calibration: dict, tasks: dict[str, TaskResult]) -> list[str]:
+    """One line per enforced check of ``calibration`` (``regression.json``) whose effect in
+    ``tasks`` falls below its margin; checks that are not enforced are not compared."""
+    failures = []
+    for c in calibration["checks"]:
+        if not c["enforced"]:
+            continue
+        check = tuple(c[k] for k in ("task", "method", "baseline", "reading", "metric"))
+        value = effect(tasks, check)
+        if not value >= c["margin"]:  # NaN fails too
+            failures.append(f"{check[0]}: {check[1]} - {check[2]} ({check[3]} {check[4]}) = {value:.3f}, "
+                            f"below the margin {c['margin']:.3f} (calibrated effects {c['effects']})")
+    return failures
+
+
 def calibrate(seeds: list[int], out: Path, threads: int = 1) -> dict:
     """Run the short version with each seed (training and sampling) and set every check's
     margin from the spread of its effect: mean - 2 standard deviations (3 seeds: ddof = 1).

@@ -26,7 +26,11 @@ Stages (each resumes from its checkpoint in ``--work``; a finished stage returns
 6. ``diffusion``: the UNet trained on the frozen text encoder with the epsilon loss, 10 % empty
    captions (for classifier-free guidance), Min-SNR-5 loss weights (Hang et al. 2023, Eq. 9)
    and an EMA of the weights; checkpoints every few minutes.
-7. ``export``: the EMA weights written with ``save_pretrained`` into ``--out`` (by default the
+7. ``refine``: that UNet fine-tuned on SD's betas rescaled to zero terminal SNR with the v loss
+   (Lin et al. 2024), the schedule the shipped model samples with (DDIM, "trailing" steps).
+   On SD's own schedule the noisiest training input still shows where the objects are, so
+   the UNet learnt to take the layout from the starting noise and not from the prompt.
+8. ``export``: the EMA weights written with ``save_pretrained`` into ``--out`` (by default the
    shipped ``relgen/relworld_model/``), through a temporary folder and a rename.
 
 The script stops by itself when ``--max-minutes`` are spent or on SIGINT/SIGTERM, after
@@ -54,7 +58,7 @@ import torch
 from relgen.backbones import relworld as rb
 from relgen.data import relworld as rw
 
-STAGES = ("data", "tokenizer", "text", "vae", "latents", "diffusion", "export")
+STAGES = ("data", "tokenizer", "text", "vae", "latents", "diffusion", "refine", "export")
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,22 +413,40 @@ def ema_update(ema: dict[str, torch.Tensor], params: dict[str, torch.Tensor], de
             ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progress: Progress) -> bool:
-    """Train text encoder + UNet; True when the last step is done."""
+def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progress: Progress,
+                    refine: bool = False) -> bool:
+    """Train the UNet on the frozen text encoder; True when the last step is done.
+
+    With ``refine`` (stage ``refine``): start from the EMA weights of stage ``diffusion`` and
+    train on the zero-terminal-SNR schedule with the v loss (``rb.ZERO_SNR_SCHEDULER_CONFIG``).
+    """
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
-    ckpt = work / "diffusion.pt"
+    stage = "refine" if refine else "diffusion"
+    ckpt = work / f"{stage}.pt"
+    steps, lr_peak = (args.refine_steps, args.refine_lr) if refine else (args.steps, args.lr)
+    if steps <= 0:
+        return True
+    decay_steps = args.refine_decay_steps if refine else args.decay_steps
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
     text_encoder = load_text_encoder(args, work, tokenizer).requires_grad_(False).eval()  # frozen, as SD's
     text_step = torch.load(work / "text.pt", weights_only=True)["step"]
     unet = rb.build_unet(seed=args.seed)
+    if refine:  # fine-tuned from the released (EMA) weights, as Lin et al. 2024, Sec. 5 did with SD 2.1
+        base = torch.load(work / "diffusion.pt", weights_only=True)
+        if base["step"] != args.steps:
+            raise SystemExit(f"{work / 'diffusion.pt'} is at step {base['step']}, not --steps {args.steps}; "
+                             "finish the diffusion stage first")
+        unet.load_state_dict(unet_weights(base, use_ema=True))
+    base_step = args.steps if refine else None
     latents = torch.load(work / "latents.pt", weights_only=True)
     params_all, scaling = latents["params"], latents["scaling_factor"]
     ids_all = tokenizer([r["caption"] for r in records], padding="max_length", max_length=77,
                         truncation=True, return_tensors="pt").input_ids
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    sched = DDPMScheduler.from_config({k: v for k, v in rb.SCHEDULER_CONFIG.items()
+    config = rb.ZERO_SNR_SCHEDULER_CONFIG if refine else rb.SCHEDULER_CONFIG
+    sched = DDPMScheduler.from_config({k: v for k, v in config.items()
                                        if k not in ("skip_prk_steps", "set_alpha_to_one")}, clip_sample=False)
     alphas = sched.alphas_cumprod
     snr_all = alphas / (1 - alphas)
@@ -433,7 +455,7 @@ def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progr
     named = {f"{k}.{n}": p for k, m in modules.items() for n, p in m.named_parameters()}
     opt = torch.optim.AdamW(list(named.values()), lr=args.lr, weight_decay=0.01)
     ema = {n: p.detach().clone() for n, p in named.items()}
-    g = torch.Generator().manual_seed(args.seed + 3)
+    g = torch.Generator().manual_seed(args.seed + (5 if refine else 3))
     step = 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
@@ -443,13 +465,16 @@ def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progr
         if state.get("vae_step") != latents.get("vae_step"):
             raise SystemExit(f"{ckpt} was trained on latents of VAE step {state.get('vae_step')}, but "
                              f"latents.pt is from step {latents.get('vae_step')}; move {ckpt} away to restart")
+        if state.get("base_step") != base_step:
+            raise SystemExit(f"{ckpt} refines the diffusion stage's step {state.get('base_step')}, but it is at "
+                             f"step {base_step} now; move {ckpt} away to restart")
         for k, m in modules.items():
             m.load_state_dict(state[k])
         opt.load_state_dict(state["opt"])
         ema = state["ema"]
         g = generator_from(state["rng"])
         step = state["step"]
-    if step >= args.steps:
+    if step >= steps:
         return True
     for m in modules.values():
         m.train()
@@ -459,13 +484,13 @@ def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progr
         nonlocal cpu0, last_save
         state = {k: m.state_dict() for k, m in modules.items()}
         state.update(opt=opt.state_dict(), ema=ema, rng=g.get_state(), step=step, vae_step=latents.get("vae_step"),
-                     text_step=text_step)
+                     text_step=text_step, base_step=base_step)
         atomic_save(state, ckpt)
-        progress.add_cpu("diffusion", time.process_time() - cpu0)
+        progress.add_cpu(stage, time.process_time() - cpu0)
         cpu0, last_save = time.process_time(), time.time()
 
     B = args.batch
-    while step < args.steps:
+    while step < steps:
         if budget.over():
             save()
             return False
@@ -481,49 +506,64 @@ def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progr
         with torch.no_grad():
             hidden = text_encoder(ids)[0]
         pred = unet(noisy, t, hidden).sample
-        # Min-SNR-gamma weights for epsilon prediction: min(SNR, gamma) / SNR (Hang et al. 2023, Eq. 9)
-        snr = snr_all[t]
-        weight = torch.clamp(snr, max=args.min_snr_gamma) / snr
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
-        if args.decay_steps:  # cosine decay to 10 % over the last decay_steps steps
-            into = max(0, step + 1 - (args.steps - args.decay_steps)) / args.decay_steps
+        if refine:  # the plain v loss (Salimans & Ho 2022, Sec. 4; SD 2's and Lin et al.'s objective)
+            loss = (pred - sched.get_velocity(x0, noise, t)).pow(2).mean()
+        else:  # Min-SNR-gamma weights for epsilon prediction: min(SNR, gamma) / SNR (Hang et al. 2023, Eq. 9)
+            snr = snr_all[t]
+            weight = torch.clamp(snr, max=args.min_snr_gamma) / snr
+            loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        lr = lr_peak * min(1.0, (step + 1) / args.warmup)
+        if decay_steps:  # cosine decay to 10 % over the last decay_steps steps
+            into = max(0, step + 1 - (steps - decay_steps)) / decay_steps
             lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, into)))
         optimizer_step(opt, list(named.values()), loss, lr)
         step += 1
         ema_update(ema, named, min(args.ema, (1 + step) / (10 + step)))  # EMA warm-up as diffusers' EMAModel
-        losses = log_every_25(work, "diffusion", step, losses + [loss.item()], lr,
-                              progress.data["cpu_s"].get("diffusion", 0) + time.process_time() - cpu0)
+        losses = log_every_25(work, stage, step, losses + [loss.item()], lr,
+                              progress.data["cpu_s"].get(stage, 0) + time.process_time() - cpu0)
         if time.time() - last_save > args.save_every_s:
             save()
         if args.snapshot_every and step % args.snapshot_every == 0:
             save()
-            export(args, work, work / f"snapshot-{step:06d}", use_ema=True)
+            export(args, work, work / f"{'refine-' if refine else ''}snapshot-{step:06d}", use_ema=True,
+                   stage=stage)
     save()
     return True
 
 
-def export(args, work: Path, out: Path, use_ema: bool = True) -> Path:
-    """Write the diffusers folder (EMA weights) to ``out`` via a temporary sibling and a rename."""
+def unet_weights(state: dict, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The UNet state dict of a diffusion-stage checkpoint (its EMA or its raw weights)."""
+    if not use_ema:
+        return state["unet"]
+    return {n[len("unet."):]: p for n, p in state["ema"].items() if n.startswith("unet.")}
+
+
+def final_stage(args) -> str:
+    """The stage whose UNet is the model: ``refine`` when it has steps, else ``diffusion``."""
+    return "refine" if args.refine_steps > 0 else "diffusion"
+
+
+def export(args, work: Path, out: Path, use_ema: bool = True, stage: str | None = None) -> Path:
+    """Write the diffusers folder (EMA weights of ``stage``, by default :func:`final_stage`) to
+    ``out`` via a temporary sibling and a rename."""
     from transformers import CLIPTokenizer
 
+    stage = stage or final_stage(args)
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
     text_encoder = load_text_encoder(args, work, tokenizer)
     unet = rb.build_unet(seed=args.seed)
-    state = torch.load(work / "diffusion.pt", weights_only=True)
-    if use_ema:
-        unet.load_state_dict({n[len("unet."):]: p for n, p in state["ema"].items() if n.startswith("unet.")})
-    else:
-        unet.load_state_dict(state["unet"])
+    state = torch.load(work / f"{stage}.pt", weights_only=True)
+    unet.load_state_dict(unet_weights(state, use_ema))
     scaling = torch.load(work / "latents.pt", weights_only=True)["scaling_factor"]
     vae = rb.build_vae(seed=args.seed, scaling_factor=scaling)
     vae.load_state_dict(torch.load(work / "vae.pt", weights_only=True)["model"])
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    rb.save_pipeline(tmp, work / "tokenizer", text_encoder, unet, vae)
+    rb.save_pipeline(tmp, work / "tokenizer", text_encoder, unet, vae, zero_snr=stage == "refine")
     (tmp / "relworld_pretraining.json").write_text(json.dumps({
-        "diffusion_steps": int(state["step"]), "ema": use_ema, "args": vars(args) | {"work": None, "out": None},
+        "stage": stage, f"{stage}_steps": int(state["step"]), "ema": use_ema,
+        "args": vars(args) | {"work": None, "out": None},
         "cpu_s": json.loads((work / "progress.json").read_text())["cpu_s"],
     }, indent=2))
     if out.exists():
@@ -561,11 +601,15 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--refine-steps", type=int, default=5000,
+                   help="zero-terminal-SNR v-prediction steps after the diffusion stage (0: none)")
+    p.add_argument("--refine-lr", type=float, default=3e-4)
+    p.add_argument("--refine-decay-steps", type=int, default=1500)
     p.add_argument("--snapshot-every", type=int, default=0, help="also export a snapshot folder every N steps")
     p.add_argument("--save-every-s", type=float, default=300.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
-    p.add_argument("--stop-after", choices=STAGES[2:6], default=None, help="stop after this stage")
+    p.add_argument("--stop-after", choices=STAGES[2:7], default=None, help="stop after this stage")
     p.add_argument("--status", action="store_true", help="print progress and exit")
     p.add_argument("--export-to", default=None, help="only export the current EMA weights to this folder")
     return p.parse_args(argv)
@@ -603,7 +647,8 @@ def main(argv=None) -> int:
     for name, run in (("text", lambda: stage_text(args, work, records, images, budget, progress)),
                       ("vae", lambda: stage_vae(args, work, images, budget, progress)),
                       ("latents", lambda: stage_latents(args, work, images, budget, progress)),
-                      ("diffusion", lambda: stage_diffusion(args, work, records, budget, progress))):
+                      ("diffusion", lambda: stage_diffusion(args, work, records, budget, progress)),
+                      ("refine", lambda: stage_diffusion(args, work, records, budget, progress, refine=True))):
         print(f"[pretrain] stage {name}", flush=True)  # each stage returns at once when complete
         if not run():
             print(f"[pretrain] stopped in stage {name}; run again to continue", flush=True)

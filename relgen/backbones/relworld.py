@@ -49,6 +49,17 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0
                         beta_schedule="scaled_linear", steps_offset=1, prediction_type="epsilon",
                         skip_prk_steps=True, set_alpha_to_one=False)
 
+#: The schedule of the refined model (Lin et al. 2024, "Common Diffusion Noise Schedules and
+#: Sample Steps are Flawed", Sec. 3): SD's betas rescaled to zero terminal SNR, v-prediction,
+#: and sampling that starts at the last timestep ("trailing"), with DDIM as in that paper. With
+#: SD's own schedule ᾱ_T = 0.0047, so √ᾱ_T ≈ 0.07 of the image survives at the start of
+#: training's noise; at 16 x 16 latents that is enough to read where objects are, and the UNet
+#: learnt to take the layout from the starting noise instead of the prompt.
+ZERO_SNR_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                 beta_schedule="scaled_linear", steps_offset=1, prediction_type="v_prediction",
+                                 rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                                 set_alpha_to_one=False, clip_sample=False)
+
 
 # --------------------------------------------------------------------------------------------
 # Tokenizer
@@ -152,20 +163,23 @@ def build_vae(seed: int = 0, scaling_factor: float = 1.0):
     return AutoencoderKL(scaling_factor=scaling_factor, **VAE_CONFIG)
 
 
-def save_pipeline(folder: str | Path, tokenizer_dir: str | Path, text_encoder, unet, vae) -> Path:
-    """Write the modules and SD 1.5's PNDM scheduler as a diffusers folder (safetensors).
+def save_pipeline(folder: str | Path, tokenizer_dir: str | Path, text_encoder, unet, vae,
+                  zero_snr: bool = False) -> Path:
+    """Write the modules and a scheduler as a diffusers folder (safetensors).
 
-    The ``tokenizer/`` sub-folder holds the CLIP-format files of ``tokenizer_dir``
-    (``vocab.json``, ``merges.txt``, ``tokenizer_config.json``) as written by
-    :func:`write_clip_tokenizer`.
+    The scheduler is SD 1.5's PNDM, or with ``zero_snr`` a DDIM scheduler with
+    :data:`ZERO_SNR_SCHEDULER_CONFIG` (for a UNet trained on that schedule). The ``tokenizer/``
+    sub-folder holds the CLIP-format files of ``tokenizer_dir`` (``vocab.json``, ``merges.txt``,
+    ``tokenizer_config.json``) as written by :func:`write_clip_tokenizer`.
     """
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     folder, tokenizer_dir = Path(folder), Path(tokenizer_dir)
+    scheduler = DDIMScheduler(**ZERO_SNR_SCHEDULER_CONFIG) if zero_snr else PNDMScheduler(**SCHEDULER_CONFIG)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder,
                                    tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir), unet=unet,
-                                   scheduler=PNDMScheduler(**SCHEDULER_CONFIG), safety_checker=None,
+                                   scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     # as SD 1.5's scheduler_config.json: DDIM/DDPM built from it must not clip latents to [-1, 1]
@@ -205,6 +219,7 @@ __all__ = [
     "TEXT_CONFIG",
     "UNET_CONFIG",
     "VAE_CONFIG",
+    "ZERO_SNR_SCHEDULER_CONFIG",
     "build_text_encoder",
     "build_unet",
     "build_vae",

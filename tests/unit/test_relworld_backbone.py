@@ -118,3 +118,30 @@ def test_scheduler_config_matches_sd15(fake_package):
     assert (config["beta_start"], config["beta_end"], config["beta_schedule"]) == (0.00085, 0.012, "scaled_linear")
     assert (config["clip_sample"], config["set_alpha_to_one"], config["skip_prk_steps"]) == (False, False, True)
     assert config["prediction_type"] == "epsilon" and config["steps_offset"] == 1
+
+
+def test_zero_snr_folder_trains_and_samples_from_pure_noise(tmp_path, tokenizer_dir):
+    """A folder written with ``zero_snr`` loads as a v-prediction backbone whose last training
+    timestep holds no trace of the image, and whose sampler starts at that timestep."""
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    rb.save_pipeline(tmp_path / "model", tokenizer_dir, rb.build_text_encoder(tok), rb.build_unet(),
+                     rb.build_vae(), zero_snr=True)
+    cfg = compose("backbone=relworld", f"backbone.pretrained={tmp_path / 'model'}",
+                  "backbone.prediction_type=v_prediction", "backbone.inference_scheduler=ddim").backbone
+    backbone = load_backbone(cfg)
+    x0, noise = torch.full((1, 8, 16, 16), 3.0), torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([999])
+    assert torch.equal(backbone.add_noise(x0, noise, t), noise)  # SNR(T) = 0
+    assert torch.allclose(backbone.training_target(x0, noise, t), -x0)  # v = sqrt(a) eps - sqrt(1 - a) x0 at a = 0
+    sched = backbone.inference_scheduler()
+    sched.set_timesteps(25)
+    assert sched.timesteps[:3].tolist() == [999, 959, 919]  # "trailing" spacing
+    # SD 1.5's own schedule leaves sqrt(0.00466) = 0.068 of the image in its noisiest input
+    sd = load_backbone(compose("backbone=relworld", f"backbone.pretrained={tmp_path / 'model'}",
+                               "backbone.prediction_type=v_prediction").backbone)
+    sd.noise_scheduler = type(sd.noise_scheduler).from_config(
+        {k: v for k, v in rb.SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps", "set_alpha_to_one")})
+    leak = sd.add_noise(x0, noise, t) - noise * (1 - 0.00466) ** 0.5
+    assert torch.allclose(leak, torch.full_like(x0, 3.0 * 0.068265), atol=2e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -102,22 +103,33 @@ def test_pretrain_resume_is_bitwise_and_exports_a_loadable_model(tmp_path):
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld" / "pretrain.py"
     common = ["--num-images", "40", "--text-steps", "3", "--text-batch", "4", "--vae-steps", "3", "--vae-batch", "4",
-              "--batch", "4", "--decay-steps", "0"]  # the LR tail depends on --steps, which this test varies
+              "--batch", "4", "--decay-steps", "0", "--refine-decay-steps", "0"]  # LR tails depend on the steps
 
-    def run(work, steps):
+    def run(work, steps, refine_steps):
         proc = subprocess.run([sys.executable, str(script), "--work", str(work), "--out", str(work / "out"),
-                               "--steps", str(steps), *common], capture_output=True, text=True, timeout=600)
+                               "--steps", str(steps), "--refine-steps", str(refine_steps), *common],
+                              capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
 
-    run(tmp_path / "a", 6)
-    run(tmp_path / "b", 3)
-    run(tmp_path / "b", 6)  # resumes at step 3
-    a = torch.load(tmp_path / "a" / "diffusion.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "diffusion.pt", weights_only=True)
-    assert a["step"] == b["step"] == 6
-    for key in ("unet", "ema"):
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    run(tmp_path / "a", 6, 4)
+    run(tmp_path / "b", 3, 0)
+    run(tmp_path / "b", 6, 2)  # resumes the diffusion stage at step 3, then refines 2 steps
+    run(tmp_path / "b", 6, 4)  # resumes the refinement at step 2
+    for stage, steps in (("diffusion", 6), ("refine", 4)):
+        a = torch.load(tmp_path / "a" / f"{stage}.pt", weights_only=True)
+        b = torch.load(tmp_path / "b" / f"{stage}.pt", weights_only=True)
+        assert a["step"] == b["step"] == steps
+        for key in ("unet", "ema"):
+            assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), (stage, key)
     assert rb.is_trained(tmp_path / "a" / "out")
+    config = json.loads((tmp_path / "a" / "out" / "scheduler" / "scheduler_config.json").read_text())
+    assert (config["_class_name"], config["prediction_type"], config["rescale_betas_zero_snr"]) == (
+        "DDIMScheduler", "v_prediction", True)
+    # a refinement of another diffusion checkpoint is refused, not silently continued
+    proc = subprocess.run([sys.executable, str(script), "--work", str(tmp_path / "b"), "--out", str(tmp_path / "o"),
+                           "--steps", "7", "--refine-steps", "5", *common], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "refines the diffusion stage's step 6, but it is at step 7" in proc.stderr
 
 
 def _load_script(name: str):
@@ -181,3 +193,26 @@ def test_identity_share_separates_identity_from_plain_object(methods):
     assert methods.identity_share(plain_image, plain_masks[0], ident) == 0.0
     reference, _ = methods.reference_share(SPEC, ident, vae=None, n=8)
     assert 0.35 < reference < 0.65
+
+
+def test_regression_failures_compare_enforced_effects_with_their_margins(methods):
+    from relgen.data.relworld_detector import rate
+
+    def hits(k: int):  # k of 12 samples right
+        return {"colour": {"relation_accuracy": rate([True] * k + [False] * (12 - k))}}
+
+    def tasks(method_hits: int, baseline_hits: int):  # effect = (method - baseline) / 12
+        metrics = {"ReVersion": hits(method_hits), "base, relation written": hits(baseline_hits)}
+        return {"inversion": methods.TaskResult("inversion", [], [], metrics=metrics)}
+
+    check = {"task": "inversion", "method": "ReVersion", "baseline": "base, relation written", "reading": "colour",
+             "metric": "relation_accuracy", "effects": [0.5, 0.4, 0.3], "margin": 0.2, "enforced": True}
+    calibration = {"checks": [check]}
+    assert methods.regression_failures(calibration, tasks(7, 3)) == []  # 4 / 12 = 0.333 >= 0.2
+    assert methods.regression_failures(calibration, tasks(6, 3)) == []  # 3 / 12 = 0.25 >= 0.2
+    [line] = methods.regression_failures(calibration, tasks(5, 3))  # 2 / 12 = 0.167 < 0.2
+    assert line.startswith("inversion: ReVersion - base, relation written (colour relation_accuracy) = 0.167, "
+                           "below the margin 0.200")
+    [line] = methods.regression_failures(calibration, tasks(3, 3))  # no effect at all
+    assert "= 0.000, below the margin 0.200" in line
+    assert methods.regression_failures({"checks": [dict(check, enforced=False)]}, tasks(0, 12)) == []
