@@ -191,6 +191,7 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, ext
     run folder and the training seconds. A finished run in ``run_dir`` is reused."""
     import hashlib
 
+    from relgen.backbones.loading import resolve_pretrained, weights_digest
     from relgen.run import run_training
 
     overrides = [f"method={method}", "backbone=relworld", f"dataset={dataset}", f"dataset.root={root}",
@@ -198,9 +199,11 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, ext
                  "trainer.tensorboard=false", "trainer.checkpoint_every=100000", *extra]
     if s.model:
         overrides.append(f"backbone.pretrained={s.model}")
-    # the folder name carries a digest of the overrides, so a finished run is reused only for
-    # the same settings
-    run_dir = run_dir.with_name(f"{run_dir.name}-{hashlib.sha256(' '.join(overrides).encode()).hexdigest()[:8]}")
+    # the folder name carries a digest of the overrides and of the model's weights, so a finished
+    # run is reused only for the same settings on the same model
+    model = weights_digest(Path(resolve_pretrained(compose_run(overrides).backbone)))
+    key = hashlib.sha256(" ".join([*overrides, model]).encode()).hexdigest()[:8]
+    run_dir = run_dir.with_name(f"{run_dir.name}-{key}")
     if (run_dir / "export" / "relgen.json").exists() and (run_dir / "summary.json").exists():
         return run_dir, float(json.loads((run_dir / "summary.json").read_text())["train_seconds"])
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -601,7 +601,7 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--refine-steps", type=int, default=5000,
+    p.add_argument("--refine-steps", type=int, default=7000,
                    help="zero-terminal-SNR v-prediction steps after the diffusion stage (0: none)")
     p.add_argument("--refine-lr", type=float, default=3e-4)
     p.add_argument("--refine-decay-steps", type=int, default=1500)

@@ -33,7 +33,7 @@ def load_backbone(cfg: BackboneConfig, cache_dir: Optional[str] = None,
         source = resolve_pretrained(cfg)
         identity = f"{cfg.pretrained}@{cfg.revision or 'main'}"
         if cfg.pretrained.startswith("pkg://"):  # shipped weights change with the package
-            identity = f"{cfg.pretrained}@{_weights_digest(Path(source))}"
+            identity = f"{cfg.pretrained}@{weights_digest(Path(source))}"
     if source.endswith((".safetensors", ".ckpt")):
         parts = _load_single_file(cfg, source)
     else:
@@ -63,7 +63,7 @@ def resolve_pretrained(cfg: BackboneConfig) -> str:
     return str(folder)
 
 
-def _weights_digest(folder: Path) -> str:
+def weights_digest(folder: Path) -> str:
     """Short content hash of a folder's weights and configs (keys caches of shipped weights)."""
     import hashlib
 

@@ -3,7 +3,8 @@
 A CLIP text encoder (causal transformer, quick-GELU, pad = EOS) with a CLIP-format BPE
 tokenizer trained on the relation world's language, a UNet2DConditionModel with
 cross-attention, an AutoencoderKL (64 px -> 8 x 16 x 16 latents) and SD 1.5's noise schedule
-(scaled-linear betas 0.00085-0.012, epsilon prediction). ``benchmarks/relworld/pretrain.py``
+(scaled-linear betas 0.00085-0.012), rescaled to zero terminal SNR with v-prediction for the
+shipped model (:data:`ZERO_SNR_SCHEDULER_CONFIG`). ``benchmarks/relworld/pretrain.py``
 trains it on :mod:`relgen.data.relworld` and writes it with ``save_pretrained`` into
 ``relgen/relworld_model/``; ``conf/backbone/relworld.yaml`` loads it from there through the
 same ``from_pretrained`` path as real backbones (``pretrained: pkg://relgen/relworld_model``).

@@ -58,7 +58,8 @@ def fake_package(tmp_path_factory, tokenizer_dir):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    rb.save_pipeline(pkg / "model", tokenizer_dir, rb.build_text_encoder(tok), rb.build_unet(), rb.build_vae())
+    rb.save_pipeline(pkg / "model", tokenizer_dir, rb.build_text_encoder(tok), rb.build_unet(), rb.build_vae(),
+                     zero_snr=True)
     sys.path.insert(0, str(root))
     yield pkg
     sys.path.remove(str(root))
@@ -101,7 +102,7 @@ def test_pkg_uri_errors_are_clear(fake_package):
 def test_backbone_config_composes():
     cfg = compose("backbone=relworld").backbone
     assert (cfg.name, cfg.family, cfg.pretrained, cfg.resolution, cfg.prediction_type) == (
-        "relworld", "sd", rb.PRETRAINED_URI, 64, "epsilon")
+        "relworld", "sd", rb.PRETRAINED_URI, 64, "v_prediction")
 
 
 @pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld_model/ is not built yet: run "
@@ -112,25 +113,26 @@ def test_shipped_model_loads():
     assert backbone.unet.config.sample_size == 16 and backbone.resolution == 64
 
 
-def test_scheduler_config_matches_sd15(fake_package):
+def test_scheduler_config_is_sd15_rescaled_to_zero_terminal_snr(fake_package, tmp_path, tokenizer_dir):
     config = json.loads((fake_package / "model" / "scheduler" / "scheduler_config.json").read_text())
-    assert config["_class_name"] == "PNDMScheduler"
+    assert config["_class_name"] == "DDIMScheduler"
     assert (config["beta_start"], config["beta_end"], config["beta_schedule"]) == (0.00085, 0.012, "scaled_linear")
+    assert (config["rescale_betas_zero_snr"], config["prediction_type"], config["timestep_spacing"]) == (
+        True, "v_prediction", "trailing")
+    assert (config["clip_sample"], config["set_alpha_to_one"], config["steps_offset"]) == (False, False, 1)
+    from transformers import CLIPTokenizer  # without zero_snr: SD 1.5's own PNDM scheduler config
+
+    encoder = rb.build_text_encoder(CLIPTokenizer.from_pretrained(tokenizer_dir))
+    rb.save_pipeline(tmp_path / "sd15", tokenizer_dir, encoder, rb.build_unet(), rb.build_vae())
+    config = json.loads((tmp_path / "sd15" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == "PNDMScheduler" and config["prediction_type"] == "epsilon"
     assert (config["clip_sample"], config["set_alpha_to_one"], config["skip_prk_steps"]) == (False, False, True)
-    assert config["prediction_type"] == "epsilon" and config["steps_offset"] == 1
 
 
-def test_zero_snr_folder_trains_and_samples_from_pure_noise(tmp_path, tokenizer_dir):
-    """A folder written with ``zero_snr`` loads as a v-prediction backbone whose last training
-    timestep holds no trace of the image, and whose sampler starts at that timestep."""
-    from transformers import CLIPTokenizer
-
-    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    rb.save_pipeline(tmp_path / "model", tokenizer_dir, rb.build_text_encoder(tok), rb.build_unet(),
-                     rb.build_vae(), zero_snr=True)
-    cfg = compose("backbone=relworld", f"backbone.pretrained={tmp_path / 'model'}",
-                  "backbone.prediction_type=v_prediction", "backbone.inference_scheduler=ddim").backbone
-    backbone = load_backbone(cfg)
+def test_zero_snr_model_trains_and_samples_from_pure_noise(fake_package):
+    """The shipped configuration: the last training timestep holds no trace of the image (on SD
+    1.5's own schedule 0.068 of it survives), and the sampler starts at that timestep."""
+    backbone = load_backbone(compose("backbone=relworld", "backbone.pretrained=pkg://relworld_fake_pkg/model").backbone)
     x0, noise = torch.full((1, 8, 16, 16), 3.0), torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([999])
     assert torch.equal(backbone.add_noise(x0, noise, t), noise)  # SNR(T) = 0
@@ -138,10 +140,7 @@ def test_zero_snr_folder_trains_and_samples_from_pure_noise(tmp_path, tokenizer_
     sched = backbone.inference_scheduler()
     sched.set_timesteps(25)
     assert sched.timesteps[:3].tolist() == [999, 959, 919]  # "trailing" spacing
-    # SD 1.5's own schedule leaves sqrt(0.00466) = 0.068 of the image in its noisiest input
-    sd = load_backbone(compose("backbone=relworld", f"backbone.pretrained={tmp_path / 'model'}",
-                               "backbone.prediction_type=v_prediction").backbone)
-    sd.noise_scheduler = type(sd.noise_scheduler).from_config(
+    sd15 = type(backbone.noise_scheduler).from_config(
         {k: v for k, v in rb.SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps", "set_alpha_to_one")})
-    leak = sd.add_noise(x0, noise, t) - noise * (1 - 0.00466) ** 0.5
+    leak = sd15.add_noise(x0, noise, t) - noise * (1 - 0.00466) ** 0.5
     assert torch.allclose(leak, torch.full_like(x0, 3.0 * 0.068265), atol=2e-4)
