@@ -433,7 +433,7 @@ def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progr
     text_encoder = load_text_encoder(args, work, tokenizer).requires_grad_(False).eval()  # frozen, as SD's
     text_step = torch.load(work / "text.pt", weights_only=True)["step"]
     unet = rb.build_unet(seed=args.seed)
-    if refine:  # fine-tuned from the released (EMA) weights, as Lin et al. 2024, Sec. 5 did with SD 2.1
+    if refine:  # fine-tuned from the finished (EMA) weights, as Lin et al. 2024 fine-tuned a released SD 2.1
         base = torch.load(work / "diffusion.pt", weights_only=True)
         if base["step"] != args.steps:
             raise SystemExit(f"{work / 'diffusion.pt'} is at step {base['step']}, not --steps {args.steps}; "
