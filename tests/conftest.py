@@ -24,6 +24,30 @@ def samples_dir() -> Path:
     return Path(root)
 
 
+@pytest.fixture(scope="session")
+def relworld_script():
+    """``load(name)``: ``benchmarks/relworld/<name>.py`` imported once per session as module
+    ``relworld_<name>`` (registered in ``sys.modules``, where dataclasses look their module up)."""
+    import importlib.util
+    import sys
+
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            path = Path(__file__).resolve().parents[1] / "benchmarks" / "relworld" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(f"relworld_{name}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    yield load
+    for module in loaded.values():
+        sys.modules.pop(module.__name__, None)
+
+
 # One cache folder per test session: tiny backbones and synthetic datasets are built once,
 # and nothing is written to the user's ~/.cache.
 if "RELGEN_CACHE" not in os.environ:

@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,6 @@ import torch
 from relgen.data import relworld as rw
 from relgen.data.relworld_detector import (
     Detector,
-    DetectorConfig,
     Reading,
     direction_accuracy,
     object_accuracy,
@@ -133,26 +132,30 @@ def run_suite(suite: Suite, pipe, backbone_cfg, detector: Detector, samples: int
 
 def read_all(suite: Suite, detector: Detector) -> None:
     """Strict readings (colour and shape) and colour readings of every image of ``suite``."""
-    loose = Detector(detector.spec, DetectorConfig(**{**vars(detector.config), "match_shape": False}))
+    loose = Detector(detector.spec, replace(detector.config, match_shape=False))
     for name, det in (("readings", detector), ("colour_readings", loose)):
         setattr(suite, name, [[det.read(np.asarray(img), p.a, p.relation, p.b) for img in row]
                               for p, row in zip(suite.prompts, suite.images)])
 
 
 @torch.no_grad()
+def vae_roundtrip(vae, images: np.ndarray) -> np.ndarray:
+    """uint8 [B, H, W, 3] images encoded (posterior mean) and decoded by ``vae``, as uint8."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
+    return ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def run_vae_ceiling(suite: Suite, backbone, spec: rw.WorldSpec, detector: Detector, samples: int,
                     seed: int) -> None:
     """Ground-truth scenes of each prompt, through the VAE (posterior mean), then detected."""
     from PIL import Image
 
-    vae = backbone.vae
     suite.images = []
     for k, p in enumerate(suite.prompts):
         scenes = [rw.sample_scene(np.random.default_rng([seed, k, i]), spec, p.relation, p.a, p.b)
                   for i in range(samples)]
-        x = torch.from_numpy(np.stack([s.render()[0] for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
-        images = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        images = vae_roundtrip(backbone.vae, np.stack([s.render()[0] for s in scenes]))
         suite.images.append([Image.fromarray(im) for im in images])
     read_all(suite, detector)
 

@@ -57,7 +57,7 @@ from relgen.data.relworld_detector import (
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchmark import Prompt, load_pipeline, plain  # noqa: E402
+from benchmark import Prompt, load_pipeline, plain, vae_roundtrip  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,13 +201,14 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, ext
         overrides.append(f"backbone.pretrained={s.model}")
     # the folder name carries a digest of the overrides and of the model's weights, so a finished
     # run is reused only for the same settings on the same model
-    model = weights_digest(Path(resolve_pretrained(compose_run(overrides).backbone)))
+    cfg = compose_run(overrides)
+    model = weights_digest(Path(resolve_pretrained(cfg.backbone)))
     key = hashlib.sha256(" ".join([*overrides, model]).encode()).hexdigest()[:8]
     run_dir = run_dir.with_name(f"{run_dir.name}-{key}")
     if (run_dir / "export" / "relgen.json").exists() and (run_dir / "summary.json").exists():
         return run_dir, float(json.loads((run_dir / "summary.json").read_text())["train_seconds"])
     shutil.rmtree(run_dir, ignore_errors=True)
-    run_training(compose_run(overrides), str(run_dir))
+    run_training(cfg, str(run_dir))
     return run_dir, float(json.loads((run_dir / "summary.json").read_text())["train_seconds"])
 
 
@@ -292,8 +293,7 @@ def task_inversion(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
 
 
 def task_rectification(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
-    prompts, conditions, seconds = [], [], {}
-    runs = []
+    prompts, seconds, runs = [], {}, []
     for index, pair in enumerate(spec.biased):
         triple = (pair.second, pair.relation, pair.first)
         data = rw.write_world_rrnet(out / "work" / "data" / f"rrnet-{index}-{s.seed}", spec, seed=s.seed + index,
@@ -342,7 +342,6 @@ def identity_share(image: np.ndarray, mask: np.ndarray, ident: rw.Identity) -> f
     return float((dark < base).mean())
 
 
-@torch.no_grad()
 def reference_share(spec: rw.WorldSpec, ident: rw.Identity, vae=None, n: int = 32) -> tuple[float, float]:
     """Mean :func:`identity_share` of ground-truth renders of ``ident`` (sizes as in scenes),
     and of the same renders through ``vae`` (encode, decode: the most a generation can keep)."""
@@ -352,10 +351,7 @@ def reference_share(spec: rw.WorldSpec, ident: rw.Identity, vae=None, n: int = 3
         image, masks = scene.render()
         shares.append(identity_share(image, masks[0], ident))
         if vae is not None:
-            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
-            rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
-            rec = ((rec[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            through.append(identity_share(rec, masks[0], ident))
+            through.append(identity_share(vae_roundtrip(vae, image[None])[0], masks[0], ident))
     return float(np.mean(shares)), float(np.mean(through)) if through else float("nan")
 
 

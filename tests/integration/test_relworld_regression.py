@@ -12,31 +12,21 @@ Recalibrate after changing the model or the short settings:
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from relgen.backbones import relworld as rb
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld"
-
 
 @pytest.fixture(scope="module")
-def methods():
-    spec = importlib.util.spec_from_file_location("relworld_methods", BENCH / "methods.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def methods(relworld_script):
+    return relworld_script("methods")
 
 
 @pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld_model/ is not built")
 def test_each_method_beats_its_baseline_by_its_margin(methods, tmp_path):
-    reg = json.loads((BENCH / "regression.json").read_text())
+    reg = json.loads(methods.REGRESSION_FILE.read_text())
     short = {k: (list(v) if isinstance(v, tuple) else v) for k, v in methods.SHORT.items()}
     assert reg["settings"] == short, "the short settings changed: recalibrate regression.json"
     assert [tuple(c[k] for k in ("task", "method", "baseline", "reading", "metric")) for c in reg["checks"]] \

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,14 +17,8 @@ DET = Detector(SPEC)
 
 
 @pytest.fixture(scope="module")
-def bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("relworld_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def bench(relworld_script):
+    return relworld_script("benchmark")
 
 
 def _read(prompt, image):
@@ -132,16 +125,8 @@ def test_pretrain_resume_is_bitwise_and_exports_a_loadable_model(tmp_path):
     assert proc.returncode != 0 and "refines the diffusion stage's step 6, but it is at step 7" in proc.stderr
 
 
-def _load_script(name: str):
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"relworld_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_hard_negatives_swap_objects_and_colours():
-    pretrain = _load_script("pretrain")
+def test_hard_negatives_swap_objects_and_colours(relworld_script):
+    pretrain = relworld_script("pretrain")
     objects = [{"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "blue"}]
     record = {"caption": "the blue square is beneath the red circle", "objects": objects}
     assert pretrain.hard_negatives(record, SPEC) == ("the red circle is beneath the blue square",
@@ -157,14 +142,8 @@ def test_hard_negatives_swap_objects_and_colours():
 
 
 @pytest.fixture(scope="module")
-def methods():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld" / "methods.py"
-    spec = importlib.util.spec_from_file_location("relworld_methods_unit", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def methods(relworld_script):
+    return relworld_script("methods")
 
 
 def test_method_benchmark_prompts_are_held_out(methods):
