@@ -122,6 +122,7 @@ _BUILTIN_MODULES = (
     "relgen.methods",
     "relgen.backbones",
     "relgen.data.registry",
+    "relgen.relworld.datasets",
 )
 _state = {"builtins": False, "plugins": None}
 

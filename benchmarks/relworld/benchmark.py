@@ -14,7 +14,7 @@ Base-model suites (every prompt rendered with seeds ``seed .. seed + samples - 1
 * ``vae_ceiling``: no generation — ground-truth renders of the ``seen`` prompts passed through
   the model's VAE (encode, decode): what the detector can find at best in decoded images.
 
-Metrics come from :mod:`relgen.data.relworld_detector`: relation accuracy, object accuracy
+Metrics come from :mod:`relgen.relworld.detector`: relation accuracy, object accuracy
 (both objects present) and direction accuracy, each with a 95 % Wilson interval. Writes
 ``report.md``, ``results.json`` and one image grid per suite (rows = prompts, columns =
 seeds) into ``--out``.
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relgen.data import relworld as rw
-from relgen.data.relworld_detector import (
+from relgen.relworld import world as rw
+from relgen.relworld.detector import (
     Detector,
     Reading,
     direction_accuracy,

@@ -23,7 +23,7 @@ Tasks (training data, prompts and seeds are deterministic functions of ``--seed`
   accuracy and identity kept (:func:`identity_share`, the share of the identity's pixels in
   its texture tone, at least half of the ground truth's).
 
-Every image is read twice by :mod:`relgen.data.relworld_detector`: *strict* (each object
+Every image is read twice by :mod:`relgen.relworld.detector`: *strict* (each object
 found by colour and shape) and *colour* (each object found by colour alone, so layout is
 scored even when shapes come out wrong). Rates carry 95 % Wilson intervals. Writes
 ``report.md``, ``results.json`` and one grid per task (rows = prompt x seed, columns =
@@ -44,8 +44,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from relgen.data import relworld as rw
-from relgen.data.relworld_detector import (
+from relgen.relworld import world as rw
+from relgen.relworld.detector import (
     Detector,
     DetectorConfig,
     Reading,
@@ -427,7 +427,7 @@ def write_report(out: Path, tasks: list[TaskResult], s: Settings, wall_s: float)
 
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# relworld: methods against their baselines", "",
-             f"Model `{s.model or 'pkg://relgen/relworld_model'}`. {s.samples} samples per prompt "
+             f"Model `{s.model or 'pkg://relgen.relworld/weights'}`. {s.samples} samples per prompt "
              f"(seeds {s.seed}..{s.seed + s.samples - 1}, the same for every condition), held-out object pairs. "
              "Rates in %, 95 % Wilson intervals. *strict*: objects found by colour and shape; *colour*: "
              f"by colour alone. Wall time {wall_s / 60:.1f} min on this CPU.", ""]

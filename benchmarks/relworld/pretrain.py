@@ -7,7 +7,7 @@
 Stages (each resumes from its checkpoint in ``--work``; a finished stage returns at once, and raising
 ``--vae-steps`` or ``--steps`` trains further — the latents are re-encoded when the VAE changed):
 
-1. ``data``: :func:`relgen.data.relworld.write_pretraining_set` (PNG images + captions.jsonl).
+1. ``data``: :func:`relgen.relworld.world.write_pretraining_set` (PNG images + captions.jsonl).
 2. ``tokenizer``: BPE merges learnt on the captions, written as a CLIP tokenizer.
 3. ``text``: the CLIP text encoder, pretrained contrastively against a small CLIP vision tower on
    the image-caption pairs (CLIP's symmetric InfoNCE, Radford et al. 2021, Fig. 3), with
@@ -31,7 +31,7 @@ Stages (each resumes from its checkpoint in ``--work``; a finished stage returns
    On SD's own schedule the noisiest training input still shows where the objects are, so
    the UNet learnt to take the layout from the starting noise and not from the prompt.
 8. ``export``: the EMA weights written with ``save_pretrained`` into ``--out`` (by default the
-   shipped ``relgen/relworld_model/``), through a temporary folder and a rename.
+   shipped ``relgen/relworld/weights/``), through a temporary folder and a rename.
 
 The script stops by itself when ``--max-minutes`` are spent or on SIGINT/SIGTERM, after
 writing a checkpoint; run it again to continue. Resuming reproduces the uninterrupted run
@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relgen.backbones import relworld as rb
-from relgen.data import relworld as rw
+from relgen.relworld import model as rb
+from relgen.relworld import world as rw
 
 STAGES = ("data", "tokenizer", "text", "vae", "latents", "diffusion", "refine", "export")
 
@@ -224,7 +224,7 @@ def hard_negatives(record: dict, spec: rw.WorldSpec) -> tuple[str, str, str] | N
 
 
 def build_clip(tokenizer, seed: int):
-    """CLIPModel: :data:`relgen.backbones.relworld.TEXT_CONFIG` text tower + a small vision tower."""
+    """CLIPModel: :data:`relgen.relworld.model.TEXT_CONFIG` text tower + a small vision tower."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(seed)

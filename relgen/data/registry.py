@@ -64,7 +64,7 @@ def _folder(fmt: str, reader_name: str):
     return opener
 
 
-def _synthetic(fmt: str, reader_name: str, writer: Callable[[Path, Any], None]):
+def synthetic_dataset(fmt: str, reader_name: str, writer: Callable[[Path, Any], None]):
     def opener(dcfg, cache_dir=None) -> DatasetHandle:
         from relgen.backbones.base import cache_root
         from relgen.data import readers
@@ -108,55 +108,16 @@ def _write_dreamrelation(root: Path, dcfg) -> None:
     write_shapes_dreamrelation(root, seed=dcfg.seed, num_items=dcfg.num_items, size=dcfg.size)
 
 
-def _one_relation(dcfg) -> Optional[str]:
-    """The single relation key of ``dataset.relations`` (None when empty: the writer's default)."""
-    if len(dcfg.relations) > 1:
-        raise ConfigError(f"dataset.relations for {dcfg.name} takes one relation key (e.g. ['inside']), "
-                          f"got {list(dcfg.relations)}")
-    return dcfg.relations[0] if dcfg.relations else None
-
-
-def _write_relworld_reversion(root: Path, dcfg) -> None:
-    from relgen.data.relworld import write_world_reversion
-
-    write_world_reversion(root, seed=dcfg.seed, relation=_one_relation(dcfg), num_images=dcfg.num_images)
-
-
-def _write_relworld_rrnet(root: Path, dcfg) -> None:
-    from relgen.data.relworld import write_world_rrnet
-
-    triples = None
-    if dcfg.relations:
-        triples = [tuple(r.split()) for r in dcfg.relations]
-        if any(len(t) != 3 for t in triples):
-            raise ConfigError(f"dataset.relations for {dcfg.name} must be 'shape relation shape' triples, "
-                              f"e.g. ['square above circle'] (got {list(dcfg.relations)})")
-    write_world_rrnet(root, seed=dcfg.seed, triples=triples, images_per_folder=max(2, dcfg.num_images // 2))
-
-
-def _write_relworld_dreamrelation(root: Path, dcfg) -> None:
-    from relgen.data.relworld import write_world_dreamrelation
-
-    write_world_dreamrelation(root, seed=dcfg.seed, relation=_one_relation(dcfg), num_items=dcfg.num_items)
-
-
 register_dataset("reversion_folder", _folder("reversion", "read_reversion_folder"),
                  summary="ReVersion layout: exemplar images + text.json caption templates (dataset.root=)")
 register_dataset("rrnet_folder", _folder("rrnet", "read_rrnet_folder"),
                  summary="RRNet layout: index.json + A/, B/, ARB_dir/, BRA_dir/ (one or many relations)")
 register_dataset("dreamrelation_folder", _folder("dreamrelation", "read_dreamrelation_folder"),
                  summary="DreamRelation layout: prompts.json + videos/<id>/ + masks/<id>/ (dataset.root=)")
-register_dataset("shapes_reversion", _synthetic("reversion", "read_reversion_folder", _write_reversion),
+register_dataset("shapes_reversion", synthetic_dataset("reversion", "read_reversion_folder", _write_reversion),
                  summary="synthetic coloured shapes in one spatial relation, ReVersion layout")
-register_dataset("shapes_rrnet", _synthetic("rrnet", "read_rrnet_folder", _write_rrnet),
+register_dataset("shapes_rrnet", synthetic_dataset("rrnet", "read_rrnet_folder", _write_rrnet),
                  summary="synthetic object-swapped shape pairs, RRNet layout")
-register_dataset("shapes_dreamrelation", _synthetic("dreamrelation", "read_dreamrelation_folder",
+register_dataset("shapes_dreamrelation", synthetic_dataset("dreamrelation", "read_dreamrelation_folder",
                                                     _write_dreamrelation),
                  summary="synthetic relation triplets with keypoints and masks, DreamRelation layout")
-register_dataset("relworld_reversion", _synthetic("reversion", "read_reversion_folder", _write_relworld_reversion),
-                 summary="relworld exemplars of one relation (default: the held-out 'inside'), ReVersion layout")
-register_dataset("relworld_rrnet", _synthetic("rrnet", "read_rrnet_folder", _write_relworld_rrnet),
-                 summary="relworld biased pairs the way round pretraining never shows, RRNet layout")
-register_dataset("relworld_dreamrelation", _synthetic("dreamrelation", "read_dreamrelation_folder",
-                                                      _write_relworld_dreamrelation),
-                 summary="relworld identity in a relation, with keypoints and masks, DreamRelation layout")

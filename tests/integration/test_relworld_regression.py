@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from relgen.backbones import relworld as rb
+from relgen.relworld import model as rb
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def methods(relworld_script):
     return relworld_script("methods")
 
 
-@pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld_model/ is not built")
+@pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld/weights/ is not built")
 def test_each_method_beats_its_baseline_by_its_margin(methods, tmp_path):
     reg = json.loads(methods.REGRESSION_FILE.read_text())
     short = {k: (list(v) if isinstance(v, tuple) else v) for k, v in methods.SHORT.items()}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from relgen.backbones import relworld as rb
+from relgen.relworld import model as rb
 from relgen.backbones.loading import load_backbone
-from relgen.data import relworld as rw
+from relgen.relworld import world as rw
 from relgen.data._tiny_tokenizer import bytes_to_unicode
 from relgen.errors import ConfigError, RelgenError
 from conftest import compose
@@ -105,7 +105,7 @@ def test_backbone_config_composes():
         "relworld", "sd", rb.PRETRAINED_URI, 64, "v_prediction")
 
 
-@pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld_model/ is not built yet: run "
+@pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld/weights/ is not built yet: run "
                     "benchmarks/relworld/pretrain.py")
 def test_shipped_model_loads():
     backbone = load_backbone(compose("backbone=relworld").backbone)

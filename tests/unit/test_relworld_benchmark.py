@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relgen.data import relworld as rw
-from relgen.data.relworld_detector import Detector
+from relgen.relworld import world as rw
+from relgen.relworld.detector import Detector
 
 SPEC = rw.WorldSpec()
 DET = Detector(SPEC)
@@ -92,7 +92,7 @@ def test_pretrain_resume_is_bitwise_and_exports_a_loadable_model(tmp_path):
 
     import torch
 
-    from relgen.backbones import relworld as rb
+    from relgen.relworld import model as rb
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "relworld" / "pretrain.py"
     common = ["--num-images", "40", "--text-steps", "3", "--text-batch", "4", "--vae-steps", "3", "--vae-batch", "4",
@@ -175,7 +175,7 @@ def test_identity_share_separates_identity_from_plain_object(methods):
 
 
 def test_regression_failures_compare_enforced_effects_with_their_margins(methods):
-    from relgen.data.relworld_detector import rate
+    from relgen.relworld.detector import rate
 
     def hits(k: int):  # k of 12 samples right
         return {"colour": {"relation_accuracy": rate([True] * k + [False] * (12 - k))}}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from relgen.data import relworld as rw
-from relgen.data.relworld_detector import (
+from relgen.relworld import world as rw
+from relgen.relworld.detector import (
     Detector,
     DetectorConfig,
     Reading,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from relgen.data import relworld as rw
+from relgen.relworld import world as rw
 from relgen.data import shapes
 from relgen.data.readers import (
     mask_to_box,

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from relgen.data import shapes
-from relgen.data.relworld import WorldSpec, texture_colour
+from relgen.relworld.world import WorldSpec, texture_colour
 from relgen.data.shapes import COLOURS, SceneObject, shape_mask
 
 #: Relations the detector can report for "A ? B" (``contains`` = B inside A).

@@ -5,9 +5,9 @@ tokenizer trained on the relation world's language, a UNet2DConditionModel with
 cross-attention, an AutoencoderKL (64 px -> 8 x 16 x 16 latents) and SD 1.5's noise schedule
 (scaled-linear betas 0.00085-0.012), rescaled to zero terminal SNR with v-prediction for the
 shipped model (:data:`ZERO_SNR_SCHEDULER_CONFIG`). ``benchmarks/relworld/pretrain.py``
-trains it on :mod:`relgen.data.relworld` and writes it with ``save_pretrained`` into
-``relgen/relworld_model/``; ``conf/backbone/relworld.yaml`` loads it from there through the
-same ``from_pretrained`` path as real backbones (``pretrained: pkg://relgen/relworld_model``).
+trains it on :mod:`relgen.relworld.world` and writes it with ``save_pretrained`` into
+``relgen/relworld/weights/``; ``conf/backbone/relworld.yaml`` loads it from there through the
+same ``from_pretrained`` path as real backbones (``pretrained: pkg://relgen.relworld/weights``).
 
 The sizes below were chosen so that the weights stay far under 50 MB and a training step
 (batch 32) takes about a second on one CPU thread.
@@ -23,8 +23,8 @@ from typing import Iterable, Optional
 import torch
 
 #: Where the trained model ships, as a ``backbone.pretrained`` URI and as package + folder.
-PRETRAINED_URI = "pkg://relgen/relworld_model"
-MODEL_PACKAGE, MODEL_FOLDER = "relgen", "relworld_model"
+PRETRAINED_URI = "pkg://relgen.relworld/weights"
+MODEL_PACKAGE, MODEL_FOLDER = "relgen.relworld", "weights"
 
 #: CLIP text encoder (SD 1.5's is 768 wide, 12 layers; this is a micro copy).
 TEXT_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
