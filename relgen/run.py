@@ -25,10 +25,11 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
     from relgen.data.registry import open_dataset
     from relgen.methods.base import check_capabilities
     from relgen.registry import get_backbone, get_method
+    from relgen.validation import validate
 
     run_dir = Path(run_dir)
+    validate(cfg)  # every value a user can get wrong, before anything loads or is written
     method_cls = get_method(cfg.method.name)
-    get_backbone(cfg.backbone.name)  # unknown names fail here, listing the known ones
     dataset = open_dataset(cfg.dataset, cfg.cache_dir)
     check_capabilities(method_cls, cfg.backbone.family, dataset.format, dataset.provides,
                        cfg.method.name, cfg.backbone.name, cfg.dataset.name)

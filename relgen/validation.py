@@ -1,0 +1,49 @@
+"""Every check of a composed config that needs no weights, in one place.
+
+:func:`validate` runs right after Hydra composes a run and before anything is loaded or
+written: a value a user can get wrong fails here with one line that names the key and the
+accepted values, not minutes later inside torch or diffusers. ``dry_run=true`` runs it too.
+
+Each check is a function ``check_<what>(cfg)`` that raises :class:`relgen.errors.ConfigError`
+(an error) or returns a list of warning lines; :data:`CHECKS` lists them in the order they run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+from omegaconf import DictConfig
+
+from relgen.errors import ConfigError
+
+log = logging.getLogger("relgen")
+
+Check = Callable[[DictConfig], Optional[list[str]]]
+
+
+def check_method_name(cfg: DictConfig) -> None:
+    """The method, backbone and dataset names are registered (an unknown one lists the known)."""
+    from relgen.registry import get_backbone, get_method
+
+    get_method(cfg.method.name)
+    get_backbone(cfg.backbone.name)
+
+
+#: The checks :func:`validate` runs, in order. A new check is appended here.
+CHECKS: list[Check] = [
+    check_method_name,
+]
+
+
+def validate(cfg: DictConfig) -> list[str]:
+    """Run every check of :data:`CHECKS`; log and return the warnings, raise on the first error."""
+    warnings: list[str] = []
+    for check in CHECKS:
+        warnings.extend(check(cfg) or [])
+    for line in warnings:
+        log.warning("relgen: warning: %s", line)
+    return warnings
+
+
+__all__ = ["CHECKS", "ConfigError", "validate"]
