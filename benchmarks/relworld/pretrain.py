@@ -57,8 +57,9 @@ import torch
 
 from relgen.relworld import model as rb
 from relgen.relworld import world as rw
+from relgen.relworld.probes import OPPOSITE
 
-STAGES = ("data", "tokenizer", "text", "vae", "latents", "diffusion", "refine", "export")
+STAGES = ("data", "tokenizer", "text", "vae", "latents", "diffusion", "refine", "bind", "export")
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,10 +191,6 @@ def stage_tokenizer(args, work: Path, records: list[dict]) -> Path:
     return folder
 
 
-#: The relation a wrong caption names instead (the opposite direction; "on top of" -> "below").
-FLIPPED = {"above": "below", "below": "above", "left_of": "right_of", "right_of": "left_of", "on_top_of": "below"}
-
-
 def hard_negatives(record: dict, spec: rw.WorldSpec) -> tuple[str, str, str] | None:
     """NegCLIP-style wrong captions of a relation caption: the objects swapped, their colours
     swapped, and the relation phrase replaced by the opposite relation's canonical phrase.
@@ -211,14 +208,14 @@ def hard_negatives(record: dict, spec: rw.WorldSpec) -> tuple[str, str, str] | N
     swap = caption.replace(a, "\0").replace(b, a).replace("\0", b)
     colours = caption.replace(a, "\0").replace(b, f"{ca} {sb}").replace("\0", f"{cb} {sa}")
     # the phrase between the two names, longest first ("to the left of" before "left of")
-    phrases = sorted(((p, r) for r in spec.captioned_relations if r in FLIPPED for p in spec.phrases[r]),
+    phrases = sorted(((p, r) for r in spec.captioned_relations if r in OPPOSITE for p in spec.phrases[r]),
                      key=lambda x: -len(x[0]))
     first, second = sorted((caption.index(a), caption.index(b)))
     middle = caption[first:second]
     for phrase, relation in phrases:
         if f" {phrase} " in middle:
             cut = first + middle.index(f" {phrase} ")
-            flipped = caption[:cut] + f" {spec.phrases[FLIPPED[relation]][0]} " + caption[cut + len(phrase) + 2:]
+            flipped = caption[:cut] + f" {spec.phrases[OPPOSITE[relation]][0]} " + caption[cut + len(phrase) + 2:]
             return swap, colours, flipped
     return None
 
@@ -573,6 +570,255 @@ def export(args, work: Path, out: Path, use_ema: bool = True, stage: str | None 
 
 
 # --------------------------------------------------------------------------------------------
+# bind: teach the UNet word order with hard-negative captions
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_base(args, work: Path) -> Path:
+    """``work/base``: the diffusers folder the ``bind`` stage fine-tunes.
+
+    With ``--init-from`` a copy of that folder (taken once, so a resume never depends on the
+    original changing); otherwise the export of the finished ``refine`` (or ``diffusion``) stage.
+    """
+    from relgen.backbones.loading import weights_digest
+
+    base = work / "base"
+    if args.init_from:
+        source = Path(args.init_from)
+        if not rb.is_trained(source):
+            raise SystemExit(f"--init-from {source}: not a complete diffusers folder (model_index.json, unet, "
+                             "vae, text_encoder, tokenizer, scheduler)")
+        if base.exists():
+            if weights_digest(base) != weights_digest(source) and (work / "bind.pt").exists():
+                raise SystemExit(f"{base} was copied from other weights than --init-from {source}; "
+                                 f"move {work / 'bind.pt'} and {base} away to restart the bind stage")
+            return base
+        tmp = work / "base.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        os.replace(tmp, base)
+        return base
+    if not base.exists():
+        export(args, work, base, stage=final_stage(args))
+    return base
+
+
+def bind_negatives(records: list[dict], spec: rw.WorldSpec, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per record, the token ids of its object-swapped and relation-flipped captions
+    (``[N, 2, 77]``) and whether it has them (``[N]``).
+
+    Only relation captions of *unbiased* shape pairs get negatives: telling the model that
+    "square above circle" is not the image of a circle above a square would teach it the
+    direction pretraining withholds for the biased pairs.
+    """
+    biased = {frozenset((p.first, p.second)) for p in spec.biased}
+    texts, ok = [], []
+    for r in records:
+        hard = hard_negatives(r, spec) if len(r["objects"]) == 2 else None
+        if hard is not None and frozenset(o["shape"] for o in r["objects"]) in biased:
+            hard = None
+        ok.append(hard is not None)
+        swap, _, flipped = hard if hard is not None else ("", "", "")
+        texts += [swap, flipped]
+    ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    return ids.view(len(records), 2, -1), torch.tensor(ok)
+
+
+def bind_loss(err: torch.Tensor, err_neg: torch.Tensor, tau: float) -> torch.Tensor:
+    """Logistic loss on the diffusion classifier's decision between a caption and its hard
+    negative (Li et al. 2023, Eq. 5, a two-way softmax over captions of minus the denoising
+    error): ``softplus((e_pos - e_neg) / (tau * sg(mean(e_pos, e_neg))))``. Dividing by the
+    pair's (detached) mean error makes ``tau`` a relative gap, the same at every timestep."""
+    scale = (0.5 * (err + err_neg)).detach().clamp_min(1e-8)
+    return torch.nn.functional.softplus((err - err_neg) / (tau * scale))
+
+
+def run_probe(args, base: Path, unet_state: dict, text_encoder, tokenizer, vae, sched) -> "probes.ClassifierResult":
+    """The diffusion-classifier probe on the given UNet weights (the early-stop signal)."""
+    from relgen.relworld import probes
+
+    unet = rb.build_unet(seed=args.seed)
+    unet.load_state_dict(unet_state)
+    unet.eval()
+    return probes.diffusion_classifier(unet, text_encoder, tokenizer, vae, sched, num_scenes=args.bind_probe_scenes,
+                                       seed=args.seed)
+
+
+def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget: Budget,
+               progress: Progress) -> bool:
+    """Fine-tune the UNet of ``work/base`` so that it binds word order; True when done.
+
+    The base model's own loss (v on the zero-terminal-SNR schedule, caption dropout) plus, for
+    the batch's relation captions of unbiased pairs at ``t >= --bind-min-t`` (where layout is
+    decided), :func:`bind_loss` against the object-swapped or relation-flipped caption on the
+    same noisy latent. Every ``--bind-probe-every`` steps the EMA weights are probed
+    (:func:`relgen.relworld.probes.diffusion_classifier`); the best probe's weights are kept
+    and the stage stops early after ``--bind-patience`` probes without improvement.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from relgen.backbones.loading import weights_digest
+
+    ckpt, best_path = work / "bind.pt", work / "bind_best.pt"
+    if args.bind_steps <= 0:
+        return True
+    base = prepare_base(args, work)
+    digest = weights_digest(base)
+    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(False).eval()
+    vae = AutoencoderKL.from_pretrained(base / "vae").requires_grad_(False).eval()
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    sched = DDPMScheduler.from_pretrained(base / "scheduler")
+    if sched.config.prediction_type != "v_prediction":
+        raise SystemExit(f"{base}: the bind stage fine-tunes a v-prediction UNet; its scheduler says "
+                         f"{sched.config.prediction_type}")
+
+    # latents of this stage's images under the base VAE (cached, keyed by the base weights)
+    lat_path = work / "bind_latents.pt"
+    cached = torch.load(lat_path, weights_only=True) if lat_path.exists() else None
+    if cached is None or cached.get("digest") != digest:
+        cpu0 = time.process_time()
+        with torch.no_grad():
+            params = torch.cat([vae.encode(to_pixels(images[i:i + 256])).latent_dist.parameters.float()
+                                for i in range(0, len(images), 256)])
+        atomic_save({"params": params, "digest": digest}, lat_path)
+        progress.add_cpu("bind_latents", time.process_time() - cpu0)
+        cached = {"params": params, "digest": digest}
+    params_all, scaling = cached["params"], vae.config.scaling_factor
+
+    spec = rw.WorldSpec()
+    ids_all = tokenizer([r["caption"] for r in records], padding="max_length", max_length=77,
+                        truncation=True, return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    neg_ids, has_neg = bind_negatives(records, spec, tokenizer)
+
+    named = {f"unet.{n}": p for n, p in unet.named_parameters()}
+    opt = torch.optim.AdamW(list(named.values()), lr=args.bind_lr, weight_decay=0.01)
+    ema = {n: p.detach().clone() for n, p in named.items()}
+    g = torch.Generator().manual_seed(args.seed + 7)
+    step, best, stale = 0, {"score": -1.0, "step": 0}, 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        if state.get("digest") != digest:
+            raise SystemExit(f"{ckpt} fine-tunes other base weights than {base}; move it away to restart")
+        unet.load_state_dict(state["unet"])
+        opt.load_state_dict(state["opt"])
+        ema, g, step = state["ema"], generator_from(state["rng"]), state["step"]
+        best, stale = state["best"], state["stale"]
+    if step >= args.bind_steps or stale >= args.bind_patience:
+        return True
+    unet.train()
+    cpu0, last_save, losses = time.process_time(), time.time(), []
+
+    def ema_unet() -> dict[str, torch.Tensor]:
+        return {n[len("unet."):]: p for n, p in ema.items()}
+
+    def save():
+        nonlocal cpu0, last_save
+        atomic_save({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema, "rng": g.get_state(),
+                     "step": step, "digest": digest, "best": best, "stale": stale}, ckpt)
+        progress.add_cpu("bind", time.process_time() - cpu0)
+        cpu0, last_save = time.process_time(), time.time()
+
+    def probe() -> None:
+        nonlocal best, stale
+        t0 = time.process_time()
+        result = run_probe(args, base, ema_unet(), text_encoder, tokenizer, vae, sched)
+        score = result.summary()
+        row = {"step": step, "score": round(score, 4), **{f"{part}_{k}": round(v["rate"], 4)
+               for part, d in result.to_dict().items() for k, v in d.items()}}
+        with open(work / "bind_probes.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"[pretrain] bind step {step}: probe {row}", flush=True)
+        if score > best["score"]:
+            best, stale = {"score": score, "step": step, "probe": row}, 0
+            atomic_save({"unet": ema_unet(), "step": step, "digest": digest, "probe": row}, best_path)
+        else:
+            stale += 1
+        progress.add_cpu("bind_probe", time.process_time() - t0)
+
+    B, K = args.batch, args.bind_max_neg
+    while step < args.bind_steps and stale < args.bind_patience:
+        if budget.over():
+            save()
+            return False
+        idx = torch.randint(len(records), (B,), generator=g)
+        mean, logvar = params_all[idx].chunk(2, dim=1)
+        x0 = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * scaling
+        ids = ids_all[idx].clone()
+        drop = torch.rand(B, generator=g) < args.caption_dropout
+        ids[drop] = empty_ids[0]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (B,), generator=g)
+        kind = torch.randint(0, 2, (B,), generator=g)  # 0: object swap, 1: relation flip
+        pick = (has_neg[idx] & ~drop & (t >= args.bind_min_t)).nonzero().flatten()[:K]
+        noisy = sched.add_noise(x0, noise, t)
+        with torch.no_grad():
+            hidden = text_encoder(torch.cat([ids, neg_ids[idx[pick], kind[pick]]]))[0]
+        pred = unet(torch.cat([noisy, noisy[pick]]), torch.cat([t, t[pick]]), hidden).sample
+        target = sched.get_velocity(x0, noise, t)  # the base model's v loss (Salimans & Ho 2022)
+        err = (pred[:B] - target).pow(2).mean(dim=(1, 2, 3))
+        err_neg = (pred[B:] - target[pick]).pow(2).mean(dim=(1, 2, 3))
+        loss = err.mean()
+        if len(pick):
+            loss = loss + args.bind_weight * bind_loss(err[pick], err_neg, args.bind_tau).mean()
+        lr = args.bind_lr * min(1.0, (step + 1) / args.warmup)
+        if args.bind_decay_steps:  # cosine decay to 10 % over the last steps
+            into = max(0, step + 1 - (args.bind_steps - args.bind_decay_steps)) / args.bind_decay_steps
+            lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, into)))
+        optimizer_step(opt, list(named.values()), loss, lr)
+        step += 1
+        ema_update(ema, named, min(args.ema, (1 + step) / (10 + step)))
+        won = (err[pick] < err_neg).float().mean().item() if len(pick) else float("nan")
+        losses = log_every_25(work, "bind", step, losses + [loss.item()], lr,
+                              progress.data["cpu_s"].get("bind", 0) + time.process_time() - cpu0)
+        if step % 25 == 0:
+            log_row(work, stage="bind_won", step=step, loss=f"{won:.3f}", lr="", cpu_s="")
+        if time.time() - last_save > args.save_every_s:
+            save()
+        if step % args.bind_probe_every == 0 or step == args.bind_steps:
+            probe()
+            save()
+    save()
+    return True
+
+
+def export_bind(args, work: Path, out: Path) -> Path:
+    """Write the bind stage's best-probe EMA UNet with the base folder's other modules to ``out``."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    from relgen.backbones.loading import weights_digest
+
+    base = work / "base"
+    state = torch.load(work / "bind_best.pt", weights_only=True)
+    unet = rb.build_unet(seed=args.seed)
+    unet.load_state_dict(state["unet"])
+    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+    vae = AutoencoderKL.from_pretrained(base / "vae")
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rb.save_pipeline(tmp, base / "tokenizer", text_encoder, unet, vae, zero_snr=True)
+    base_record = base / "relworld_pretraining.json"
+    probes_log = work / "bind_probes.jsonl"
+    (tmp / "relworld_pretraining.json").write_text(json.dumps({
+        "stage": "bind", "bind_step": int(state["step"]), "ema": True, "probe": state["probe"],
+        "probes": [json.loads(line) for line in probes_log.read_text().splitlines()] if probes_log.exists() else [],
+        "base": {"init_from": args.init_from, "digest": weights_digest(base),
+                 "recipe": json.loads(base_record.read_text()) if base_record.exists() else None},
+        "world": rw.WorldSpec().to_dict() | {"version": rw.WORLD_VERSION},
+        "args": vars(args) | {"work": None, "out": None},
+        "cpu_s": json.loads((work / "progress.json").read_text())["cpu_s"],
+    }, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
@@ -605,11 +851,23 @@ def parse_args(argv=None):
                    help="zero-terminal-SNR v-prediction steps after the diffusion stage (0: none)")
     p.add_argument("--refine-lr", type=float, default=3e-4)
     p.add_argument("--refine-decay-steps", type=int, default=1500)
+    p.add_argument("--init-from", default=None,
+                   help="a diffusers folder whose modules start the bind stage (the stages before it are skipped)")
+    p.add_argument("--bind-steps", type=int, default=3000, help="hard-negative fine-tuning steps (0: none)")
+    p.add_argument("--bind-lr", type=float, default=1e-4)
+    p.add_argument("--bind-decay-steps", type=int, default=1000)
+    p.add_argument("--bind-weight", type=float, default=0.05, help="weight of the hard-negative loss")
+    p.add_argument("--bind-tau", type=float, default=0.05, help="relative error gap of the logistic loss")
+    p.add_argument("--bind-min-t", type=int, default=300, help="hard negatives only at t >= this")
+    p.add_argument("--bind-max-neg", type=int, default=16, help="hard negatives per step at most")
+    p.add_argument("--bind-probe-every", type=int, default=500)
+    p.add_argument("--bind-probe-scenes", type=int, default=96)
+    p.add_argument("--bind-patience", type=int, default=3, help="stop after this many probes without improvement")
     p.add_argument("--snapshot-every", type=int, default=0, help="also export a snapshot folder every N steps")
     p.add_argument("--save-every-s", type=float, default=300.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
-    p.add_argument("--stop-after", choices=STAGES[2:7], default=None, help="stop after this stage")
+    p.add_argument("--stop-after", choices=STAGES[2:8], default=None, help="stop after this stage")
     p.add_argument("--status", action="store_true", help="print progress and exit")
     p.add_argument("--export-to", default=None, help="only export the current EMA weights to this folder")
     return p.parse_args(argv)
@@ -625,7 +883,8 @@ def main(argv=None) -> int:
         print(json.dumps(progress.data, indent=2))
         return 0
     if args.export_to:
-        print(export(args, work, Path(args.export_to)))
+        bound = args.bind_steps > 0 and (work / "bind_best.pt").exists()
+        print(export_bind(args, work, Path(args.export_to)) if bound else export(args, work, Path(args.export_to)))
         return 0
     budget = Budget(args.max_minutes)
     from diffusers.utils import logging as dlog
@@ -641,14 +900,19 @@ def main(argv=None) -> int:
         progress.add_cpu("data", time.process_time() - cpu0)
         progress.finish("data")
     records = rw.read_pretraining_set(root)
-    stage_tokenizer(args, work, records)
-    progress.finish("tokenizer")
     images = load_images(work, records)
-    for name, run in (("text", lambda: stage_text(args, work, records, images, budget, progress)),
-                      ("vae", lambda: stage_vae(args, work, images, budget, progress)),
-                      ("latents", lambda: stage_latents(args, work, images, budget, progress)),
-                      ("diffusion", lambda: stage_diffusion(args, work, records, budget, progress)),
-                      ("refine", lambda: stage_diffusion(args, work, records, budget, progress, refine=True))):
+    stages = [("text", lambda: stage_text(args, work, records, images, budget, progress)),
+              ("vae", lambda: stage_vae(args, work, images, budget, progress)),
+              ("latents", lambda: stage_latents(args, work, images, budget, progress)),
+              ("diffusion", lambda: stage_diffusion(args, work, records, budget, progress)),
+              ("refine", lambda: stage_diffusion(args, work, records, budget, progress, refine=True))]
+    if args.init_from:  # the stages before bind come from that folder
+        stages = []
+    else:
+        stage_tokenizer(args, work, records)
+        progress.finish("tokenizer")
+    stages.append(("bind", lambda: stage_bind(args, work, records, images, budget, progress)))
+    for name, run in stages:
         print(f"[pretrain] stage {name}", flush=True)  # each stage returns at once when complete
         if not run():
             print(f"[pretrain] stopped in stage {name}; run again to continue", flush=True)
@@ -657,7 +921,7 @@ def main(argv=None) -> int:
         if args.stop_after == name:
             print(f"[pretrain] stopped after stage {name} (--stop-after)", flush=True)
             return 0
-    out = export(args, work, Path(args.out))
+    out = export_bind(args, work, Path(args.out)) if args.bind_steps > 0 else export(args, work, Path(args.out))
     progress.finish("export")
     total = sum(progress.data["cpu_s"].values())
     print(f"[pretrain] wrote {out} ({rb.weights_size(out) / 1e6:.1f} MB of weights); "

@@ -44,7 +44,7 @@ from relgen.data.shapes import (
 from relgen.errors import ConfigError
 
 #: Bumped whenever scenes or captions change, so an old folder is not mistaken for a new one.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 #: Texture names of identities: a darker tone of the identity's colour drawn in a pattern.
 TEXTURES: tuple[str, ...] = ("stripes", "checker", "dots")
@@ -157,8 +157,14 @@ class WorldSpec:
         background: ``plain`` or ``varied`` (see :func:`relgen.data.shapes.make_background`).
         single_fraction: Share of pretraining scenes with one object.
         identity_fraction: Share of pretraining scenes that are identity reference images.
-        free_fraction: Share of two-object captions that name no relation ("a A and a B").
+        free_fraction: Share of the captions of a named relation's scenes that name no relation
+            ("a A and a B").
         inverse_fraction: Share of relation captions phrased from B ("B below A").
+        heldout_share: Share of two-object pretraining scenes that show the held-out relation
+            (their captions are always relation-free). ``None``: the share at which a
+            relation-free caption is no cue for it, i.e. it is one relation among
+            ``len(relations)`` in the scenes of "a A and a B" captions:
+            ``free_fraction / (len(captioned_relations) + free_fraction)``.
     """
 
     shapes: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
@@ -177,8 +183,9 @@ class WorldSpec:
     background: str = "varied"
     single_fraction: float = 0.1
     identity_fraction: float = 0.03
-    free_fraction: float = 0.15
+    free_fraction: float = 0.1
     inverse_fraction: float = 0.3
+    heldout_share: Optional[float] = None
 
     def __post_init__(self) -> None:
         for s in self.shapes:
@@ -207,6 +214,8 @@ class WorldSpec:
                     ident.texture not in TEXTURES:
                 raise ConfigError(f"relworld identity {ident.name} needs a world shape, a world "
                                   f"colour and a texture in {TEXTURES}")
+        if self.heldout_share is not None and not 0.0 <= self.heldout_share < 1.0:
+            raise ConfigError(f"relworld heldout_share {self.heldout_share} must be in [0, 1) (None: no cue)")
         if len(self.shapes) < 2 or len(self.colours) < 2:
             raise ConfigError("relworld needs at least two shapes and two colours")
 
@@ -219,6 +228,20 @@ class WorldSpec:
     def captioned_relations(self) -> tuple[str, ...]:
         """Relations named in pretraining captions (all but the held-out one)."""
         return tuple(r for r in self.relations if r != self.heldout_relation)
+
+    def pretraining_relation(self, u: float) -> str:
+        """The relation of a two-object pretraining scene for a uniform draw ``u`` in [0, 1):
+        the held-out one with probability :attr:`heldout_share` (see there), else one of the
+        captioned relations, uniformly."""
+        named = self.captioned_relations
+        if self.heldout_relation is None:
+            return named[min(int(u * len(named)), len(named) - 1)]
+        share = self.heldout_share
+        if share is None:
+            share = self.free_fraction / (len(named) + self.free_fraction)
+        if u < share:
+            return self.heldout_relation
+        return named[min(int((u - share) / (1 - share) * len(named)), len(named) - 1)]
 
     def forbidden(self, relation: str, shape_a: str, shape_b: str) -> bool:
         """Whether pretraining never shows ``shape_a <relation> shape_b`` (a biased pair)."""
@@ -493,7 +516,8 @@ def pretraining_item(spec: WorldSpec, seed: int, index: int) -> tuple[Scene, str
     """Item ``index`` of the pretraining stream: ``(scene, caption, kind)``.
 
     ``kind`` is ``identity`` (an identity alone, empty caption), ``single`` (one object) or
-    ``pair`` (two objects; the relation respects the biased pairs).
+    ``pair`` (two objects; the relation respects the biased pairs and is drawn by
+    :meth:`WorldSpec.pretraining_relation`).
     """
     rng = _rng(seed, "pretrain", index)
     u = rng.random()
@@ -503,7 +527,8 @@ def pretraining_item(spec: WorldSpec, seed: int, index: int) -> tuple[Scene, str
     elif u < spec.identity_fraction + spec.single_fraction:
         scene, kind = sample_single(rng, spec), "single"
     else:
-        scene, kind = sample_scene(rng, spec, respect_bias=True), "pair"
+        relation = spec.pretraining_relation(float(rng.random()))
+        scene, kind = sample_scene(rng, spec, relation, respect_bias=True), "pair"
     return scene, caption_scene(rng, spec, scene), kind
 
 

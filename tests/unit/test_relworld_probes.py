@@ -1,0 +1,112 @@
+"""relworld pretraining language v2, the bind stage's pieces, and the diffusion-classifier probe."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from relgen.relworld import model as rb
+from relgen.relworld import probes
+from relgen.relworld import world as rw
+
+
+def test_heldout_share_makes_relation_free_captions_no_cue():
+    spec = rw.WorldSpec()
+    share = spec.free_fraction / (len(spec.captioned_relations) + spec.free_fraction)
+    assert share == pytest.approx(0.1 / 5.1)
+    # u below the share draws the held-out relation, the rest splits evenly over the named five
+    assert spec.pretraining_relation(0.0) == "inside"
+    assert spec.pretraining_relation(share - 1e-9) == "inside"
+    assert spec.pretraining_relation(share + 1e-9) == spec.captioned_relations[0]
+    assert spec.pretraining_relation(0.999999) == spec.captioned_relations[-1]
+    step = (1 - share) / 5
+    assert [spec.pretraining_relation(share + (k + 0.5) * step) for k in range(5)] == list(spec.captioned_relations)
+    # so among relation-free captions the held-out relation is one relation among six:
+    # P(inside | free) = share / (share + (1 - share) * free_fraction) = 1 / 6
+    assert share / (share + (1 - share) * spec.free_fraction) == pytest.approx(1 / 6)
+    assert rw.WorldSpec(heldout_share=0.0).pretraining_relation(0.0) == spec.captioned_relations[0]
+    with pytest.raises(Exception, match="heldout_share"):
+        rw.WorldSpec(heldout_share=1.0)
+
+
+def test_probe_scenes_captions_and_forbidden_direction():
+    spec = rw.WorldSpec()
+    biased = {frozenset((p.first, p.second)) for p in spec.biased}
+    for s in probes.probe_scenes(spec, 12, seed=3):
+        (a, b), relation = ((o.shape, o.colour) for o in s.scene.objects), s.scene.relation
+        assert frozenset((a[0], b[0])) not in biased
+        assert s.captions == {
+            "true": rw.prompt(a, relation, b), "relation_flip": rw.prompt(a, probes.OPPOSITE[relation], b),
+            "object_swap": rw.prompt(b, relation, a), "colour_swap": rw.prompt((a[0], b[1]), relation, (b[0], a[1]))}
+    for s in probes.probe_scenes(spec, 12, seed=3, forbidden=True):
+        a, b = (o.shape for o in s.scene.objects)
+        assert spec.forbidden(s.scene.relation, a, b)
+    # deterministic for a seed
+    assert [s.captions for s in probes.probe_scenes(spec, 5, 1)] == [s.captions for s in probes.probe_scenes(spec, 5, 1)]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(rb.shipped_model_folder(), safety_checker=None)
+    return pipe, DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def test_caption_errors_share_the_noise_between_captions(shipped):
+    """Identical captions get bitwise-identical errors (same noisy inputs); the errors are the
+    mean squared v error, recomputed here by hand for one scene, caption and draw."""
+    pipe, sched = shipped
+    scenes = probes.probe_scenes(rw.WorldSpec(), 3, seed=0)
+    twins = [probes.ProbeScene(s.scene, {"true": s.captions["true"], "again": s.captions["true"],
+                                         "swap": s.captions["object_swap"]}) for s in scenes]
+    err = probes.caption_errors(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, sched, twins,
+                                timesteps=(700,), noises=1, seed=5, batch_size=4)
+    assert np.array_equal(err["true"], err["again"])
+    assert not np.array_equal(err["true"], err["swap"])
+    with torch.no_grad():
+        image = torch.from_numpy(scenes[0].scene.render()[0]).permute(2, 0, 1)[None].float() / 127.5 - 1
+        x0 = pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
+        eps = torch.randn((3, 1, *x0.shape[1:]), generator=torch.Generator().manual_seed(5))[0]
+        t = torch.tensor([700])
+        ids = pipe.tokenizer([scenes[0].captions["true"]], padding="max_length", max_length=77,
+                             return_tensors="pt").input_ids
+        pred = pipe.unet(sched.add_noise(x0, eps, t), t, pipe.text_encoder(ids)[0]).sample
+        expected = (pred - sched.get_velocity(x0, eps, t)).pow(2).mean().item()
+    assert err["true"][0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_bind_loss_is_the_logistic_loss_on_the_relative_gap(relworld_script):
+    pretrain = relworld_script("pretrain")
+    err, neg = torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.3, 0.3, 0.1])
+    got = pretrain.bind_loss(err, neg, tau=0.05)
+    # (0.2 - 0.3) / (0.05 * 0.25) = -8; 0 / ... = 0; (0.5 - 0.1) / (0.05 * 0.3) = 26.67
+    expected = [math.log1p(math.exp(-8.0)), math.log(2.0), math.log1p(math.exp(0.4 / 0.015))]
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    # the scale is detached: only the gap carries a gradient
+    e = torch.tensor([0.2], requires_grad=True)
+    pretrain.bind_loss(e, torch.tensor([0.3]), tau=0.05).sum().backward()
+    s = 1 / (1 + math.exp(8.0))  # sigmoid(-8)
+    assert e.grad.item() == pytest.approx(s / (0.05 * 0.25), rel=1e-5)
+
+
+def test_bind_negatives_skip_biased_pairs_and_free_captions(relworld_script):
+    from transformers import CLIPTokenizer
+
+    pretrain = relworld_script("pretrain")
+    tok = CLIPTokenizer.from_pretrained(rb.shipped_model_folder() / "tokenizer")
+    spec = rw.WorldSpec()
+
+    def record(caption, a, b):
+        return {"caption": caption, "objects": [{"shape": a[0], "colour": a[1]}, {"shape": b[0], "colour": b[1]}]}
+
+    records = [record("a red triangle above a blue cross", ("triangle", "red"), ("cross", "blue")),
+               record("a red circle above a blue square", ("circle", "red"), ("square", "blue")),  # biased pair
+               record("a red triangle and a blue cross", ("triangle", "red"), ("cross", "blue"))]
+    ids, ok = pretrain.bind_negatives(records, spec, tok)
+    assert ok.tolist() == [True, False, False]
+    decoded = [tok.decode(ids[0, k], skip_special_tokens=True) for k in range(2)]
+    assert decoded == ["a blue cross above a red triangle", "a red triangle below a blue cross"]
