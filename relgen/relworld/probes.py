@@ -7,6 +7,12 @@ a method has one.
   reading of the image. A model that renders direction prefers the true caption over its
   relation-flipped and object-swapped versions; one that throws word order away scores 50 %.
   Needs no sampling (a few CPU-seconds per hundred scenes on the micro model).
+* :func:`attention_shares`: where the UNet's text cross-attention looks: the share of its
+  attention mass on BOS, the prompt's words, the first EOT token and the padding after it.
+  RRNet edits the first EOT row only, so its effect is bounded by what that row steers.
+* :func:`free_delta_oracle`: RRNet's ceiling on a model: a delta per prompt order optimised
+  directly (no graph network) on the rows RRNet edits, by the denoising loss on ground-truth
+  images of that order; the direction accuracy it reaches is the most an EOT-row edit can do.
 
 Every function here takes loaded diffusers modules, so it probes any diffusers folder with the
 relworld tokenizer's language, not only the shipped model.
@@ -156,4 +162,191 @@ def diffusion_classifier(unet, text_encoder, tokenizer, vae, scheduler, spec: Op
     return ClassifierResult(unbiased=out[False], forbidden=out[True])
 
 
-__all__ = ["OPPOSITE", "ClassifierResult", "ProbeScene", "caption_errors", "diffusion_classifier", "probe_scenes"]
+# --------------------------------------------------------------------------------------------
+# Cross-attention shares
+# --------------------------------------------------------------------------------------------
+
+
+class _RecordingProcessor:
+    """Diffusers' plain attention processor that also records, for text cross-attention, the
+    attention mass each key position receives (mean over heads and queries, per sample)."""
+
+    def __init__(self, sink: list):
+        from diffusers.models.attention_processor import AttnProcessor
+
+        self.inner, self.sink = AttnProcessor(), sink
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if encoder_hidden_states is not None:
+            x = hidden_states if hidden_states.ndim == 3 else hidden_states.flatten(2).transpose(1, 2)
+            q = attn.head_to_batch_dim(attn.to_q(x))
+            k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+            probs = attn.get_attention_scores(q, k, None)  # [B * heads, Q, L]
+            b = encoder_hidden_states.shape[0]
+            self.sink.append(probs.view(b, attn.heads, *probs.shape[1:]).mean(dim=(1, 2)).detach())
+        return out
+
+
+@torch.no_grad()
+def attention_shares(unet, text_encoder, tokenizer, vae, scheduler, scenes: Sequence[ProbeScene],
+                     timesteps: Sequence[int] = (300, 600, 900), seed: int = 0) -> dict[str, float]:
+    """Mean share of text cross-attention mass on ``bos``, ``words``, ``eot`` (the first EOT
+    token) and ``padding`` (every position after it), over the true captions of ``scenes``,
+    every cross-attention layer and ``timesteps`` (ground-truth latents noised with a fixed
+    seed). The shares of one sample sum to 1."""
+    sink: list[torch.Tensor] = []
+    original = unet.attn_processors
+    unet.set_attn_processor({name: _RecordingProcessor(sink) if name.endswith("attn2.processor") else proc
+                             for name, proc in original.items()})
+    try:
+        images = np.stack([s.scene.render()[0] for s in scenes])
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        x0 = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        ids = tokenizer([s.captions["true"] for s in scenes], padding="max_length",
+                        max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        hidden = text_encoder(ids)[0]
+        eot = (ids == tokenizer.eos_token_id).int().argmax(dim=1)  # first EOT per prompt
+        g = torch.Generator().manual_seed(seed)
+        for t in timesteps:
+            tt = torch.full((len(scenes),), int(t), dtype=torch.long)
+            unet(scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), tt), tt, hidden)
+    finally:
+        unet.set_attn_processor(original)
+    mass = torch.stack(sink).mean(dim=0)  # [B, L]: mean over layers and timesteps
+    pos = torch.arange(mass.shape[1])[None]
+    parts = {"bos": pos == 0, "words": (pos > 0) & (pos < eot[:, None]), "eot": pos == eot[:, None],
+             "padding": pos > eot[:, None]}
+    return {k: float((mass * m).sum(dim=1).mean()) for k, m in parts.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Free-delta oracle
+# --------------------------------------------------------------------------------------------
+
+#: Which conditioning rows the oracle's delta moves: RRNet's (the first EOT row), the first
+#: EOT row and the padding after it (on SD 1.x's tokenizer those are EOT tokens too), or all.
+ORACLE_ROWS = ("eot", "eot_and_padding", "all")
+
+
+def row_mask(ids: torch.Tensor, eos_id: int, rows: str) -> torch.Tensor:
+    """``bool [B, L]``: the rows a delta of kind ``rows`` (:data:`ORACLE_ROWS`) moves."""
+    if rows not in ORACLE_ROWS:
+        raise ValueError(f"rows must be one of {ORACLE_ROWS}, got {rows!r}")
+    eot = (ids == eos_id).int().argmax(dim=1)[:, None]
+    pos = torch.arange(ids.shape[1])[None]
+    if rows == "eot":
+        return pos == eot
+    if rows == "eot_and_padding":
+        return pos >= eot
+    return torch.ones_like(ids, dtype=torch.bool)
+
+
+@dataclass
+class OracleResult:
+    rows: str
+    direction: Rate  # both prompts of a pair right at the same seed
+    unseen: Rate  # relation accuracy of the direction pretraining never shows
+    objects: Rate  # both objects present
+    base_direction: Rate
+    base_unseen: Rate
+    base_objects: Rate
+
+    def to_dict(self) -> dict:
+        return {k: (v if isinstance(v, str) else {"rate": v.value, "k": v.k, "n": v.n, "ci95": [v.low, v.high]})
+                for k, v in vars(self).items()}
+
+
+def oracle_prompts(spec: rw.WorldSpec, per_pair: int = 2, seed: int = 0) -> list[tuple[tuple, str, tuple]]:
+    """Object-swapped prompt orders of the biased pairs: ``(unseen, seen)`` per colour choice,
+    as ``(A, relation, B)`` with ``(shape, colour)`` objects; the unseen order comes first."""
+    out = []
+    for index, pair in enumerate(spec.biased):
+        rng = rw._rng(seed, "oracle", index)
+        for _ in range(per_pair):
+            ca, cb = (spec.colours[k] for k in rng.choice(len(spec.colours), 2, replace=False))
+            a, b = (pair.second, ca), (pair.first, cb)
+            out += [(a, pair.relation, b), (b, pair.relation, a)]
+    return out
+
+
+def free_delta_oracle(pipe, spec: Optional[rw.WorldSpec] = None, rows: str = "eot", per_pair: int = 2,
+                      train_images: int = 16, steps: int = 150, lr: float = 0.05, batch_size: int = 8,
+                      seeds: int = 8, num_inference_steps: Optional[int] = None, guidance: float = 5.0,
+                      seed: int = 0) -> OracleResult:
+    """Optimise one delta per prompt order (``[rows, D]`` added to the conditioning rows of
+    ``rows``) by the model's denoising loss on ``train_images`` ground-truth renders of that
+    order, then render each prompt with and without its delta at ``seeds`` seeds and read
+    them with the strict detector.
+
+    ``pipe`` is a diffusers Stable Diffusion pipeline of a relworld model (its scheduler is the
+    sampler; training uses the DDPM form of the same schedule).
+    """
+    from diffusers import DDPMScheduler
+
+    from relgen.relworld.detector import Detector, direction_accuracy, object_accuracy, relation_accuracy
+
+    spec = spec or rw.WorldSpec()
+    tok, te, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
+    train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    steps_inf = num_inference_steps or 25
+    detector = Detector(spec)
+    orders = oracle_prompts(spec, per_pair, seed)
+    texts = [rw.prompt(a, r, b, spec) for a, r, b in orders]
+    ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids
+    empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = te(ids)[0]
+        uncond = te(empty)[0]
+    masks = row_mask(ids, tok.eos_token_id, rows)
+    g = torch.Generator().manual_seed(seed)
+    deltas = []
+    for k, (a, r, b) in enumerate(orders):
+        renders = np.stack([rw.sample_scene(rw._rng(seed, "oracle-images", k, i), spec, r, a, b).render()[0]
+                            for i in range(train_images)])
+        with torch.no_grad():
+            x = torch.from_numpy(renders).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            x0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        delta = torch.zeros(int(masks[k].sum()), hidden.shape[-1], requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=lr)
+        for _ in range(steps):
+            pick = torch.randint(len(x0), (batch_size,), generator=g)
+            noise = torch.randn((batch_size, *x0.shape[1:]), generator=g)
+            t = torch.randint(0, train_sched.config.num_train_timesteps, (batch_size,), generator=g)
+            cond = hidden[k:k + 1].repeat(batch_size, 1, 1).clone()
+            cond[:, masks[k]] = cond[:, masks[k]] + delta
+            pred = unet(train_sched.add_noise(x0[pick], noise, t), t, cond).sample
+            target = noise if train_sched.config.prediction_type == "epsilon" else \
+                train_sched.get_velocity(x0[pick], noise, t)
+            loss = (pred - target).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        deltas.append(delta.detach())
+
+    def render(k: int, with_delta: bool) -> list:
+        cond = hidden[k:k + 1].clone()
+        if with_delta:
+            cond[:, masks[k]] = cond[:, masks[k]] + deltas[k]
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(seeds)]
+        return pipe(prompt_embeds=cond.repeat(seeds, 1, 1), negative_prompt_embeds=uncond.repeat(seeds, 1, 1),
+                    num_inference_steps=steps_inf, guidance_scale=guidance, generator=gens,
+                    output_type="np").images
+
+    out = {}
+    for with_delta in (True, False):
+        readings = []
+        for k, (a, r, b) in enumerate(orders):
+            images = render(k, with_delta)
+            readings.append([detector.read((img * 255).round().astype(np.uint8), a, r, b) for img in images])
+        pairs = [(x, y) for ab, ba in zip(readings[0::2], readings[1::2]) for x, y in zip(ab, ba)]
+        flat = [x for row in readings for x in row]
+        out[with_delta] = (direction_accuracy(pairs), relation_accuracy([x for row in readings[0::2] for x in row]),
+                           object_accuracy(flat))
+    return OracleResult(rows, *out[True], *out[False])
+
+
+__all__ = ["OPPOSITE", "ORACLE_ROWS", "ClassifierResult", "OracleResult", "ProbeScene", "attention_shares",
+           "caption_errors", "diffusion_classifier", "free_delta_oracle", "oracle_prompts", "probe_scenes",
+           "row_mask"]

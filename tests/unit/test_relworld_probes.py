@@ -110,3 +110,33 @@ def test_bind_negatives_skip_biased_pairs_and_free_captions(relworld_script):
     assert ok.tolist() == [True, False, False]
     decoded = [tok.decode(ids[0, k], skip_special_tokens=True) for k in range(2)]
     assert decoded == ["a blue cross above a red triangle", "a red triangle below a blue cross"]
+
+
+def test_attention_shares_sum_to_one_and_leave_the_output_unchanged(shipped):
+    pipe, sched = shipped
+    scenes = probes.probe_scenes(rw.WorldSpec(), 4, seed=1)
+    shares = probes.attention_shares(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, sched, scenes,
+                                     timesteps=(500,))
+    assert set(shares) == {"bos", "words", "eot", "padding"}
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
+    assert all(0 <= v <= 1 for v in shares.values())
+    # the processors are restored: the UNet's output is what it was before the probe
+    assert all(type(p).__name__ != "_RecordingProcessor" for p in pipe.unet.attn_processors.values())
+
+
+def test_row_mask_kinds():
+    ids = torch.tensor([[49406, 320, 1000, 49407, 49407, 49407]])
+    eos = 49407
+    assert probes.row_mask(ids, eos, "eot").tolist() == [[False, False, False, True, False, False]]
+    assert probes.row_mask(ids, eos, "eot_and_padding").tolist() == [[False, False, False, True, True, True]]
+    assert probes.row_mask(ids, eos, "all").all()
+    with pytest.raises(ValueError, match="rows must be one of"):
+        probes.row_mask(ids, eos, "padding")
+
+
+def test_oracle_prompts_put_the_unseen_order_first():
+    spec = rw.WorldSpec()
+    orders = probes.oracle_prompts(spec, per_pair=2)
+    assert len(orders) == 4 * len(spec.biased)
+    for (a, r, b), (b2, r2, a2) in zip(orders[0::2], orders[1::2]):
+        assert (a, r, b) == (a2, r2, b2) and spec.forbidden(r, a[0], b[0]) and not spec.forbidden(r, b[0], a[0])
