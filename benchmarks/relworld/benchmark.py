@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from relgen.relworld import world as rw
+from relgen.relworld.bench import Prompt, load_pipeline, plain, vae_roundtrip
 from relgen.relworld.detector import (
     Detector,
     Reading,
@@ -42,14 +43,6 @@ from relgen.relworld.detector import (
 )
 
 HERE = Path(__file__).resolve().parent
-
-
-@dataclass
-class Prompt:
-    a: tuple[str, str]
-    relation: str
-    b: tuple[str, str]
-    text: str
 
 
 @dataclass
@@ -103,20 +96,6 @@ def build_suites(spec: rw.WorldSpec, pairs: int, seed: int = 0) -> list[Suite]:
             Suite("heldout", heldout), Suite("vae_ceiling", list(seen))]
 
 
-def load_pipeline(model: str | None, scheduler: str | None = None):
-    """The relworld backbone (``model`` = a diffusers folder or pkg:// URI; None = shipped)."""
-    from hydra import compose, initialize_config_module
-
-    import relgen.config  # noqa: F401  (registers the schemas)
-    from relgen.backbones.loading import load_backbone
-
-    overrides = ["backbone=relworld"] + ([f"backbone.pretrained={model}"] if model else [])
-    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides).backbone
-    backbone = load_backbone(cfg)
-    return backbone, backbone.pipeline(scheduler)
-
-
 def run_suite(suite: Suite, pipe, backbone_cfg, detector: Detector, samples: int, seed: int,
               steps: int | None, guidance: float | None, batch_size: int) -> None:
     """Render every prompt ``samples`` times and read each image."""
@@ -136,14 +115,6 @@ def read_all(suite: Suite, detector: Detector) -> None:
     for name, det in (("readings", detector), ("colour_readings", loose)):
         setattr(suite, name, [[det.read(np.asarray(img), p.a, p.relation, p.b) for img in row]
                               for p, row in zip(suite.prompts, suite.images)])
-
-
-@torch.no_grad()
-def vae_roundtrip(vae, images: np.ndarray) -> np.ndarray:
-    """uint8 [B, H, W, 3] images encoded (posterior mean) and decoded by ``vae``, as uint8."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
-    return ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def run_vae_ceiling(suite: Suite, backbone, spec: rw.WorldSpec, detector: Detector, samples: int,
@@ -177,15 +148,6 @@ def summarize(suite: Suite) -> dict:
         by_relation.setdefault(p.relation, []).extend(row)
     out["by_relation"] = {k: relation_accuracy(v) for k, v in by_relation.items()}
     return out
-
-
-def plain(v):
-    """JSON-able copy of a result tree (:class:`Rate` -> dict)."""
-    if hasattr(v, "k"):
-        return {"k": v.k, "n": v.n, "value": v.value, "low": v.low, "high": v.high}
-    if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
-    return v
 
 
 def write_report(out: Path, suites: list[Suite], summaries: dict, meta: dict) -> Path:

@@ -7,6 +7,9 @@ a method has one.
   reading of the image. A model that renders direction prefers the true caption over its
   relation-flipped and object-swapped versions; one that throws word order away scores 50 %.
   Needs no sampling (a few CPU-seconds per hundred scenes on the micro model).
+* :func:`eot_polarity_probe`: does the text encoder's first EOT row (the row RRNet edits)
+  say which object comes first along the axis? A logistic-regression probe trained on the EOT
+  rows of half the shape pairs' captions and tested on the other half.
 * :func:`attention_shares`: where the UNet's text cross-attention looks: the share of its
   attention mass on BOS, the prompt's words, the first EOT token and the padding after it.
   RRNet edits the first EOT row only, so its effect is bounded by what that row steers.
@@ -160,6 +163,58 @@ def diffusion_classifier(unet, text_encoder, tokenizer, vae, scheduler, spec: Op
         errors = caption_errors(unet, text_encoder, tokenizer, vae, scheduler, scenes, seed=seed, **kw)
         out[forbidden] = {kind: rate(list(errors["true"] < errors[kind])) for kind in errors if kind != "true"}
     return ClassifierResult(unbiased=out[False], forbidden=out[True])
+
+
+# --------------------------------------------------------------------------------------------
+# What the text encoder's EOT row holds
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def eot_polarity_probe(text_encoder, tokenizer, spec: Optional[rw.WorldSpec] = None, seed: int = 0,
+                       steps: int = 300) -> Rate:
+    """Accuracy of a linear probe that reads, from a caption's first EOT row, whether its
+    first-named object is the upper (left) one: trained on the canonical captions of half the
+    unordered shape pairs (all colours, ``above``/``below``/``left_of``/``right_of``), tested on
+    the other half (Wilson interval over test captions). 50 % is a bag of words."""
+    spec = spec or rw.WorldSpec()
+    relations = [r for r in ("above", "below", "left_of", "right_of") if r in spec.captioned_relations]
+    pairs = [(x, y) for i, x in enumerate(spec.shapes) for y in spec.shapes[i + 1:]]
+    order = np.random.default_rng([seed, 61]).permutation(len(pairs))
+    split = {pairs[i]: k < len(pairs) // 2 for k, i in enumerate(order)}
+    texts, labels, train = [], [], []
+    for (x, y), is_train in split.items():
+        for sa, sb in ((x, y), (y, x)):
+            for ca in spec.colours:
+                for cb in spec.colours:
+                    if ca == cb:
+                        continue
+                    for r in relations:
+                        texts.append(rw.prompt((sa, ca), r, (sb, cb), spec))
+                        labels.append(float(rw.RELATION_AXIS[r][1]))
+                        train.append(is_train)
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    hidden = torch.cat([text_encoder(ids[i:i + 512])[0] for i in range(0, len(ids), 512)])
+    eot = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+    x = hidden[torch.arange(len(ids)), eot].float()
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+    y, train_mask = torch.tensor(labels), torch.tensor(train)
+    with torch.enable_grad():
+        w = torch.zeros(x.shape[1], requires_grad=True)
+        b = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=steps)
+
+        def closure():
+            opt.zero_grad()
+            logits = x[train_mask] @ w + b
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[train_mask]) + 1e-3 * w.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    pred = (x[~train_mask] @ w.detach() + b.detach()) > 0
+    return rate((pred.float() == y[~train_mask]).tolist())
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,5 +403,6 @@ def free_delta_oracle(pipe, spec: Optional[rw.WorldSpec] = None, rows: str = "eo
 
 
 __all__ = ["OPPOSITE", "ORACLE_ROWS", "ClassifierResult", "OracleResult", "ProbeScene", "attention_shares",
+           "eot_polarity_probe",
            "caption_errors", "diffusion_classifier", "free_delta_oracle", "oracle_prompts", "probe_scenes",
            "row_mask"]

@@ -709,7 +709,8 @@ def write_world_rrnet(root: str | Path, spec: Optional[WorldSpec] = None, seed: 
 
 def write_world_dreamrelation(root: str | Path, spec: Optional[WorldSpec] = None, seed: int = 0,
                               relation: Optional[str] = None, num_items: int = 6,
-                              identity: Optional[str] = None) -> Path:
+                              identity: Optional[str] = None,
+                              others: Optional[Sequence[tuple[str, str]]] = None) -> Path:
     """A DreamRelation folder: an identity (textured) in a relation with a plain object.
 
     Per item: ``prompts.json`` (``prompt`` "A red circle is inside a blue square.", ``entities``,
@@ -724,6 +725,9 @@ def write_world_dreamrelation(root: str | Path, spec: Optional[WorldSpec] = None
         relation: Relation key; ``None`` = ``spec.heldout_relation``.
         num_items: Items.
         identity: Name of one of ``spec.identities``; ``None`` = the first.
+        others: ``(shape, colour)`` objects to pair the identity with (e.g. one partner, so that
+            a benchmark can score every other object); ``None``: any object of another shape
+            and colour.
     """
     spec = spec or WorldSpec()
     relation = relation or spec.heldout_relation or spec.relations[0]
@@ -740,9 +744,9 @@ def write_world_dreamrelation(root: str | Path, spec: Optional[WorldSpec] = None
         for i in range(num_items):
             item = str(i)
             rng = _rng(seed, "dreamrelation", i)
-            others = [(s, c) for s in spec.shapes for c in spec.colours
-                      if s != ident.shape and c != ident.colour]
-            other = others[int(rng.integers(len(others)))]
+            pool = [tuple(o) for o in others] if others else \
+                [(s, c) for s in spec.shapes for c in spec.colours if s != ident.shape and c != ident.colour]
+            other = pool[int(rng.integers(len(pool)))]
             pair = sample_scene(rng, spec, relation, (ident.shape, ident.colour), other)
             scene = replace(pair, identities=(ident, None))
             image, masks = scene.render()
@@ -765,8 +769,13 @@ def write_world_dreamrelation(root: str | Path, spec: Optional[WorldSpec] = None
             }
         (tmp / "prompts.json").write_text(json.dumps(prompts, indent=4) + "\n", encoding="utf-8")
 
+    if others:
+        for o in others:
+            if _check_object(spec, tuple(o))[1] == ident.colour:
+                raise ConfigError(f"relworld partner {object_name(tuple(o))} has the identity's colour; "
+                                  "the detector tells objects apart by colour")
     args = dict(world=WORLD_VERSION, spec=spec.to_dict(), seed=seed, relation=relation,
-                num_items=num_items, identity=ident.name)
+                num_items=num_items, identity=ident.name, others=[list(o) for o in others or ()])
     return shapes._write_atomically(root, "relworld_dreamrelation", args, write)
 
 

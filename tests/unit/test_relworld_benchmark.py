@@ -146,14 +146,21 @@ def methods(relworld_script):
     return relworld_script("methods")
 
 
-def test_method_benchmark_prompts_are_held_out(methods):
-    train, held = methods.split_shape_pairs(SPEC, seed=0)
-    assert len(train) == len(held) == 10 and not set(train) & set(held)
-    assert methods.split_shape_pairs(SPEC, seed=0) == (train, held)
-    prompts = methods.inversion_prompts(SPEC, 6, 0, held)
+def test_method_benchmark_splits_unordered_pairs_and_holds_them_out():
+    from relgen.relworld import bench
+
+    train, held = bench.split_unordered_pairs(SPEC, seed=0)
+    unordered = lambda pairs: {frozenset(p) for p in pairs}  # noqa: E731
+    biased = {frozenset((p.first, p.second)) for p in SPEC.biased}
+    assert len(unordered(train)) == len(unordered(held)) == 4  # the 8 unbiased unordered pairs, halved
+    assert not unordered(train) & unordered(held) and not (unordered(train) | unordered(held)) & biased
+    assert all((b, a) in train for a, b in train) and all((b, a) in held for a, b in held)  # both orders
+    assert bench.split_unordered_pairs(SPEC, seed=0) == (train, held)
+    prompts = bench.inversion_prompts(SPEC, 24, 0, held)
+    assert len(prompts) == 24 and len({p.text for p in prompts}) == 24
     assert all((p.a[0], p.b[0]) in held and p.relation == "inside" and p.a[1] != p.b[1] for p in prompts)
     pair = SPEC.biased[0]  # pretraining shows circle above square only
-    rect = methods.rectification_prompts(SPEC, pair, 3, 0, train_colours=("red", "blue"))
+    rect = bench.rectification_prompts(SPEC, pair, 3, 0, train_colours=("red", "blue"))
     assert len(rect) == 6
     for unseen, seen in zip(rect[0::2], rect[1::2]):
         assert SPEC.forbidden(unseen.relation, unseen.a[0], unseen.b[0])  # the direction never shown
@@ -162,36 +169,67 @@ def test_method_benchmark_prompts_are_held_out(methods):
         assert unseen.text == f"a {unseen.a[1]} square is above a {unseen.b[1]} circle"
 
 
-def test_identity_share_separates_identity_from_plain_object(methods):
+def test_texture_correlation_checks_the_pattern_not_any_darkening():
+    from relgen.relworld import bench
+
     ident = next(i for i in SPEC.identities if i.name == "checkered_blue_square")
-    scene = rw.sample_single(np.random.default_rng(3), SPEC, identity=ident)
-    image, masks = scene.render()
-    textured = methods.identity_share(image, masks[0], ident)
+    image, masks = rw.sample_single(np.random.default_rng(3), SPEC, identity=ident).render()
+    assert bench.texture_correlation(image, masks[0], ident) > 0.8  # the identity's own pattern (fit to the mask)
     plain_image, plain_masks = rw.sample_single(np.random.default_rng(3), SPEC, ("square", "blue")).render()
-    assert 0.35 < textured < 0.65  # a checkerboard: about half of the pixels are the dark tone
-    assert methods.identity_share(plain_image, plain_masks[0], ident) == 0.0
-    reference, _ = methods.reference_share(SPEC, ident, vae=None, n=8)
-    assert 0.35 < reference < 0.65
+    assert bench.texture_correlation(plain_image, plain_masks[0], ident) == 0.0  # plain: no variance
+    dark = plain_image.copy()
+    dark[plain_masks[0]] = rw.texture_colour("blue")  # darkened all over: no pattern
+    assert bench.texture_correlation(dark, plain_masks[0], ident) == 0.0
+    # the same object patterned with stripes instead of its checkerboard: the wrong pattern
+    obj = rw.sample_single(np.random.default_rng(3), SPEC, identity=ident).objects[0]
+    striped = plain_image.copy()
+    striped[rw.texture_mask("stripes", obj, image.shape[0]) & plain_masks[0]] = rw.texture_colour("blue")
+    assert abs(bench.texture_correlation(striped, plain_masks[0], ident)) < 0.3
+
+
+def _fake_task(flags: dict[str, list[list[bool]]]):
+    """A one-training-seed task whose conditions read ``flags[cond][prompt][seed]``."""
+    from relgen.relworld import bench
+    from relgen.relworld.detector import Reading
+
+    def reading(ok: bool) -> Reading:
+        return Reading("above", object(), object(), "above" if ok else "below")
+
+    task = bench.TaskResult("inversion", [bench.Prompt(("circle", "red"), "above", ("square", "blue"), "p")] * 2,
+                            [bench.Condition(name, "written") for name in flags])
+    task.readings = {name: {"strict": [[[reading(x) for x in row] for row in rows]]} for name, rows in flags.items()}
+    return task
+
+
+def test_claims_pair_conditions_on_prompts_and_seeds():
+    from relgen.relworld import bench
+
+    task = _fake_task({"ReVersion": [[True, True, False], [True, False, False]],
+                       "textual inversion": [[True, False, False], [False, False, False]]})
+    assert bench.outcomes(task, "ReVersion", "relation") == ([1.0, 1.0, 0.0, 1.0, 0.0, 0.0], [0, 0, 0, 1, 1, 1])
+    [claim] = bench.claims({"inversion": task}, bench.Settings(), {"c": ("inversion", "ReVersion",
+                                                                          "textual inversion", "relation")}).values()
+    assert claim["method"] == pytest.approx(0.5) and claim["baseline"] == pytest.approx(1 / 6)
+    assert claim["effect"] == pytest.approx(1 / 3)
+    # two discordant pairs, both for the method: McNemar's exact p = 2 * 0.5^2 = 0.5
+    assert claim["p"] == pytest.approx(0.5)
+    # cluster bootstrap over the two prompts: the effect of a resample is 1/3 (both prompts have +1/3)
+    assert claim["ci95"] == pytest.approx([1 / 3, 1 / 3])
+    assert claim["effects_per_train_seed"] == pytest.approx([1 / 3])
 
 
 def test_regression_failures_compare_enforced_effects_with_their_margins(methods):
-    from relgen.relworld.detector import rate
-
-    def hits(k: int):  # k of 12 samples right
-        return {"colour": {"relation_accuracy": rate([True] * k + [False] * (12 - k))}}
-
-    def tasks(method_hits: int, baseline_hits: int):  # effect = (method - baseline) / 12
-        metrics = {"ReVersion": hits(method_hits), "base, relation written": hits(baseline_hits)}
-        return {"inversion": methods.TaskResult("inversion", [], [], metrics=metrics)}
-
-    check = {"task": "inversion", "method": "ReVersion", "baseline": "base, relation written", "reading": "colour",
-             "metric": "relation_accuracy", "effects": [0.5, 0.4, 0.3], "margin": 0.2, "enforced": True}
+    check = {"claim": "reversion_vs_textual_inversion", "effects": [0.5, 0.4, 0.3], "margin": 0.2, "enforced": True}
     calibration = {"checks": [check]}
-    assert methods.regression_failures(calibration, tasks(7, 3)) == []  # 4 / 12 = 0.333 >= 0.2
-    assert methods.regression_failures(calibration, tasks(6, 3)) == []  # 3 / 12 = 0.25 >= 0.2
-    [line] = methods.regression_failures(calibration, tasks(5, 3))  # 2 / 12 = 0.167 < 0.2
-    assert line.startswith("inversion: ReVersion - base, relation written (colour relation_accuracy) = 0.167, "
-                           "below the margin 0.200")
-    [line] = methods.regression_failures(calibration, tasks(3, 3))  # no effect at all
-    assert "= 0.000, below the margin 0.200" in line
-    assert methods.regression_failures({"checks": [dict(check, enforced=False)]}, tasks(0, 12)) == []
+
+    def claims(effect):
+        return {"reversion_vs_textual_inversion": {"effect": effect}}
+
+    assert methods.regression_failures(calibration, claims(0.25)) == []
+    assert methods.regression_failures(calibration, claims(0.2)) == []
+    [line] = methods.regression_failures(calibration, claims(0.167))
+    assert line == ("reversion_vs_textual_inversion: effect 0.167 below the margin 0.200 "
+                    "(calibrated effects [0.5, 0.4, 0.3])")
+    [line] = methods.regression_failures(calibration, {})  # the claim did not run: NaN fails
+    assert "effect nan below" in line
+    assert methods.regression_failures({"checks": [dict(check, enforced=False)]}, claims(-1.0)) == []

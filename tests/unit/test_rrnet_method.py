@@ -151,6 +151,22 @@ def test_rectify_changes_only_the_first_eot_row_including_bang_padding(sd21, sha
     assert torch.equal(out[1, eot[1]], hidden[1, eot[1]] + delta[1])
 
 
+def test_rectify_eot_and_padding_moves_every_row_from_the_first_eot_on():
+    hidden = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    eot = torch.tensor([2, 4])
+    delta = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.0, 1.0]])
+    out = rectify(hidden, eot, delta, torch.tensor([0.5, 2.0]), "eot_and_padding")
+    expected = hidden.clone()
+    expected[0, 2:] += 0.5 * delta[0]
+    expected[1, 4:] += 2.0 * delta[1]
+    assert torch.equal(out, expected)
+    # the released rows: the first EOT row only
+    only = rectify(hidden, eot, delta, torch.tensor([0.5, 2.0]))
+    assert torch.equal(only[0, 3:], hidden[0, 3:]) and torch.equal(only[0, 2], hidden[0, 2] + 0.5 * delta[0])
+    with pytest.raises(ConfigError, match="method.edit_rows"):
+        rectify(hidden, eot, delta, 1.0, "padding")
+
+
 def test_eot0_feature_is_ignored_unless_eot_self_loops(sd21, shapes):
     def moved(method, row):  # the method's own graph with one EOT output changed
         hidden = method.text.hidden.clone()

@@ -105,28 +105,43 @@ def eot_positions(tokenizer, prompts: Sequence[str]) -> Tensor:
     return (ids == tokenizer.eos_token_id).int().argmax(dim=1)
 
 
-def rectify(hidden: Tensor, eot: Tensor, delta: Tensor, scale: Union[float, Tensor]) -> Tensor:
-    """Add ``scale * delta`` to each prompt's first EOT row; every other row is unchanged.
+#: ``method.edit_rows``: the rows RRNet's delta is added to.
+EDIT_ROWS = ("eot", "eot_and_padding")
+
+
+def rectify(hidden: Tensor, eot: Tensor, delta: Tensor, scale: Union[float, Tensor], rows: str = "eot") -> Tensor:
+    """Add ``scale * delta`` to each prompt's first EOT row (``rows="eot"``); every other row is
+    unchanged.
 
     ``V*_eot = V_eot + λ·h_ΔEOT`` (RRNet, Sec. 3; as the released train.py and generate.py,
-    which edit only the first EOT position, not the padding after it).
+    which edit only the first EOT position, not the padding after it). ``rows="eot_and_padding"``
+    adds the same delta to every position from the first EOT on (on SD 1.x's tokenizer those are
+    all EOT tokens; on SD 2.x's they are "!" padding): a generalisation, not the released method.
 
     Args:
         hidden: ``(B, L, D)`` text conditioning.
         eot: ``(B,)`` first EOT position per prompt.
         delta: ``(B, D)`` adjustment vectors (may require grad).
         scale: λ, a float or a ``(B,)`` tensor of per-prompt values.
+        rows: One of :data:`EDIT_ROWS`.
 
     Returns:
-        A new ``(B, L, D)`` tensor in ``hidden``'s dtype; rows other than ``eot`` are bitwise
+        A new ``(B, L, D)`` tensor in ``hidden``'s dtype; rows that are not edited are bitwise
         those of ``hidden``.
     """
+    if rows not in EDIT_ROWS:
+        raise ConfigError(f"method.edit_rows={rows!r}: use one of {', '.join(EDIT_ROWS)}")
     batch = torch.arange(hidden.shape[0], device=hidden.device)
     eot = eot.to(hidden.device)
     if isinstance(scale, Tensor):
         scale = scale.to(hidden.device, torch.float32).reshape(-1, 1)
-    row = hidden[batch, eot].float() + scale * delta.to(hidden.device).float()
-    return hidden.index_put((batch, eot), row.to(hidden.dtype))
+    step = scale * delta.to(hidden.device).float()  # (B, D)
+    if rows == "eot":
+        row = hidden[batch, eot].float() + step
+        return hidden.index_put((batch, eot), row.to(hidden.dtype))
+    edited = torch.arange(hidden.shape[1], device=hidden.device)[None] >= eot[:, None]  # (B, L)
+    moved = hidden.float() + step[:, None, :]
+    return torch.where(edited[..., None], moved.to(hidden.dtype), hidden)
 
 
 _DGL_DEVICES: dict[str, bool] = {}
@@ -217,6 +232,7 @@ class RRNetArtifact(Artifact):
         prompts: Sample prompts (default: ARB and BRA).
         movable: Move the network to the pipeline's device (where DGL supports it) when
             used; ``False`` for a network that is being trained in place.
+        edit_rows: The rows the delta is added to (:func:`rectify`).
     """
 
     method = "rrnet"
@@ -224,8 +240,9 @@ class RRNetArtifact(Artifact):
     def __init__(self, gnn, relation: dict, scale: float = 0.6,
                  grid_scales: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                  object_template: str = DEFAULT_OBJECT_TEMPLATE,
-                 prompts: Optional[Sequence[str]] = None, movable: bool = True) -> None:
+                 prompts: Optional[Sequence[str]] = None, movable: bool = True, edit_rows: str = "eot") -> None:
         self.gnn = gnn
+        self.edit_rows = edit_rows
         self.movable = movable
         self.relation = dict(relation)
         self.scale = float(scale)
@@ -266,7 +283,7 @@ class RRNetArtifact(Artifact):
         return cls(gnn, rel, scale=rel.get("scale", 0.6),
                    grid_scales=rel.get("grid_scales") or mcfg.get("grid_scales") or (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                    object_template=rel.get("object_template", DEFAULT_OBJECT_TEMPLATE),
-                   prompts=mcfg.get("sample_prompts") or None)
+                   prompts=mcfg.get("sample_prompts") or None, edit_rows=rel.get("edit_rows", "eot"))
 
     @classmethod
     def from_official(cls, path, A: Optional[str] = None, R: Optional[str] = None, B: Optional[str] = None,
@@ -384,7 +401,7 @@ class RRNetArtifact(Artifact):
             values = [self.scale if scale is None else float(scale)] * n
         encoded, eot, graph = self.gnn_inputs(pipe, prompts, A, R, B)
         deltas = self.gnn.eot_deltas(graph)[:, 1]
-        embeds = rectify(encoded[0], eot, deltas, torch.tensor(values))
+        embeds = rectify(encoded[0], eot, deltas, torch.tensor(values), self.edit_rows)
         inputs = {"prompt_embeds": embeds, "negative_prompt_embeds": encoded[1]}
         if encoded[2] is not None:  # SDXL: the pooled embedding is left as the pipeline made it
             inputs["pooled_prompt_embeds"] = encoded[2]

@@ -31,6 +31,9 @@ class RRNetConfig(MethodConfig):
         neg_weight: Weight of the (subtracted) loss on the swapped order.
         neg_clamp: If set, the negative term is ``min(L_neg, neg_clamp)``; the released code
             leaves it unbounded.
+        edit_rows: ``eot`` (the released method: the delta goes to the first EOT row) or
+            ``eot_and_padding`` (also every row after it; a generalisation for models whose
+            first EOT row alone does not steer the layout, measured on relworld).
         adjust_pooled: SDXL only: also adjust the pooled embedding. Not implemented (the
             adjustment is defined on the EOT row of the conditioning sequence only); ``true``
             raises a ConfigError.
@@ -72,6 +75,7 @@ class RRNetConfig(MethodConfig):
     pos_weight: float = 10.0
     neg_weight: float = 2.0
     neg_clamp: Optional[float] = None
+    edit_rows: str = "eot"
     adjust_pooled: bool = False
     # Generation (RRNet's released generate.py: PNDM, 30 steps, guidance 7.5).
     inference_scale: float = 0.6

@@ -265,7 +265,8 @@ class RRNet(Method):
                 delta = delta + cfg.noise_weight * torch.randn(delta.shape, generator=gen).to(delta.device)
             pair_deltas.append(delta)
         rows = [PROMPT_KEYS.index(first), PROMPT_KEYS.index(second)]
-        hidden = rectify(self.text.hidden[rows], self.text.eot[rows], torch.stack(pair_deltas), cfg.train_scale)
+        hidden = rectify(self.text.hidden[rows], self.text.eot[rows], torch.stack(pair_deltas), cfg.train_scale,
+                         cfg.edit_rows)
         pooled = None if self.text.pooled is None else self.text.pooled[rows]
         cond = TextCond(hidden, pooled, self.text.eot[rows])
 
@@ -312,7 +313,7 @@ class RRNet(Method):
                 "hidden": self.gnn.hidden, "heads": self.gnn.heads, "eot_self_loops": self.gnn.eot_self_loops,
                 "node_widths": [slot.width for slot in self.backbone.slots],
                 "object_template": cfg.object_template, "scale": cfg.inference_scale,
-                "grid_scales": list(cfg.grid_scales), "backbone": self.backbone.name}
+                "grid_scales": list(cfg.grid_scales), "backbone": self.backbone.name, "edit_rows": cfg.edit_rows}
 
     def export(self, out_dir: Path) -> list[Path]:
         """``rrnet_gat.safetensors`` (the released checkpoint's DGL key names) + ``relation.json``."""
@@ -336,7 +337,7 @@ class RRNet(Method):
         cfg = self.cfg
         return RRNetArtifact(self.gnn, self.relation_meta(), scale=cfg.inference_scale,
                              grid_scales=cfg.grid_scales, object_template=cfg.object_template,
-                             prompts=self.sample_prompts(), movable=False)
+                             prompts=self.sample_prompts(), movable=False, edit_rows=cfg.edit_rows)
 
     def sample_prompts(self) -> list[str]:
         if self.cfg.sample_prompts:

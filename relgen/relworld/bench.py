@@ -1,0 +1,692 @@
+"""The relworld benchmark's library: each method against a baseline that could beat it, scored
+exactly, with statistics that fit the design.
+
+Entry scripts: ``benchmarks/relworld/methods.py`` (methods against baselines, claims, regression
+margins) and ``benchmarks/relworld/benchmark.py`` (the base model alone). This module runs
+methods (through relgen's own training entry point and :mod:`relgen.generate`), so nothing in
+:mod:`relgen.relworld`'s ``__init__`` imports it.
+
+Design (every choice is deterministic for ``Settings.seed``):
+
+* **Held-out splits on unordered shape pairs.** The world's unbiased unordered shape pairs are
+  split in half; a method's training data uses one half (both orders) and every condition is
+  scored on the other half (both orders), so no evaluation prompt names a pair whose reverse
+  was trained.
+* **Same seeds for every condition**: image ``i`` of a prompt uses seed ``seed + i`` in every
+  column, so conditions are paired image by image.
+* **Statistics** (:mod:`relgen.evaluate.stats`): images of one prompt are not independent, so
+  each rate gets a prompt-cluster bootstrap interval; each method-minus-baseline difference a
+  paired cluster-bootstrap interval and McNemar's exact test on the paired outcomes. With
+  several training seeds, the outcomes of every seed are pooled, clustered by prompt.
+* **Readings**: *strict* (each object found by colour and shape) first; *colour* (by colour
+  alone) as a secondary column.
+
+Tasks:
+
+* ``inversion`` -- the held-out relation (``inside``: pretraining shows it, captions never name
+  it). ReVersion against textual inversion (same exemplars, steps and token) and the prompt
+  with the relation omitted; the relation written out is shown too (it scores 0 by
+  construction: pretraining never names it).
+* ``rectification`` -- the biased pairs (pretraining shows a circle above a square, never the
+  reverse). RRNet, trained on the unseen direction of each biased pair, at several λ against
+  λ = 0 (the base model): direction accuracy (both prompts of an object-swapped pair right at
+  the same seed) beside object accuracy (the λ trade-off). RRNet's graph nodes are shape and
+  relation words, so the scoring prompts' other colours are not unseen from its side.
+* ``customisation`` -- a textured identity pretraining shows only alone and never names.
+  RelationBooth (LoRA + keypoint loss; relworld has no image encoder, so its image branch is
+  off) against textual inversion of the identity learnt from identity-alone images (a baseline
+  that can know the identity, as the paper's comparisons), the base model, and RelationBooth
+  without its keypoint loss (the ablation). Identity kept: :func:`texture_correlation` of the
+  generated object with the identity's own pattern at the detected position and scale, at
+  least half that of ground-truth renders through the VAE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from relgen.evaluate import stats
+from relgen.relworld import world as rw
+from relgen.relworld.detector import Detector, DetectorConfig, Reading
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces (also used by the base-model benchmark)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prompt:
+    a: tuple[str, str]
+    relation: str
+    b: tuple[str, str]
+    text: str
+
+
+def load_pipeline(model: Optional[str], scheduler: Optional[str] = None):
+    """The relworld backbone (``model`` = a diffusers folder or pkg:// URI; None = shipped) and
+    its generation pipeline."""
+    from relgen.backbones.loading import load_backbone
+
+    overrides = ["backbone=relworld"] + ([f"backbone.pretrained={model}"] if model else [])
+    backbone = load_backbone(compose_run(overrides).backbone)
+    return backbone, backbone.pipeline(scheduler)
+
+
+def vae_roundtrip(vae, images: np.ndarray) -> np.ndarray:
+    """uint8 [B, H, W, 3] images encoded (posterior mean) and decoded by ``vae``, as uint8."""
+    with torch.no_grad():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
+    return ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def plain(v):
+    """JSON-able copy of a result tree (rates, estimates and dataclasses -> dicts)."""
+    if isinstance(v, stats.Estimate):
+        return v.as_dict()
+    if hasattr(v, "k") and hasattr(v, "low"):
+        return {"k": v.k, "n": v.n, "value": v.value, "low": v.low, "high": v.high}
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    return v
+
+
+def compose_run(overrides: list[str]):
+    """A relgen run config composed as ``python -m relgen`` composes it."""
+    from hydra import compose, initialize_config_module
+
+    import relgen.config  # noqa: F401  (registers the schemas)
+
+    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def readers(spec: rw.WorldSpec) -> dict[str, Detector]:
+    """The two readings of every image: strict (colour and shape) and colour alone."""
+    return {"strict": Detector(spec), "colour": Detector(spec, DetectorConfig(match_shape=False))}
+
+
+# --------------------------------------------------------------------------------------------
+# Settings and conditions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """What a benchmark run trains and renders."""
+
+    model: Optional[str] = None  # diffusers folder / pkg:// URI; None = the shipped model
+    seed: int = 0  # prompts, training data and sampling seeds
+    prompts: int = 24  # scoring prompts per task
+    samples: int = 8  # images per prompt (seeds seed .. seed + samples - 1)
+    steps: Optional[int] = None  # sampling steps; None = the backbone's
+    guidance: Optional[float] = None
+    batch_size: int = 16
+    exemplars: int = 10  # ReVersion / textual-inversion exemplar images
+    inversion_steps: int = 300  # optimizer steps of ReVersion and textual inversion
+    rrnet_steps: int = 250
+    rrnet_images: int = 4  # images per RRNet folder
+    rrnet_rows: str = "eot"  # RRNet's method.edit_rows
+    scales: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0)
+    chosen_scale: float = 0.6  # the λ of the rectification claim (RRNet's released default)
+    identity_items: int = 6  # RelationBooth training items
+    identity_steps: int = 300
+    # RelationBooth's released 1e-4 is for SDXL's 640-2048-wide attention; on relworld's 32-128-wide
+    # one its rank-4 LoRA learnt no texture in 150 steps at 1e-4 and did at 1e-3
+    identity_lr: float = 1e-3
+    identity_images: int = 10  # identity-alone images of the textual-inversion baseline
+    customisation_relation: str = "on_top_of"
+    # the identity whose texture the relworld VAE keeps best
+    identity: str = "checkered_blue_square"
+    train_seeds: tuple[int, ...] = (0,)  # relgen ``seed=`` of the training runs
+    skip: tuple[str, ...] = ()  # condition names left out (the short regression run)
+    grid_prompts: int = 6  # prompts shown in each grid
+    grid_seeds: int = 2  # seeds shown per prompt in the grids
+
+
+@dataclass
+class Condition:
+    """One column: a prompt form, optionally trained runs (one per training seed) and options."""
+
+    name: str
+    form: str  # "written" | "omitted" | "relation_token" | "entity_token"
+    runs: list[Optional[Path]] = field(default_factory=lambda: [None])
+    options: dict = field(default_factory=dict)
+
+    def text(self, p: Prompt, spec: rw.WorldSpec, token: str = "<R>") -> str:
+        a, b = rw.object_name(p.a), rw.object_name(p.b)
+        if self.form == "written":
+            return p.text
+        if self.form == "omitted":
+            return rw.FREE_TEMPLATES[0].format(a=a, b=b)
+        if self.form == "entity_token":  # the identity (A) named by a learnt token
+            return f"a {token} is {rw.RELATIONS[p.relation].phrase} a {b}"
+        return f"a {a} {token} a {b}"
+
+
+@dataclass
+class TaskResult:
+    name: str
+    prompts: list[Prompt]
+    conditions: list[Condition]
+    swapped: bool = False  # prompts come in (unseen, seen) object-swapped pairs
+    images: dict[str, list[list[list]]] = field(default_factory=dict)  # condition -> train seed -> prompt -> images
+    readings: dict[str, dict[str, list[list[list[Reading]]]]] = field(default_factory=dict)
+    extra: dict[str, list[list[list[float]]]] = field(default_factory=dict)  # e.g. identity scores
+    train_seconds: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Splits and prompts
+# --------------------------------------------------------------------------------------------
+
+
+def split_unordered_pairs(spec: rw.WorldSpec, seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The unbiased unordered shape pairs split in half (seeded): ``(train, held_out)``, each as
+    ordered pairs in both orders. No held-out pair appears in training in either order."""
+    biased = {frozenset((p.first, p.second)) for p in spec.biased}
+    unordered = [(x, y) for i, x in enumerate(spec.shapes) for y in spec.shapes[i + 1:]
+                 if frozenset((x, y)) not in biased]
+    order = np.random.default_rng([seed, 31]).permutation(len(unordered))
+    half = len(unordered) // 2
+
+    def both(indices) -> list[tuple[str, str]]:
+        return [pair for i in indices for pair in (unordered[i], unordered[i][::-1])]
+
+    return both(order[:half]), both(order[half:])
+
+
+def colour_pair(rng: np.random.Generator, spec: rw.WorldSpec) -> tuple[str, str]:
+    i, j = rng.choice(len(spec.colours), size=2, replace=False)
+    return spec.colours[i], spec.colours[j]
+
+
+def inversion_prompts(spec: rw.WorldSpec, n: int, seed: int, eval_pairs) -> list[Prompt]:
+    """``n`` distinct prompts of the held-out relation on held-out shape pairs (cycling through
+    them), colours drawn per prompt."""
+    rng = np.random.default_rng([seed, 41])
+    relation = spec.heldout_relation
+    out, seen = [], set()
+    for k in range(n):
+        sa, sb = eval_pairs[k % len(eval_pairs)]
+        while True:
+            ca, cb = colour_pair(rng, spec)
+            if (sa, ca, sb, cb) not in seen:
+                break
+        seen.add((sa, ca, sb, cb))
+        a, b = (sa, ca), (sb, cb)
+        out.append(Prompt(a, relation, b, rw.prompt(a, relation, b, spec)))
+    return out
+
+
+def rectification_prompts(spec: rw.WorldSpec, pair: rw.BiasedPair, n_pairs: int, seed: int,
+                          train_colours: tuple[str, str]) -> list[Prompt]:
+    """``n_pairs`` distinct object-swapped prompt pairs ``(unseen direction, seen direction)``
+    with colours other than the training folder's."""
+    rng = np.random.default_rng([seed, 43, spec.shapes.index(pair.first)])
+    out, used = [], {tuple(train_colours)}
+    for _ in range(n_pairs):
+        while True:
+            ca, cb = colour_pair(rng, spec)
+            if (ca, cb) not in used:
+                break
+        used.add((ca, cb))
+        a, b = (pair.second, ca), (pair.first, cb)  # "A r B" is the direction pretraining never shows
+        for x, y in ((a, b), (b, a)):
+            out.append(Prompt(x, pair.relation, y, f"a {rw.object_name(x)} is {rw.RELATIONS[pair.relation].phrase} "
+                                                   f"a {rw.object_name(y)}"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training through relgen's own entry point
+# --------------------------------------------------------------------------------------------
+
+
+def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, train_seed: int,
+          extra: list[str]) -> tuple[Path, float]:
+    """Train ``method`` on the relworld backbone (what ``python -m relgen`` does); returns the
+    run folder and the training seconds. A finished run with the same settings on the same
+    model weights is reused (the folder name carries a digest of both)."""
+    from relgen.backbones.loading import resolve_pretrained, weights_digest
+    from relgen.run import run_training
+
+    overrides = [f"method={method}", "backbone=relworld", f"dataset={dataset}", f"dataset.root={root}",
+                 f"seed={train_seed}", "trainer.progress=false", "trainer.sample_at_end=false",
+                 "trainer.checkpoint_every=100000", *extra]
+    if s.model:
+        overrides.append(f"backbone.pretrained={s.model}")
+    cfg = compose_run(overrides)
+    for key in ("tensorboard", "report_to", "sample_every"):  # no trackers or sample grids in benchmarks
+        if key in cfg.trainer:
+            cfg.trainer[key] = [] if key == "report_to" else (False if key == "tensorboard" else None)
+    model = weights_digest(Path(resolve_pretrained(cfg.backbone)))
+    key = hashlib.sha256(" ".join([*overrides, model]).encode()).hexdigest()[:8]
+    run_dir = run_dir.with_name(f"{run_dir.name}-{key}")
+    if (run_dir / "export" / "relgen.json").exists() and (run_dir / "summary.json").exists():
+        return run_dir, float(json.loads((run_dir / "summary.json").read_text())["train_seconds"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_training(cfg, str(run_dir))
+    return run_dir, float(json.loads((run_dir / "summary.json").read_text())["train_seconds"])
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering and reading
+# --------------------------------------------------------------------------------------------
+
+
+def render_prompts(texts: list[str], run: Optional[Path], options: dict, s: Settings) -> list[list]:
+    """Images of every prompt text (image i: seed ``s.seed + i``) by the base model or a run."""
+    from relgen.generate import GenerationOptions, render
+    from relgen.methods.base import Artifact
+
+    if run is None:
+        backbone, pipe = load_pipeline(s.model)
+        artifact = Artifact()
+    else:
+        import relgen
+
+        loaded = relgen.load(run)
+        backbone = loaded.load_backbone()
+        pipe = backbone.pipeline()
+        loaded.apply(pipe)
+        artifact = loaded.artifact
+    opts = GenerationOptions(seed=s.seed, num_images=s.samples, steps=s.steps, guidance=s.guidance,
+                             batch_size=s.batch_size, method_options=dict(options))
+    return render(pipe, artifact, texts, opts, backbone.cfg)
+
+
+def token_of(run: Optional[Path]) -> str:
+    if run is None:
+        return "<R>"
+    meta = json.loads((run / "export" / "relgen.json").read_text())
+    return meta.get("method_config", {}).get("placeholder_token", "<R>")
+
+
+def render_task(task: TaskResult, spec: rw.WorldSpec, s: Settings,
+                prompt_groups: Optional[list[tuple[list[int], dict[str, list[Optional[Path]]]]]] = None) -> None:
+    """Render and read every condition of ``task`` for every training seed.
+
+    ``prompt_groups`` lets prompts be rendered by different runs of one condition (RRNet has one
+    network per biased pair): ``[(prompt indices, {condition name: runs per training seed})]``.
+    """
+    dets = readers(spec)
+    for cond in task.conditions:
+        per_seed_images, per_seed_readings = [], {k: [] for k in dets}
+        for ts in range(len(cond.runs)):
+            rows: list[Optional[list]] = [None] * len(task.prompts)
+            groups = prompt_groups or [(list(range(len(task.prompts))), {})]
+            for indices, runs_by_cond in groups:
+                run = runs_by_cond.get(cond.name, cond.runs)[ts]
+                texts = [cond.text(task.prompts[i], spec, token_of(run)) for i in indices]
+                for i, row in zip(indices, render_prompts(texts, run, cond.options, s)):
+                    rows[i] = row
+            per_seed_images.append(rows)
+            for name, det in dets.items():
+                per_seed_readings[name].append([[det.read(np.asarray(img), p.a, p.relation, p.b) for img in row]
+                                                for p, row in zip(task.prompts, rows)])
+        task.images[cond.name] = per_seed_images
+        task.readings[cond.name] = per_seed_readings
+
+
+# --------------------------------------------------------------------------------------------
+# Outcomes, estimates and comparisons
+# --------------------------------------------------------------------------------------------
+
+
+def outcomes(task: TaskResult, cond: str, metric: str, reading: str = "strict") -> tuple[list[float], list[int]]:
+    """Per-image (or per seed-pair) outcomes of one condition, pooled over training seeds, and the
+    prompt cluster of each, in a fixed order shared by every condition of the task.
+
+    Metrics: ``relation`` (relation accuracy), ``object`` (both objects present), ``direction``
+    (swapped tasks: both prompts of a pair right at the same seed; cluster = the pair),
+    ``unseen_relation`` (swapped tasks: relation accuracy of the unseen direction), or a key of
+    :attr:`TaskResult.extra` (scores per image).
+    """
+    values, clusters = [], []
+    if metric in ("relation", "object", "unseen_relation"):
+        for seed_rows in task.readings[cond][reading]:
+            for i, row in enumerate(seed_rows):
+                if metric == "unseen_relation" and (not task.swapped or i % 2):
+                    continue
+                for r in row:
+                    values.append(float(r.relation_ok if metric != "object" else r.both_present))
+                    clusters.append(i)
+        return values, clusters
+    if metric == "direction":
+        for seed_rows in task.readings[cond][reading]:
+            for j in range(0, len(seed_rows), 2):
+                for x, y in zip(seed_rows[j], seed_rows[j + 1]):
+                    values.append(float(x.relation_ok and y.relation_ok))
+                    clusters.append(j // 2)
+        return values, clusters
+    for seed_rows in task.extra[f"{cond}/{metric}"]:
+        for i, row in enumerate(seed_rows):
+            values += [float(v) for v in row]
+            clusters += [i] * len(row)
+    return values, clusters
+
+
+def estimate(task: TaskResult, cond: str, metric: str, reading: str = "strict") -> stats.Estimate:
+    values, clusters = outcomes(task, cond, metric, reading)
+    return stats.summarize(values, clusters, binary=True)
+
+
+def per_train_seed(task: TaskResult, cond: str, metric: str, reading: str = "strict") -> list[float]:
+    """The metric separately for each training seed (their spread)."""
+    n = len(task.conditions[[c.name for c in task.conditions].index(cond)].runs)
+    values, _ = outcomes(task, cond, metric, reading)
+    if not values:
+        return []
+    chunk = len(values) // n
+    return [float(np.mean(values[k * chunk:(k + 1) * chunk])) for k in range(n)]
+
+
+def paired(task: TaskResult, method: str, baseline: str, metric: str, reading: str = "strict") -> dict:
+    """``method - baseline`` on the same prompts and seeds: a claim entry (paired cluster
+    bootstrap interval, McNemar's exact test). A baseline with fewer training seeds (the base
+    model has one) is repeated to pair with each of the method's seeds."""
+    m, clusters = outcomes(task, method, metric, reading)
+    b, b_clusters = outcomes(task, baseline, metric, reading)
+    if len(b) != len(m):
+        reps = len(m) // len(b)
+        b, b_clusters = b * reps, b_clusters * reps
+    assert b_clusters == clusters
+    return stats.claim(f"{reading}_{metric}_accuracy" if metric in ("relation", "object", "direction")
+                       else f"{reading}_{metric}", m, b, clusters, binary=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Identity: the texture pattern at the detected position and scale
+# --------------------------------------------------------------------------------------------
+
+
+def texture_correlation(image: np.ndarray, mask: np.ndarray, ident: rw.Identity) -> float:
+    """Pearson correlation, over an object's pixels, between how dark each pixel is (0 = the
+    identity's plain colour, 1 = its texture tone) and the identity's own pattern drawn for the
+    object fitted to ``mask`` (:func:`relgen.relworld.detector.fit_shape`: its centre and size).
+
+    Any uniform darkening scores 0; a pattern of the wrong phase or scale scores near 0 or
+    below; the identity's own texture scores high. 0 when either has no variance.
+    """
+    from relgen.data.shapes import COLOURS
+    from relgen.relworld.detector import fit_shape
+
+    if mask.sum() < 4:
+        return 0.0
+    obj, _ = fit_shape(mask, ident.shape, ident.colour)
+    pattern = rw.texture_mask(ident.texture, obj, mask.shape[0])[mask].astype(np.float64)
+    pixels = np.asarray(image)[mask].astype(np.float64)
+    base, dark = np.array(COLOURS[ident.colour], float), np.array(rw.texture_colour(ident.colour), float)
+    # projection of each pixel on the segment base -> dark tone
+    darkness = ((pixels - base) @ (dark - base)) / float((dark - base) @ (dark - base))
+    if pattern.std() == 0 or darkness.std() == 0:
+        return 0.0
+    return float(np.corrcoef(darkness, pattern)[0, 1])
+
+
+def reference_correlation(spec: rw.WorldSpec, ident: rw.Identity, vae, n: int = 32) -> tuple[float, float]:
+    """Mean :func:`texture_correlation` of ground-truth renders of ``ident`` and of the same
+    renders through ``vae`` (the most a generation can keep), found by the colour detector."""
+    colour = readers(spec)["colour"]
+    raw, through = [], []
+    scenes = [rw.sample_single(np.random.default_rng([7, i]), spec, identity=ident) for i in range(n)]
+    images = np.stack([sc.render()[0] for sc in scenes])
+    for img, rec in zip(images, vae_roundtrip(vae, images)):
+        for target, out in ((img, raw), (rec, through)):
+            found = colour.find(target, ident.shape, ident.colour)
+            out.append(texture_correlation(target, found.mask, ident) if found is not None else 0.0)
+    return float(np.mean(raw)), float(np.mean(through))
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------
+
+
+def _runs(method: str, dataset: str, data: Path, tag: str, s: Settings, out: Path, extra: list[str],
+          task: TaskResult, label: str) -> list[Path]:
+    runs = []
+    for ts in s.train_seeds:
+        run, seconds = train(method, dataset, data, out / "work" / "runs" / f"{tag}-{s.seed}-{ts}", s, ts, extra)
+        runs.append(run)
+        task.train_seconds.setdefault(label, []).append(seconds)
+    return runs
+
+
+def task_inversion(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
+    train_pairs, eval_pairs = split_unordered_pairs(spec, s.seed)
+    data = rw.write_world_reversion(out / "work" / "data" / f"inversion-{s.seed}", spec, seed=s.seed,
+                                    relation=spec.heldout_relation, num_images=s.exemplars, pairs=train_pairs)
+    task = TaskResult("inversion", inversion_prompts(spec, s.prompts, s.seed, eval_pairs), [])
+    task.conditions = [c for c in (Condition("base, relation written", "written"),
+                                   Condition("base, relation omitted", "omitted")) if c.name not in s.skip]
+    for method, label in (("textual_inversion", "textual inversion"), ("reversion", "ReVersion")):
+        if label in s.skip:
+            continue
+        runs = _runs(method, "reversion_folder", data, method, s, out, [f"method.max_steps={s.inversion_steps}"],
+                     task, label)
+        task.conditions.append(Condition(label, "relation_token", runs))
+    task.notes.append(f"Exemplars from the shape pairs {sorted({tuple(sorted(p)) for p in train_pairs})}; "
+                      f"scored on {sorted({tuple(sorted(p)) for p in eval_pairs})} (unordered, both orders).")
+    render_task(task, spec, s)
+    return task
+
+
+def task_rectification(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
+    prompts, groups, seconds = [], [], {}
+    task = TaskResult("rectification", [], [], swapped=True)
+    lambdas = [lam for lam in s.scales if lam]
+    per_pair = max(1, s.prompts // (2 * len(spec.biased)))
+    for index, pair in enumerate(spec.biased):
+        triple = (pair.second, pair.relation, pair.first)
+        data = rw.write_world_rrnet(out / "work" / "data" / f"rrnet-{index}-{s.seed}", spec, seed=s.seed + index,
+                                    triples=[triple], images_per_folder=s.rrnet_images)
+        relation = json.loads(next(data.glob("*/index.json")).read_text())
+        train_colours = tuple(relation["ARB"].split()[1:2] + relation["BRA"].split()[1:2])
+        runs = _runs("rrnet", "rrnet_folder", data, f"rrnet-{index}", s, out,
+                     [f"method.max_steps={s.rrnet_steps}", f"method.edit_rows={s.rrnet_rows}"],
+                     task, f"RRNet {' '.join(triple)}")
+        group = rectification_prompts(spec, pair, per_pair, s.seed, train_colours)
+        start = len(prompts)
+        prompts += group
+        groups.append((list(range(start, start + len(group))),
+                       {f"RRNet λ = {lam:g}": runs for lam in lambdas}))
+    task.prompts = prompts
+    task.conditions = [Condition("base (λ = 0)", "written")]
+    task.conditions += [Condition(f"RRNet λ = {lam:g}", "written", [None] * len(s.train_seeds), {"scale": lam})
+                        for lam in lambdas]
+    task.notes.append("RRNet's graph nodes are the shape and relation words: the scoring prompts' other colours "
+                      "are not unseen from its side.")
+    render_task(task, spec, s, groups)
+    return task
+
+
+def write_identity_images(root: Path, spec: rw.WorldSpec, ident: rw.Identity, n: int, seed: int) -> Path:
+    """A ReVersion-layout folder of ``ident`` alone (random sizes and positions) with the
+    templates ``"a {}"``, ``"a photo of a {}"``, ``"{}"``: a textual-inversion dataset of the
+    identity."""
+    from relgen.data import shapes
+
+    def write(tmp: Path) -> None:
+        text = {}
+        for i in range(n):
+            scene = rw.sample_single(np.random.default_rng([seed, 53, i]), spec, identity=ident)
+            shapes._save_png(scene.render()[0], tmp / f"{i}.png")
+            text[f"{i}.png"] = ["a {}", "a photo of a {}", "{}"]
+        (tmp / "text.json").write_text(json.dumps(text, indent=4) + "\n", encoding="utf-8")
+
+    args = dict(world=rw.WORLD_VERSION, spec=spec.to_dict(), identity=ident.name, n=n, seed=seed)
+    return shapes._write_atomically(root, "relworld_identity", args, write)
+
+
+def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
+    by_name = {i.name: i for i in spec.identities}
+    ident = by_name[s.identity]
+    relation = s.customisation_relation
+    rng = np.random.default_rng([s.seed, 47])
+    objects = [(sh, c) for sh in spec.shapes for c in spec.colours if c != ident.colour]
+    order = rng.permutation(len(objects))
+    partner = objects[int(order[0])]  # the training items' other object; every other one is scored
+    data = rw.write_world_dreamrelation(out / "work" / "data" / f"customisation-{s.seed}", spec, seed=s.seed,
+                                        relation=relation, num_items=s.identity_items, identity=ident.name,
+                                        others=[partner])
+    prompts = []
+    for k in order[1:1 + s.prompts]:
+        a, b = (ident.shape, ident.colour), objects[int(k)]
+        prompts.append(Prompt(a, relation, b, f"a {ident.entity} is {rw.RELATIONS[relation].phrase} "
+                                              f"a {rw.object_name(b)}"))
+    task = TaskResult("customisation", prompts, [Condition("base", "written")])
+    task.notes.append(f"Training items: the identity {relation.replace('_', ' ')} a {rw.object_name(partner)}; "
+                      f"scored on the {len(prompts)} other plain objects.")
+    # as conf/experiment/relationbooth_relworld.yaml: image branch off, no negative prompt
+    common = [f"method.max_steps={s.identity_steps}", f"method.lr={s.identity_lr}", "method.scale=0",
+              "method.negative_prompt=''"]
+    if "textual inversion (identity)" not in s.skip:
+        ti_data = write_identity_images(out / "work" / "data" / f"identity-{s.seed}", spec, ident,
+                                        s.identity_images, s.seed)
+        runs = _runs("textual_inversion", "reversion_folder", ti_data, "ti-identity", s, out,
+                     [f"method.max_steps={s.inversion_steps}"], task, "textual inversion (identity)")
+        task.conditions.append(Condition("textual inversion (identity)", "entity_token", runs))
+    for label, extra, tag in (("RelationBooth", [], "kp"), ("RelationBooth without keypoint loss",
+                                                             ["method.kp_weight=0"], "nokp")):
+        if label in s.skip:
+            continue
+        runs = _runs("relationbooth", "dreamrelation_folder", data, f"relationbooth-{tag}", s, out, common + extra,
+                     task, label)
+        task.conditions.append(Condition(label, "written", runs, {"scale": 0.0}))
+    render_task(task, spec, s)
+    vae = load_pipeline(s.model)[0].vae
+    ref, through = reference_correlation(spec, ident, vae)
+    task.notes.append(f"Texture correlation of ground-truth renders {ref:.3f}, through the VAE {through:.3f}; "
+                      f"identity kept = correlation >= {0.5 * through:.3f}.")
+    colour = readers(spec)["colour"]
+    for cond in task.conditions:
+        kept, corr = [], []
+        for rows in task.images[cond.name]:
+            k_rows, c_rows = [], []
+            for row in rows:
+                values = []
+                for img in row:
+                    found = colour.find(np.asarray(img), ident.shape, ident.colour)
+                    values.append(texture_correlation(np.asarray(img), found.mask, ident) if found is not None else 0.0)
+                c_rows.append(values)
+                k_rows.append([float(v >= 0.5 * through) for v in values])
+            kept.append(k_rows)
+            corr.append(c_rows)
+        task.extra[f"{cond.name}/identity"] = kept
+        task.extra[f"{cond.name}/texture_correlation"] = corr
+    return task
+
+
+TASKS: dict[str, Callable[[rw.WorldSpec, Settings, Path], TaskResult]] = {
+    "inversion": task_inversion, "rectification": task_rectification, "customisation": task_customisation}
+
+#: The claims of ``results.json``: name -> (task, method, baseline, metric), strict reading.
+CLAIMS: dict[str, tuple[str, str, str, str]] = {
+    "reversion_vs_textual_inversion": ("inversion", "ReVersion", "textual inversion", "relation"),
+    "rrnet_vs_lambda0": ("rectification", "RRNet λ = {chosen}", "base (λ = 0)", "direction"),
+    "relationbooth_vs_identity_baseline": ("customisation", "RelationBooth", "textual inversion (identity)",
+                                           "identity"),
+    "relationbooth_keypoint_ablation": ("customisation", "RelationBooth", "RelationBooth without keypoint loss",
+                                        "relation"),
+}
+
+#: Secondary comparisons reported beside the claims (same form).
+COMPARISONS: dict[str, tuple[str, str, str, str]] = {
+    "reversion_vs_relation_omitted": ("inversion", "ReVersion", "base, relation omitted", "relation"),
+    "textual_inversion_vs_relation_omitted": ("inversion", "textual inversion", "base, relation omitted", "relation"),
+    "rrnet_object_accuracy_vs_lambda0": ("rectification", "RRNet λ = {chosen}", "base (λ = 0)", "object"),
+    "relationbooth_relation_vs_base": ("customisation", "RelationBooth", "base", "relation"),
+    "relationbooth_identity_vs_base": ("customisation", "RelationBooth", "base", "identity"),
+}
+
+
+def resolve(entry: tuple[str, str, str, str], s: Settings) -> tuple[str, str, str, str]:
+    task, method, baseline, metric = entry
+    return task, method.format(chosen=f"{s.chosen_scale:g}"), baseline, metric
+
+
+def claims(tasks: dict[str, TaskResult], s: Settings, table: dict = CLAIMS) -> dict[str, dict]:
+    """Each claim (or comparison) whose task and conditions ran: a paired comparison in the
+    strict reading (:func:`paired`), with the per-training-seed effects."""
+    out = {}
+    for name, entry in table.items():
+        task, method, baseline, metric = resolve(entry, s)
+        t = tasks.get(task)
+        if t is None or {method, baseline} - {c.name for c in t.conditions}:
+            continue
+        c = paired(t, method, baseline, metric)
+        m_seeds, b_seeds = per_train_seed(t, method, metric), per_train_seed(t, baseline, metric)
+        if len(b_seeds) != len(m_seeds):
+            b_seeds = b_seeds * len(m_seeds)
+        c.update(task=task, method_condition=method, baseline_condition=baseline,
+                 effects_per_train_seed=[x - y for x, y in zip(m_seeds, b_seeds)])
+        out[name] = c
+    return out
+
+
+def run(s: Settings, names: Sequence[str], out: Path) -> dict[str, TaskResult]:
+    spec = rw.WorldSpec()
+    return {name: TASKS[name](spec, s, out) for name in names}
+
+
+# --------------------------------------------------------------------------------------------
+# Probes of the model itself
+# --------------------------------------------------------------------------------------------
+
+
+def model_probes(s: Settings, rows: Sequence[str] = ("eot", "eot_and_padding", "all"), num_scenes: int = 96,
+                 oracle_steps: int = 150) -> dict[str, Any]:
+    """The probes that say whether a method *can* work on the model: the diffusion classifier,
+    the EOT row's polarity probe, cross-attention shares, the free-delta oracle on each kind of rows, and the ``inside``
+    VAE ceiling of the strict reading."""
+    from diffusers import DDPMScheduler
+
+    from relgen.relworld import probes
+
+    spec = rw.WorldSpec()
+    backbone, pipe = load_pipeline(s.model)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    out: dict[str, Any] = {}
+    t0 = time.time()
+    out["diffusion_classifier"] = probes.diffusion_classifier(pipe.unet, pipe.text_encoder, pipe.tokenizer,
+                                                              pipe.vae, sched, spec, num_scenes=num_scenes,
+                                                              seed=s.seed).to_dict()
+    out["eot_polarity"] = plain(probes.eot_polarity_probe(pipe.text_encoder, pipe.tokenizer, spec, seed=s.seed))
+    scenes = probes.probe_scenes(spec, 32, seed=s.seed)
+    out["attention_shares"] = probes.attention_shares(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae,
+                                                      sched, scenes)
+    out["free_delta_oracle"] = {r: probes.free_delta_oracle(pipe, spec, rows=r, steps=oracle_steps, seeds=s.samples,
+                                                            num_inference_steps=s.steps, seed=s.seed).to_dict()
+                                for r in rows}
+    # the strict reading's ceiling on the held-out relation: ground truth through the VAE
+    det = readers(spec)["strict"]
+    rng = np.random.default_rng([s.seed, 59])
+    flags = []
+    for i in range(64):
+        scene = rw.sample_scene(rng, spec, spec.heldout_relation)
+        a, b = ((o.shape, o.colour) for o in scene.objects)
+        img = vae_roundtrip(pipe.vae, scene.render()[0][None])[0]
+        flags.append(det.read(img, a, spec.heldout_relation, b).relation_ok)
+    out["inside_vae_ceiling_strict"] = stats.wilson_rate(flags).as_dict()
+    out["seconds"] = time.time() - t0
+    return out
+
+
+__all__ = ["CLAIMS", "COMPARISONS", "Condition", "Prompt", "Settings", "TASKS", "TaskResult", "claims",
+           "compose_run", "estimate", "load_pipeline", "model_probes", "outcomes", "paired", "plain", "readers",
+           "reference_correlation", "render_task", "run", "split_unordered_pairs", "texture_correlation", "train",
+           "vae_roundtrip"]
