@@ -190,7 +190,7 @@ def run_one(method_name: str, backbone: str, full: bool, pairs: int) -> dict:
     from relgen.train.loop import Trainer
 
     torch.manual_seed(0)
-    over = [f"method={method_name}", f"backbone=tiny_{backbone}", "trainer.tensorboard=false",
+    over = [f"method={method_name}", f"backbone=tiny_{backbone}", "trainer.report_to=[]",
             "trainer.progress=false"]
     if full:
         over += ["backbone.resolution=256", "dataset.size=256"]

@@ -196,7 +196,7 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, ext
 
     overrides = [f"method={method}", "backbone=relworld", f"dataset={dataset}", f"dataset.root={root}",
                  f"seed={s.train_seed}", "trainer.progress=false", "trainer.sample_at_end=false",
-                 "trainer.tensorboard=false", "trainer.checkpoint_every=100000", *extra]
+                 "trainer.report_to=[]", "trainer.checkpoint_every=100000", *extra]
     if s.model:
         overrides.append(f"backbone.pretrained={s.model}")
     # the folder name carries a digest of the overrides and of the model's weights, so a finished
