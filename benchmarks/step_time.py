@@ -24,6 +24,14 @@ without caches would add.
 
 ``--full`` builds the published UNet and text-encoder architectures with random weights at
 32×32 latents (256 px). Results go to ``benchmarks/results/step_time[_full].json``.
+
+``--options`` instead times one optimizer step with each loop-wide training option on
+(``method.optimizer=prodigy|adafactor|sgd``, ``trainer.snr_gamma``, ``trainer.noise_offset``,
+``trainer.input_perturbation``, ``trainer.ema_decay``) against the plain step of the same method
+instance in the same process, interleaved, and reports the median ratio option/plain with its
+spread (``benchmarks/results/step_time_options[_full].json``):
+
+    python benchmarks/step_time.py --options --methods textual_inversion rrnet --backbones sd15
 """
 
 from __future__ import annotations
@@ -180,18 +188,29 @@ def _uncached_extra(method, batch) -> float:
     return seconds
 
 
-def run_one(method_name: str, backbone: str, full: bool, pairs: int) -> dict:
+#: The loop-wide training options --options times, each against the plain step.
+OPTIONS = {
+    "optimizer=prodigy": ["method.optimizer=prodigy", "method.lr=1.0"],
+    "optimizer=adafactor": ["method.optimizer=adafactor"],
+    "optimizer=sgd": ["method.optimizer=sgd", "+method.optimizer_args.momentum=0.9"],
+    "snr_gamma=5": ["trainer.snr_gamma=5"],
+    "noise_offset=0.1": ["trainer.noise_offset=0.1"],
+    "input_perturbation=0.1": ["trainer.input_perturbation=0.1"],
+    "ema_decay=0.999": ["trainer.ema_decay=0.999"],
+}
+
+
+def _build(method_name: str, backbone: str, full: bool, extra=()):
     import torch
     from accelerate import Accelerator
 
     from relgen.backbones.loading import build_random_backbone, load_backbone
     from relgen.data.registry import open_dataset
     from relgen.registry import get_method
-    from relgen.train.loop import Trainer
 
     torch.manual_seed(0)
-    over = [f"method={method_name}", f"backbone=tiny_{backbone}", "trainer.tensorboard=false",
-            "trainer.progress=false"]
+    over = [f"method={method_name}", f"backbone=tiny_{backbone}", "trainer.report_to=[]", "trainer.progress=false",
+            *extra]
     if full:
         over += ["backbone.resolution=256", "dataset.size=256"]
     cfg = _compose(over)
@@ -201,7 +220,40 @@ def run_one(method_name: str, backbone: str, full: bool, pairs: int) -> dict:
     else:
         bb = load_backbone(cfg.backbone, device=acc.device)
     data = open_dataset(cfg.dataset).load()
-    method = get_method(method_name)(cfg.method, bb, data)
+    return over, cfg, acc, bb, get_method(method_name)(cfg.method, bb, data)
+
+
+def run_options(method_name: str, backbone: str, full: bool, pairs: int) -> dict:
+    """Step time with each training option on / the plain step, on one method instance."""
+    from relgen.train.loop import Trainer
+
+    over, cfg, acc, bb, method = _build(method_name, backbone, full)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainers = {"plain": Trainer(cfg, Path(run_dir), acc, bb, method)}
+        for name, extra in OPTIONS.items():
+            trainers[name] = Trainer(_compose(over + extra), Path(run_dir), acc, bb, method)
+        for trainer in trainers.values():
+            trainer.run_step()  # warm-up (optimizer state, first-call costs)
+        times: dict[str, list[float]] = {name: [] for name in trainers}
+        for _ in range(pairs):
+            for name, trainer in trainers.items():
+                times[name].append(_timed(trainer.run_step))
+    plain = times["plain"]
+    rows = {}
+    for name in OPTIONS:
+        ratios = [t / p for t, p in zip(times[name], plain)]
+        rows[name] = {"step_s": statistics.median(times[name]), "ratio": statistics.median(ratios),
+                      "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    return {"method": method_name, "backbone": backbone, "size": "full" if full else "tiny", "pairs": pairs,
+            "plain_step_s": statistics.median(plain), "options": rows, "device": str(acc.device)}
+
+
+def run_one(method_name: str, backbone: str, full: bool, pairs: int) -> dict:
+    import torch
+
+    from relgen.train.loop import Trainer
+
+    _, cfg, acc, bb, method = _build(method_name, backbone, full)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, Path(run_dir), acc, bb, method)
         trainer.run_step()  # warm-up
@@ -239,8 +291,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per combination (1 gives steadier timings on a busy machine)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--options", action="store_true",
+                    help="time each loop-wide training option against the plain step (ratio, same run)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.options:
+        return options_main(args)
 
     if args.one:  # child process: one combination, so its peak memory is its own
         if args.threads:
@@ -279,6 +335,33 @@ def main() -> int:
         print(f"| {r['method']} | {r['backbone']} | {r['step_s']:.3f} | {r['floor_s']:.3f} | "
               f"{r['ratio']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | {r['peak_mem_gib']:.2f} | "
               f"×{r['uncached_over_cached']:.2f} |")
+    print(f"\nwritten to {out}")
+    return 0
+
+
+def options_main(args) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for m in args.methods:
+        for b in args.backbones:
+            r = run_options(m, b, args.full, args.pairs)
+            rows.append(r)
+            print(f"{m} on {b}: plain step {r['plain_step_s']:.3f}s", flush=True)
+            for name, o in r["options"].items():
+                print(f"  {name:24s} x{o['ratio']:.3f} [{o['ratio_min']:.3f}-{o['ratio_max']:.3f}]", flush=True)
+    out = args.out or RESULTS / ("step_time_options_full.json" if args.full else "step_time_options.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    names = list(OPTIONS)
+    print("\n| method | backbone | plain step (s) | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    for r in rows:
+        cells = [f"×{r['options'][n]['ratio']:.2f} ({r['options'][n]['ratio_min']:.2f}–{r['options'][n]['ratio_max']:.2f})"
+                 for n in names]
+        print(f"| {r['method']} | {r['backbone']} | {r['plain_step_s']:.3f} | " + " | ".join(cells) + " |")
     print(f"\nwritten to {out}")
     return 0
 

@@ -73,6 +73,8 @@ class MethodConfig:
     """
 
     name: str = MISSING
+    optimizer: str = "adamw"  # "adamw" | "adamw8bit" (CUDA) | "prodigy" | "adafactor" | "sgd"
+    optimizer_args: dict[str, Any] = field(default_factory=dict)  # more constructor arguments
     lr: float = 1e-4
     scale_lr: bool = False  # lr *= batch_size * grad_accum * num_processes (diffusers' --scale_lr)
     weight_decay: float = 1e-2
@@ -107,10 +109,16 @@ class TrainerConfig:
     sample_at_end: bool = True
     num_samples: int = 2  # images per sample prompt in the grid
     log_every: int = 1
-    tensorboard: bool = True
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers; [] for none
+    tensorboard: Optional[bool] = None  # replaced by report_to; set only to get the migration message
     progress: bool = True
     gradient_checkpointing: bool = False
     cache_latents: bool = True
+    # Loop-wide training options; each is off by default, so every method runs its released recipe.
+    snr_gamma: Optional[float] = None  # min-SNR-γ loss weighting (Hang et al. 2023; 5 in the paper)
+    noise_offset: float = 0.0  # as diffusers' --noise_offset (0.05-0.1 is usual)
+    input_perturbation: float = 0.0  # as diffusers' --input_perturbation (0.1 in the paper)
+    ema_decay: Optional[float] = None  # EMA of the trained tensors (diffusers' EMAModel), e.g. 0.999
 
 
 @dataclass

@@ -47,7 +47,13 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
 
     from relgen.train.loop import Trainer, write_json
 
-    acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu)
+    from accelerate.utils import ProjectConfiguration
+
+    # trackers of trainer.report_to; TensorBoard writes under <run>/tensorboard
+    acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu,
+                      log_with=list(cfg.trainer.report_to) or None,
+                      project_config=ProjectConfiguration(project_dir=str(run_dir),
+                                                          logging_dir=str(run_dir / "tensorboard")))
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -66,10 +72,12 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
     if not acc.is_main_process:
         return 0
 
-    export_dir = export_run(cfg, run_dir, method)
+    with trainer.averaged_weights():  # the EMA of the trained tensors when trainer.ema_decay is on
+        export_dir = export_run(cfg, run_dir, method)
     samples = None
     if cfg.trainer.sample_at_end:
         samples = trainer.sample_grid("final")
+    trainer.finish()
     summary = {
         "method": cfg.method.name, "backbone": cfg.backbone.name, "dataset": cfg.dataset.name,
         "steps": trainer.step, "final": result["final_logs"], "train_seconds": round(result["seconds"], 2),

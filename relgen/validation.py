@@ -30,9 +30,71 @@ def check_method_name(cfg: DictConfig) -> None:
     get_backbone(cfg.backbone.name)
 
 
+def check_optimizer(cfg: DictConfig) -> Optional[list[str]]:
+    """``method.optimizer`` is known, its library is installed, its device is there (8-bit AdamW
+    is CUDA-only) and ``method.optimizer_args`` names only arguments it accepts."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from relgen.train.optim import OPTIMIZERS, accepted_args, check_device, optimizer_class
+
+    mcfg = cfg.method
+    name = mcfg.optimizer
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"method.optimizer='{name}' is not known; accepted: {', '.join(OPTIMIZERS)}")
+    cuda = torch.cuda.is_available() and not cfg.trainer.cpu
+    check_device(name, torch.device("cuda" if cuda else "cpu"))
+    optimizer_class(name)
+    extra = OmegaConf.to_container(mcfg.optimizer_args) if mcfg.optimizer_args else {}
+    unknown = sorted(set(extra) - set(accepted_args(name)))
+    if unknown:
+        raise ConfigError(f"method.optimizer_args: {unknown} not accepted by method.optimizer={name}; accepted: "
+                          f"{', '.join(accepted_args(name))}")
+    if name == "prodigy" and mcfg.lr < 0.1:
+        return [f"method.optimizer=prodigy estimates its own step size and expects method.lr near 1.0 "
+                f"(its authors' advice); method.lr={mcfg.lr} makes it crawl"]
+    return None
+
+
+def check_training_options(cfg: DictConfig) -> None:
+    """The loop-wide options are in range."""
+    tcfg = cfg.trainer
+    if tcfg.snr_gamma is not None and not tcfg.snr_gamma > 0:
+        raise ConfigError(f"trainer.snr_gamma={tcfg.snr_gamma} must be > 0 (5 in Hang et al. 2023) or null (off)")
+    for key in ("noise_offset", "input_perturbation"):
+        if not tcfg[key] >= 0:
+            raise ConfigError(f"trainer.{key}={tcfg[key]} must be >= 0 (0 is off)")
+    if tcfg.ema_decay is not None and not 0 < tcfg.ema_decay < 1:
+        raise ConfigError(f"trainer.ema_decay={tcfg.ema_decay} must be in (0, 1), e.g. 0.999, or null (off)")
+
+
+def check_report_to(cfg: DictConfig) -> None:
+    """``trainer.report_to`` lists installed accelerate trackers; the old key gets a migration line."""
+    tcfg = cfg.trainer
+    if tcfg.tensorboard is not None:
+        new = "[tensorboard]" if tcfg.tensorboard else "[]"
+        raise ConfigError(f"trainer.tensorboard was replaced by trainer.report_to: use trainer.report_to={new} "
+                          "(accepted: tensorboard, wandb and accelerate's other trackers)")
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = [t.value for t in LoggerType if t.value != "all"]
+    available = {str(t) for t in get_available_trackers()}
+    for name in tcfg.report_to:
+        if name not in known:
+            raise ConfigError(f"trainer.report_to: '{name}' is not a tracker; accepted: {', '.join(known)} "
+                              "(or [] for none)")
+        if name not in available:
+            raise ConfigError(f"trainer.report_to: {name} is not installed; pip install {name.replace('_', '-')}, "
+                              "or drop it from trainer.report_to")
+
+
 #: The checks :func:`validate` runs, in order. A new check is appended here.
 CHECKS: list[Check] = [
     check_method_name,
+    check_optimizer,
+    check_training_options,
+    check_report_to,
 ]
 
 

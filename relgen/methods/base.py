@@ -29,7 +29,12 @@ class StepOutput:
 
 @dataclass
 class StepContext:
-    """What the loop hands to a training step.
+    """What the loop hands to a training step, with the shared pieces every step is built from.
+
+    A method draws its noise with :meth:`draw_noise` and computes each denoising term with
+    :meth:`denoising_loss`; the loop-wide options (``trainer.noise_offset``,
+    ``trainer.input_perturbation``, ``trainer.snr_gamma``) then reach it with no code of its
+    own. Constructed with only a generator and a sampler, every option is off.
 
     Attributes:
         generator: the run's training generator (noise, timesteps, data draws); its state is
@@ -37,12 +42,31 @@ class StepContext:
         sample_timesteps: the configured timestep sampler, ``(n, generator) -> LongTensor[n]``.
         step: the optimizer step being accumulated (0-based).
         micro_step: the micro-batch index within that step.
+        noise_offset: ``trainer.noise_offset`` (0: off).
+        input_perturbation: ``trainer.input_perturbation`` (0: off).
+        weighting: ``t -> (B,)`` per-sample loss weights (min-SNR-γ), or None (off).
     """
 
     generator: torch.Generator
     sample_timesteps: Any
     step: int = 0
     micro_step: int = 0
+    noise_offset: float = 0.0
+    input_perturbation: float = 0.0
+    weighting: Optional[Any] = None
+
+    def draw_noise(self, latents: torch.Tensor):
+        """The micro-batch's noise (:class:`relgen.train.noise.NoiseDraw`): ``.noise`` builds
+        the target, ``.input`` is added to the latents."""
+        from relgen.train.noise import draw_noise
+
+        return draw_noise(latents, self.generator, self.noise_offset, self.input_perturbation)
+
+    def denoising_loss(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """A scalar denoising term: the MSE, per-sample weighted when loss weighting is on."""
+        from relgen.train.losses import denoising_loss
+
+        return denoising_loss(pred, target, t, self.weighting)
 
 
 class Artifact:
@@ -74,12 +98,16 @@ class Method:
             "dreamrelation"); checked before any weights load.
         requires: fields the dataset must provide (e.g. {"keypoints"}).
         families: backbone families it supports.
+        denoising_terms: the logged terms that are denoising MSEs computed with
+            ``ctx.denoising_loss`` (``"loss"`` when the whole loss is one); loss weighting
+            (``trainer.snr_gamma``) applies to these and to no other term.
     """
 
     name: ClassVar[str] = ""
     dataset_formats: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[frozenset[str]] = frozenset()
     families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl"})
+    denoising_terms: ClassVar[tuple[str, ...]] = ("loss",)
 
     def __init__(self, cfg: MethodConfig, backbone, data) -> None:
         self.cfg = cfg
@@ -88,7 +116,8 @@ class Method:
 
     # -- training ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[dict]:
-        """Optimizer parameter groups (all fp32)."""
+        """Optimizer parameter groups (all fp32): exactly the tensors the method trains, which
+        are also the tensors ``trainer.ema_decay`` averages."""
         raise NotImplementedError
 
     def next_batch(self, generator: torch.Generator) -> Any:

@@ -265,13 +265,10 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, tra
 
     overrides = [f"method={method}", "backbone=relworld", f"dataset={dataset}", f"dataset.root={root}",
                  f"seed={train_seed}", "trainer.progress=false", "trainer.sample_at_end=false",
-                 "trainer.checkpoint_every=100000", *extra]
+                 "trainer.report_to=[]", "trainer.checkpoint_every=100000", *extra]
     if s.model:
         overrides.append(f"backbone.pretrained={s.model}")
     cfg = compose_run(overrides)
-    for key in ("tensorboard", "report_to", "sample_every"):  # no trackers or sample grids in benchmarks
-        if key in cfg.trainer:
-            cfg.trainer[key] = [] if key == "report_to" else (False if key == "tensorboard" else None)
     model = weights_digest(Path(resolve_pretrained(cfg.backbone)))
     key = hashlib.sha256(" ".join([*overrides, model]).encode()).hexdigest()[:8]
     run_dir = run_dir.with_name(f"{run_dir.name}-{key}")

@@ -2,8 +2,15 @@
 
 A *step* is one optimizer update made of ``grad_accum`` micro-batches. Checkpoints fall on
 step boundaries and hold everything needed to continue bit for bit: method state, optimizer,
-LR scheduler, RNG states and the step. All randomness of a step (data draws, noise,
-timesteps) comes from one ``torch.Generator`` that is part of that state.
+LR scheduler, RNG states, the EMA of the trained tensors and the step. All randomness of a
+step (data draws, noise, timesteps) comes from one ``torch.Generator`` that is part of that
+state.
+
+The loop-wide training options live here once and so work for every method on every backbone:
+the optimizer (``method.optimizer``), min-SNR-γ loss weighting (``trainer.snr_gamma``), noise
+offset and input perturbation (``trainer.noise_offset``, ``trainer.input_perturbation``; both
+reach the method through ``StepContext``), the EMA (``trainer.ema_decay``) and the trackers
+(``trainer.report_to``, through accelerate).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from relgen.errors import RelgenError
 from relgen.methods.base import Method, StepContext
 from relgen.train import checkpoint as ckpt
+from relgen.train.losses import make_weighting
+from relgen.train.optim import make_optimizer
 from relgen.train.timesteps import make_timestep_sampler
 
 log = logging.getLogger("relgen")
@@ -56,8 +66,7 @@ class Trainer:
             if p.dtype != torch.float32:
                 p.data = p.data.float()
         self.lr = effective_lr(mcfg, accelerator.num_processes)
-        optimizer = torch.optim.AdamW(self.param_groups, lr=self.lr, betas=(mcfg.adam_beta1, mcfg.adam_beta2),
-                                      eps=mcfg.adam_epsilon, weight_decay=mcfg.weight_decay)
+        optimizer = make_optimizer(self.param_groups, self.lr, mcfg, accelerator.device)
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(mcfg.lr_scheduler, optimizer, num_warmup_steps=mcfg.lr_warmup_steps,
@@ -67,6 +76,19 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 1000003 * accelerator.process_index)
         self.sample_timesteps = make_timestep_sampler(mcfg.timestep_sampler, backbone.num_train_timesteps,
                                                       mcfg.focal_alpha)
+        self.weighting = None
+        if tcfg.snr_gamma is not None:
+            self.weighting = make_weighting(tcfg.snr_gamma, backbone.noise_scheduler.alphas_cumprod,
+                                            backbone.prediction_type)
+            log.info("trainer.snr_gamma=%s weights %s's denoising terms %s", tcfg.snr_gamma, mcfg.name,
+                     list(method.denoising_terms))
+        self.ema = None
+        if tcfg.ema_decay is not None:
+            from diffusers.training_utils import EMAModel
+
+            # diffusers' EMAModel: decay min(ema_decay, (1 + n) / (10 + n)) at update n + 1, as
+            # diffusers' train_text_to_image.py --use_ema
+            self.ema = EMAModel(self.params, decay=tcfg.ema_decay)
         self.step = 0
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
@@ -74,7 +96,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"method": self.cfg.method.name, "backbone": self.cfg.backbone.name, "step": self.step,
                 "method_state": self.method.state_dict(), "optimizer": self.optimizer.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(), "rng": ckpt.rng_state(self.generator)}
+                "lr_scheduler": self.lr_scheduler.state_dict(), "rng": ckpt.rng_state(self.generator),
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def resume(self, resume: str) -> None:
         path = ckpt.find_checkpoint(self.run_dir, resume)
@@ -83,6 +106,11 @@ class Trainer:
         self.method.load_state_dict(state["method_state"])
         self.optimizer.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise RelgenError(f"{path}: holds no EMA (the run was started without trainer.ema_decay); resume "
+                                  "it without trainer.ema_decay, or start a new run")
+            self.ema.load_state_dict(state["ema"])
         ckpt.restore_rng_state(state["rng"], self.generator)
         self.step = int(state["step"])
         if self.acc.is_main_process:
@@ -99,7 +127,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         tcfg = self.cfg.trainer
         main = self.acc.is_main_process
-        metrics = _MetricsWriter(self.run_dir, tensorboard=tcfg.tensorboard) if main else None
+        metrics = _MetricsWriter(self.run_dir) if main else None
+        self.start_trackers()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not (main and tcfg.progress),
@@ -109,8 +138,10 @@ class Trainer:
         while self.step < self.max_steps:
             step_logs = self.run_step()
             last_logs = step_logs
-            if metrics and (self.step % tcfg.log_every == 0 or self.step == self.max_steps):
-                metrics.write(self.step, step_logs)
+            if self.step % tcfg.log_every == 0 or self.step == self.max_steps:
+                if metrics:
+                    metrics.write(self.step, step_logs)
+                self.acc.log({k: v for k, v in step_logs.items() if math.isfinite(v)}, step=self.step)
             bar.update(1)
             bar.set_postfix(loss=f"{step_logs['loss']:.4f}")
             if self.step % self.checkpoint_every == 0 or self.step == self.max_steps:
@@ -127,7 +158,10 @@ class Trainer:
         """One optimizer step: ``grad_accum`` micro-batches, then clip, update, schedule."""
         step_logs: dict[str, float] = {}
         for micro in range(self.grad_accum):
-            ctx = StepContext(self.generator, self.sample_timesteps, self.step, micro)
+            tcfg = self.cfg.trainer
+            ctx = StepContext(self.generator, self.sample_timesteps, self.step, micro,
+                              noise_offset=tcfg.noise_offset, input_perturbation=tcfg.input_perturbation,
+                              weighting=self.weighting)
             batch = self.method.next_batch(self.generator)
             with self.acc.autocast():
                 out = self.method.training_step(batch, ctx)
@@ -151,12 +185,38 @@ class Trainer:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.after_optimizer_step()
+        if self.ema is not None:
+            self.ema.step(self.params)
+            self.check_ema()
         self.step += 1
         step_logs["lr"] = self.lr_scheduler.get_last_lr()[0]
         return step_logs
 
+    def check_ema(self) -> None:
+        """The NaN guard of the EMA: stop when an averaged tensor is no longer finite."""
+        if all(bool(torch.isfinite(p).all()) for p in self.ema.shadow_params):
+            return
+        last = ckpt.checkpoint_dirs(self.run_dir)
+        where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+        raise RelgenError(f"step {self.step + 1}: the EMA of the trained tensors is not finite; stopping, {where}; "
+                          "lower method.lr or check the data")
+
+    @contextmanager
+    def averaged_weights(self):
+        """Inside, the trained tensors hold their EMA (when ``trainer.ema_decay`` is on)."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.params)
+
     def sample_grid(self, tag: str) -> Optional[Path]:
-        """Render the method's sample prompts with fixed seeds into ``samples/<tag>.png``."""
+        """Render the method's sample prompts with fixed seeds into ``samples/<tag>.png`` (with the
+        EMA weights when on) and send the grid to the trackers."""
         from relgen.generate import GenerationOptions, render_grid
 
         prompts = self.method.sample_prompts()
@@ -165,24 +225,51 @@ class Trainer:
         mcfg = self.cfg.method
         opts = GenerationOptions(seed=mcfg.sample_seed, num_images=self.cfg.trainer.num_samples,
                                  steps=mcfg.sample_steps, guidance=mcfg.sample_guidance)
-        return render_grid(self.backbone, self.method.live_artifact(), prompts, opts,
-                           self.run_dir / "samples" / f"{tag}.png")
+        with self.averaged_weights():
+            path = render_grid(self.backbone, self.method.live_artifact(), prompts, opts,
+                               self.run_dir / "samples" / f"{tag}.png")
+        self.log_image("samples", path)
+        return path
+
+    # ------------------------------------------------------------------ trackers
+    def start_trackers(self) -> None:
+        """Start accelerate's trackers of ``trainer.report_to`` once (the Accelerator holds them)."""
+        if self.acc.trackers or not self.acc.log_with:
+            return
+        config = _flat_config(OmegaConf.to_container(self.cfg, resolve=True))
+        self.acc.init_trackers("relgen", config=config,
+                               init_kwargs={"wandb": {"name": self.run_dir.name, "dir": str(self.run_dir)}})
+
+    def log_image(self, key: str, path: Path) -> None:
+        """Send one PNG to every tracker (as diffusers' log_validation does)."""
+        if not self.acc.trackers or path is None or not self.acc.is_main_process:
+            return
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+        for tracker in self.acc.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({key: array[None]}, step=self.step, dataformats="NHWC")
+            elif hasattr(tracker, "log_images"):
+                tracker.log_images({key: [array]}, step=self.step)
+
+    def finish(self) -> None:
+        """Close the trackers (after the final sample grid)."""
+        if self.acc.trackers:
+            self.acc.end_training()
 
 
 class _MetricsWriter:
-    """metrics.csv (one row per logged step) and TensorBoard scalars."""
+    """metrics.csv, one row per logged step (the trackers get the same scalars)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / "metrics.csv"
         self.fields: Optional[list[str]] = None
         if self.path.exists():
             with open(self.path) as f:
                 self.fields = next(csv.reader(f), None)
-        self.tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def write(self, step: int, logs: dict[str, float]) -> None:
         if self.fields is None:
@@ -191,14 +278,23 @@ class _MetricsWriter:
                 csv.writer(f).writerow(self.fields)
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([step] + [_fmt(logs.get(k)) for k in self.fields[1:]])
-        if self.tb:
-            for k, v in logs.items():
-                if v is not None and math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        if self.tb:
-            self.tb.close()
+        pass
+
+
+def _flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"method.lr": 1e-4, ...}``: the run config as the flat scalars trackers store."""
+    flat: dict[str, Any] = {}
+    for key, value in (tree or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, name + "."))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -34,7 +34,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from relgen.backbones.base import TextCond
 from relgen.errors import ConfigError, DataError
@@ -103,6 +102,7 @@ class RelationBooth(Method):
     config_class = RelationBoothConfig
     dataset_formats = ("dreamrelation",)
     requires = frozenset({"keypoints", "masks", "references", "predicate"})
+    denoising_terms = ("diff",)  # the keypoint and calibration losses are never loss-weighted
 
     def __init__(self, cfg: RelationBoothConfig, backbone, data) -> None:
         super().__init__(cfg, backbone, data)
@@ -167,9 +167,9 @@ class RelationBooth(Method):
         latents = bb.sample_latents(torch.stack([it.crop_dists[c] for it, c in zip(items, crops)]), gen).to(dev)
         ref_dists = torch.cat([it.ref_dists for it in items])
         refs = bb.sample_latents(ref_dists, gen).to(dev).view(b, n, *latents.shape[1:])
-        noise = torch.randn(latents.shape, generator=gen).to(dev)
+        noise = ctx.draw_noise(latents)
         t = ctx.sample_timesteps(b, gen).to(dev)
-        noisy = bb.add_noise(latents, noise, t)
+        noisy = bb.add_noise(latents, noise.input, t)
 
         ehs = torch.stack([it.crop_ehs[c] for it, c in zip(items, crops)]).to(dev)
         pooled = None if items[0].pooled is None else torch.stack([it.pooled for it in items]).to(dev)
@@ -181,8 +181,8 @@ class RelationBooth(Method):
             cak["phrase_idxes"] = torch.tensor([it.span for it in items], dtype=torch.long, device=dev)
         self.store.reset()
         pred = bb.unet_forward(noisy.to(bb.unet.dtype), t, TextCond(ehs, pooled), cross_attention_kwargs=cak)
-        target = bb.training_target(latents, noise, t)
-        diff = F.mse_loss(pred.float(), target.float())
+        target = bb.training_target(latents, noise.noise, t)
+        diff = ctx.denoising_loss(pred, target, t)
 
         # DreamRelation train.py: x0 from the scheduler, keypoints read on x0 and on the reference latents
         x0 = bb.pred_x0(pred.float(), noisy.float(), t)

@@ -56,6 +56,7 @@ class ReVersion(TextualInversion):
 
     name = "reversion"
     config_class = ReVersionConfig
+    denoising_terms = ("loss_denoise",)  # the steering loss is never loss-weighted
 
     def __init__(self, cfg: ReVersionConfig, backbone, data) -> None:
         check_relation_token(backbone, cfg.placeholder_token, cfg.initializer_token)

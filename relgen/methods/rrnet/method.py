@@ -119,8 +119,13 @@ def encode_relation_text(backbone, A: str, R: str, B: str, ARB: str, BRA: str,
 
 def pair_loss(pred_pos: Tensor, target_pos: Tensor, pred_neg: Tensor, target_neg: Tensor,
               pos_weight: float = 10.0, neg_weight: float = 2.0,
-              neg_clamp: Optional[float] = None) -> tuple[Tensor, Tensor, Tensor]:
+              neg_clamp: Optional[float] = None, t: Optional[Tensor] = None,
+              weighting=None) -> tuple[Tensor, Tensor, Tensor]:
     """RRNet's pair loss ``pos_weight·L_pos − neg_weight·L_neg`` (as the released train.py).
+
+    ``L_pos`` and ``L_neg`` are both denoising terms (the shared
+    :func:`relgen.train.losses.denoising_loss`), so the loop's loss weighting, when on, weights
+    each of them by the pair's timestep before they are combined (and before the clamp).
 
     Args:
         pred_pos, target_pos: ``(2, C, h, w)`` model output and target with each prompt on its
@@ -129,12 +134,16 @@ def pair_loss(pred_pos: Tensor, target_pos: Tensor, pred_neg: Tensor, target_neg
         pos_weight, neg_weight: 10 and 2 in the released code.
         neg_clamp: If set, ``L_neg`` is replaced by ``min(L_neg, neg_clamp)`` (the released
             code has no bound).
+        t: ``(2,)`` the pair's timesteps (needed only with ``weighting``).
+        weighting: the loop's ``t -> (B,)`` loss weights, or None.
 
     Returns:
         ``(loss, L_pos, L_neg)``; MSEs are means over all elements, ``L_neg`` unclamped.
     """
-    loss_pos = F.mse_loss(pred_pos.float(), target_pos.float())
-    loss_neg = F.mse_loss(pred_neg.float(), target_neg.float())
+    from relgen.train.losses import denoising_loss
+
+    loss_pos = denoising_loss(pred_pos, target_pos, t, weighting)
+    loss_neg = denoising_loss(pred_neg, target_neg, t, weighting)
     neg = loss_neg if neg_clamp is None else torch.clamp(loss_neg, max=neg_clamp)
     return pos_weight * loss_pos - neg_weight * neg, loss_pos, loss_neg
 
@@ -146,6 +155,7 @@ class RRNet(Method):
     config_class = RRNetConfig
     dataset_formats = ("rrnet",)
     requires = frozenset({"images", "object_images", "relation_prompts"})
+    denoising_terms = ("loss_pos", "loss_neg")
 
     # -- data -------------------------------------------------------------------------------
     @classmethod
@@ -253,7 +263,7 @@ class RRNet(Method):
         first, second = batch["prompts"]
         latents = bb.sample_latents(self.latent_dists[list(batch["images"])], gen).to(bb.device)
         # One noise tensor and one timestep for the whole pair (the released train.py).
-        noise = torch.randn(latents.shape, generator=gen).to(bb.device)
+        noise = ctx.draw_noise(latents)
         t = ctx.sample_timesteps(1, gen).to(bb.device).expand(2)
 
         deltas = self.relation_deltas().to(bb.device)
@@ -272,16 +282,16 @@ class RRNet(Method):
 
         dtype = bb.unet.dtype
         # Positive: each prompt denoises its own image.
-        noisy = bb.add_noise(latents, noise, t)
+        noisy = bb.add_noise(latents, noise.input, t)
         pred_pos = bb.unet_forward(noisy.to(dtype), t, cond)
-        target_pos = bb.training_target(latents, noise, t)
+        target_pos = bb.training_target(latents, noise.noise, t)
         # Negative: the same prompts on the swapped images, with the same noise and timestep.
         swapped = latents.flip(0)
-        noisy_swapped = bb.add_noise(swapped, noise, t)
+        noisy_swapped = bb.add_noise(swapped, noise.input, t)
         pred_neg = bb.unet_forward(noisy_swapped.to(dtype), t, cond)
-        target_neg = bb.training_target(swapped, noise, t)
+        target_neg = bb.training_target(swapped, noise.noise, t)
         loss, loss_pos, loss_neg = pair_loss(pred_pos, target_pos, pred_neg, target_neg,
-                                             cfg.pos_weight, cfg.neg_weight, cfg.neg_clamp)
+                                             cfg.pos_weight, cfg.neg_weight, cfg.neg_clamp, t, ctx.weighting)
 
         with torch.no_grad():
             # Cosine between the rectified EOT vectors of ARB and BRA (the released ARB_BRA_sim plot).

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from relgen.errors import RelgenError
 from relgen.methods.base import Artifact, Method, StepContext, StepOutput
@@ -58,14 +57,14 @@ class TextualInversion(Method):
         bb = self.backbone
         gen = ctx.generator
         latents = bb.sample_latents(self.latent_dists[batch["index"]], gen).to(bb.device)
-        noise = torch.randn(latents.shape, generator=gen).to(bb.device)
+        noise = ctx.draw_noise(latents)
         t = ctx.sample_timesteps(latents.shape[0], gen).to(bb.device)
-        noisy = bb.add_noise(latents, noise, t)
+        noisy = bb.add_noise(latents, noise.input, t)
         ids = bb.tokenize(batch["captions"])
         cond = bb.encode_text(ids)
         pred = bb.unet_forward(noisy.to(bb.unet.dtype), t, cond)
-        target = bb.training_target(latents, noise, t)
-        return F.mse_loss(pred.float(), target.float()), ids
+        target = bb.training_target(latents, noise.noise, t)
+        return ctx.denoising_loss(pred, target, t), ids
 
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
         loss, _ = self.denoising_loss(batch, ctx)
