@@ -107,8 +107,10 @@ def load_pipeline(model: str | None, scheduler: str | None = None):
     """The relworld backbone (``model`` = a diffusers folder or pkg:// URI; None = shipped)."""
     from hydra import compose, initialize_config_module
 
-    import relgen.config  # noqa: F401  (registers the schemas)
     from relgen.backbones.loading import load_backbone
+    from relgen.registry import register_builtin_schemas
+
+    register_builtin_schemas()
 
     overrides = ["backbone=relworld"] + ([f"backbone.pretrained={model}"] if model else [])
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):

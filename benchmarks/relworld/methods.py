@@ -180,8 +180,9 @@ def rectification_prompts(spec: rw.WorldSpec, pair: rw.BiasedPair, pairs: int, s
 def compose_run(overrides: list[str]):
     from hydra import compose, initialize_config_module
 
-    import relgen.config  # noqa: F401  (registers the schemas)
+    from relgen.registry import register_builtin_schemas
 
+    register_builtin_schemas()
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
         return compose("config", overrides=overrides)
 

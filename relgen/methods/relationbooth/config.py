@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from relgen.config import MethodConfig
+from relgen.config import MethodConfig, register_schema
 
 # DreamRelation inference.py's negative prompt
 RELEASED_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
@@ -142,3 +142,7 @@ class RelationBoothConfig(MethodConfig):
     default_box_y: list[float] = field(default_factory=lambda: [0.2, 0.8])
     num_sample_prompts: int = 1
     export_kohya: bool = False
+
+
+# the method registers its own schema, as a plugin's ``schemas`` entry does
+register_schema("method", "relationbooth", RelationBoothConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from relgen.config import MethodConfig
+from relgen.config import MethodConfig, register_schema
 
 
 @dataclass
@@ -82,3 +82,7 @@ class RRNetConfig(MethodConfig):
     resolution: Optional[int] = None
     cache_text: bool = True
     gnn_device: Optional[str] = None
+
+
+# the method registers its own schema, as a plugin's ``schemas`` entry does
+register_schema("method", "rrnet", RRNetConfig)
