@@ -30,9 +30,21 @@ def check_method_name(cfg: DictConfig) -> None:
     get_backbone(cfg.backbone.name)
 
 
+def check_image_resample(cfg: DictConfig) -> None:
+    """``method.image_resample`` (RRNet) names a filter diffusers' ``VaeImageProcessor`` knows."""
+    if "image_resample" not in cfg.method:
+        return
+    from diffusers.utils import PIL_INTERPOLATION
+
+    if cfg.method.image_resample not in PIL_INTERPOLATION:
+        raise ConfigError(f"method.image_resample='{cfg.method.image_resample}' is not a VaeImageProcessor "
+                          f"filter; use one of {', '.join(sorted(PIL_INTERPOLATION))}")
+
+
 #: The checks :func:`validate` runs, in order. A new check is appended here.
 CHECKS: list[Check] = [
     check_method_name,
+    check_image_resample,
 ]
 
 

@@ -207,7 +207,9 @@ class RRNet(Method):
             self.offsets[key] = len(paths)
             self.counts[key] = len(rel.images[key])
             paths.extend(rel.images[key])
-        self.latent_dists = latent_dists(backbone, paths, self.resolution)
+        # RRNet's released dataset.py: VaeImageProcessor.preprocess(image, height=res, width=res)
+        self.latent_dists = latent_dists(backbone, paths, self.resolution, resample=cfg.image_resample,
+                                         loader="vae_processor")
 
         # Schedule position: the next pair (0..4) of the current epoch and the epoch's images.
         self.epoch = 0
