@@ -54,10 +54,12 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def _words(text: str) -> list[str]:
-    """Lower-case words of ``text`` with trailing punctuation stripped from each.
+    """Lower-case words of ``text`` (split on whitespace) with trailing punctuation stripped.
 
-    DreamRelation's released train.py splits prompts on spaces and strips trailing
-    punctuation before matching predicate words; the same rule is used for every word match.
+    DreamRelation's released phrase matcher (``get_phrase_idx``) also splits on whitespace, but
+    compares case-sensitively and strips only one final ``.``, ``!``, ``?``, ``,`` or ``:``
+    (it also accepts a prompt word containing ``-`` + the phrase word, which this rule does
+    not). Apart from that hyphen case, every word the released matcher accepts is accepted here.
     """
     return [w.rstrip(string.punctuation).lower() for w in text.split()]
 
@@ -650,12 +652,14 @@ def validate_boxes(boxes: Sequence[Sequence[float]] | torch.Tensor, where: str) 
 def predicate_token_span(tokenizer: Any, prompt: str, predicate: Sequence[str]) -> tuple[int, int]:
     """Token span ``[start, end)`` of the predicate words in the tokenized prompt.
 
-    Computed word by word as DreamRelation's released train.py does: the prompt is split on
-    whitespace, each word is tokenized without special tokens and its pieces are counted, and
-    the position starts at 1 because the BOS token sits at index 0. Words are matched with
-    trailing punctuation stripped and case ignored. Unlike the released code, the pieces of
-    punctuation attached to an earlier word (``"Look, a cat is hugging ..."``) are counted,
-    so the span still lines up with the tokenized prompt.
+    Counted word by word as DreamRelation's released ``get_phrase_idx`` does: the prompt is
+    split on whitespace, the position starts at 1 (BOS sits at index 0), every word before the
+    predicate adds its pieces as written (punctuation attached to it included, as
+    ``"Look, a cat is hugging ..."`` needs), and the predicate words add theirs, the last one
+    without its trailing punctuation. Words are matched by :func:`_words` (case ignored, all
+    trailing punctuation stripped), which is more lenient than the released match (case-
+    sensitive, one final ``.!?,:`` stripped); where both match words without a hyphen, the
+    spans are equal.
 
     Args:
         tokenizer: A Hugging Face tokenizer (``tokenizer(text, add_special_tokens=False)``

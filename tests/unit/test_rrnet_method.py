@@ -451,3 +451,11 @@ def test_paper_experiment_composes_and_dry_runs(tmp_path, capsys):
     # The offline default: tiny_sd21 on shapes_rrnet.
     cfg = compose("method=rrnet")
     assert (cfg.backbone.name, cfg.dataset.name) == ("tiny_sd21", "shapes_rrnet")
+
+
+def test_object_sentence_keeps_the_word_as_given():
+    from relgen.methods.rrnet.artifact import object_sentence
+
+    # RRNet's released dataset.py: f"this is a photo of {obj}", no lower-casing
+    assert object_sentence("Book") == "this is a photo of Book"
+    assert object_sentence("toy truck", "a {} here") == "a toy truck here"

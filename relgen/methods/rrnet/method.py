@@ -79,7 +79,7 @@ def encode_relation_text(backbone, A: str, R: str, B: str, ARB: str, BRA: str,
 
     The node features follow RRNet's released GNN.py: objects and relation = input token
     rows of each word's first sub-token; ``eot0`` = EOT output of "this is a photo of {A}"
-    (lower-case); ``eot1`` = the prompt's own EOT output.
+    (the word as given, as dataset.py); ``eot1`` = the prompt's own EOT output.
 
     Args:
         backbone: The loaded backbone.
