@@ -476,6 +476,23 @@ def test_pipeline_inputs_match_the_cfg_batch_layout(caplog):
         pipe(**own, num_inference_steps=2, guidance_scale=guidance, output_type="pt")
 
 
+def test_num_images_per_prompt_repeats_the_boxes_per_image():
+    m = _method("tiny_sdxl")
+    art, pipe, it = m.live_artifact(), m.backbone.pipeline(), m.items[0]
+    refs = dict(images=it.concept_images, phrases=it.entities, boxes=it.crop_boxes[0], local_tokens=False)
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    run = dict(num_inference_steps=2, output_type="pt", latents=latents)
+    inputs = art.pipeline_inputs(pipe, ["a red circle", "a blue square"], **refs)
+    assert inputs["cross_attention_kwargs"]["boxes"].shape == (4, 2, 4)  # [negative, positive] per prompt
+    two_each = pipe(**inputs, num_images_per_prompt=2, **run).images
+    # the same as every image given as its own prompt (DreamRelation's pipeline: repeat_interleave)
+    each = art.pipeline_inputs(pipe, ["a red circle", "a red circle", "a blue square", "a blue square"], **refs)
+    one_each = pipe(**each, **run).images
+    assert two_each.shape == (4, 3, 64, 64)
+    torch.testing.assert_close(two_each, one_each, atol=1e-5, rtol=0)
+    assert not torch.allclose(two_each[1], two_each[2], atol=1e-3)  # the prompts differ
+
+
 def test_bad_generation_boxes():
     m = _method("tiny_sd15")
     art, pipe, it = m.live_artifact(), m.backbone.pipeline(), m.items[0]
