@@ -41,10 +41,24 @@ def check_image_resample(cfg: DictConfig) -> None:
                           f"filter; use one of {', '.join(sorted(PIL_INTERPOLATION))}")
 
 
+def check_local_tokens(cfg: DictConfig) -> list[str]:
+    """RelationBooth's local tokens without a CLIPSelf checkpoint are the plain-encoder variant: say so."""
+    method = cfg.method
+    if "local_tokens_inference" not in method or method.get("clipself_checkpoint") is not None:
+        return []
+    used = [key for key in ("local_tokens_train", "local_tokens_inference") if method.get(key)]
+    if not used:
+        return []
+    return [f"method.{'/'.join(used)}=true without method.clipself_checkpoint: the local tokens come from the "
+            "plain image encoder, not from DreamRelation's CLIPSelf encoder (set method.clipself_checkpoint=.../"
+            "epoch_6.pt for the released tokens)"]
+
+
 #: The checks :func:`validate` runs, in order. A new check is appended here.
 CHECKS: list[Check] = [
     check_method_name,
     check_image_resample,
+    check_local_tokens,
 ]
 
 

@@ -365,6 +365,8 @@ def test_training_changes_only_lora_and_export_reloads_bitwise(tmp_path):
     assert len(before) > 300  # UNet, processors, VAE, encoders, resampler, dummy tokens
 
     export = export_run(cfg, tmp_path, m)
+    generation = json.loads((export / "image_branch.json").read_text())["generation"]
+    assert (generation["local_tokens_inference"], generation["local_token_encoder"]) == (False, None)
     from safetensors import safe_open
 
     with safe_open(str(export / LORA_FILE), "pt") as f:
@@ -474,6 +476,28 @@ def test_pipeline_inputs_match_the_cfg_batch_layout(caplog):
     # both guidance settings run
     for guidance in (5.0, 1.0):
         pipe(**own, num_inference_steps=2, guidance_scale=guidance, output_type="pt")
+
+
+def test_local_tokens_at_generation_only_with_clipself_by_default():
+    m = _method("tiny_sd15")
+    art, pipe, it = m.live_artifact(), m.backbone.pipeline(), m.items[0]
+    refs = dict(images=it.concept_images, phrases=it.entities, boxes=it.crop_boxes[0])
+    # DreamRelation inference.py: no CLIPSelf checkpoint, no local tokens
+    assert m.generation_defaults()["local_tokens_inference"] is False
+    assert m.generation_defaults()["local_token_encoder"] is None
+    default = art.pipeline_inputs(pipe, [it.prompt], **refs)["prompt_embeds"]
+    torch.testing.assert_close(default[0], it.crop_ehs[0], atol=1e-6, rtol=0)  # global tokens only
+    # the plain-encoder variant is an explicit option, recorded as such
+    plain = _method("tiny_sd15", "method.local_tokens_inference=true")
+    assert plain.generation_defaults()["local_tokens_inference"] is True
+    assert plain.generation_defaults()["local_token_encoder"] == "image_encoder"
+    with_local = plain.live_artifact().pipeline_inputs(plain.backbone.pipeline(), [it.prompt], **refs)["prompt_embeds"]
+    assert (with_local[0, 77:] - default[0, 77:]).abs().max() > 1e-3
+    from relgen.validation import validate
+
+    assert validate(compose("method=relationbooth")) == []
+    (line,) = validate(compose("method=relationbooth", "method.local_tokens_inference=true"))
+    assert line.startswith("method.local_tokens_inference=true without method.clipself_checkpoint")
 
 
 def test_num_images_per_prompt_repeats_the_boxes_per_image():

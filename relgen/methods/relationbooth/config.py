@@ -64,7 +64,12 @@ class RelationBoothConfig(MethodConfig):
         clip_mean, clip_std: CLIP pixel normalisation.
         local_grid: local tokens per image = local_grid².
         local_image_size: local encoder input side; None = 4 x the image encoder's (896 for 224).
-        local_tokens_train, local_tokens_inference: append the local tokens in training / generation.
+        local_tokens_train: append the local tokens in training (the released train.py does not).
+        local_tokens_inference: append the local tokens at generation. None (default): exactly
+            when ``clipself_checkpoint`` is set, as DreamRelation's inference.py adds them only
+            when its CLIPSelf weights exist; true: always, from the plain image encoder when no
+            CLIPSelf checkpoint is given (not a released variant); false: never. The export
+            records the choice and the encoder the tokens come from.
         kp_weight: keypoint matching loss weight; kp_max_timestep: it applies only where
             t <= this (None: at every t).
         calibration, cal_weight: predicate attention calibration loss; cal_max_side_fraction:
@@ -121,7 +126,7 @@ class RelationBoothConfig(MethodConfig):
     local_grid: int = 4
     local_image_size: Optional[int] = None
     local_tokens_train: bool = False
-    local_tokens_inference: bool = True
+    local_tokens_inference: Optional[bool] = None  # None: only with a CLIPSelf checkpoint (released)
     tiny: TinyBranchConfig = field(default_factory=TinyBranchConfig)
 
     # losses

@@ -250,8 +250,21 @@ class RelationBooth(Method):
                                      live_unet=self.backbone.unet)
 
     def generation_defaults(self) -> dict:
-        return {"negative_prompt": self.cfg.negative_prompt, "default_box_y": list(self.cfg.default_box_y),
-                "local_tokens_inference": bool(self.cfg.local_tokens_inference)}
+        """What generation uses unless told otherwise (written to the export's ``image_branch.json``).
+
+        ``local_tokens_inference`` is resolved here: unset, the local tokens are on exactly when a
+        CLIPSelf checkpoint is loaded (DreamRelation inference.py); ``local_token_encoder`` names
+        where they come from (``clipself``, ``image_encoder`` for the plain-encoder variant, or None).
+        """
+        cfg = self.cfg
+        local = cfg.local_tokens_inference
+        if local is None:
+            local = cfg.clipself_checkpoint is not None
+        source = None
+        if local:
+            source = "clipself" if self.branch.local_encoder is not None else "image_encoder"
+        return {"negative_prompt": cfg.negative_prompt, "default_box_y": list(cfg.default_box_y),
+                "local_tokens_inference": bool(local), "local_token_encoder": source}
 
     def samples(self) -> list[dict]:
         """The first items' prompts with their references and (uncropped) target boxes."""
