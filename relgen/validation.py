@@ -54,11 +54,39 @@ def check_local_tokens(cfg: DictConfig) -> list[str]:
             "epoch_6.pt for the released tokens)"]
 
 
+def check_box_far_edge(cfg: DictConfig) -> None:
+    """``method.box_far_edge`` (RelationBooth) is one of :data:`relgen.data.transforms.BOX_FAR_EDGES`."""
+    if "box_far_edge" not in cfg.method:
+        return
+    from relgen.data.transforms import BOX_FAR_EDGES
+
+    if cfg.method.box_far_edge not in BOX_FAR_EDGES:
+        raise ConfigError(f"method.box_far_edge='{cfg.method.box_far_edge}' is not known; use one of "
+                          f"{', '.join(BOX_FAR_EDGES)}")
+
+
+def check_cal_layer_rule(cfg: DictConfig) -> None:
+    """``method.cal_layer_rule`` (RelationBooth) is ``absolute`` or ``relative``, with a positive limit."""
+    method = cfg.method
+    if "cal_layer_rule" not in method:
+        return
+    if method.cal_layer_rule not in ("absolute", "relative"):
+        raise ConfigError(f"method.cal_layer_rule='{method.cal_layer_rule}' is not known; use absolute (layers "
+                          "with at most method.cal_max_queries queries) or relative (query-grid side at most "
+                          "method.cal_max_side_fraction x the latent side)")
+    if method.cal_layer_rule == "absolute" and method.cal_max_queries < 1:
+        raise ConfigError(f"method.cal_max_queries={method.cal_max_queries} must be at least 1 (released: 1024)")
+    if method.cal_layer_rule == "relative" and not 0 < method.cal_max_side_fraction <= 1:
+        raise ConfigError(f"method.cal_max_side_fraction={method.cal_max_side_fraction} must be in (0, 1]")
+
+
 #: The checks :func:`validate` runs, in order. A new check is appended here.
 CHECKS: list[Check] = [
     check_method_name,
     check_image_resample,
     check_local_tokens,
+    check_box_far_edge,
+    check_cal_layer_rule,
 ]
 
 

@@ -374,9 +374,10 @@ def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
         prompts.append(Prompt(a, relation, b, f"a {ident.entity} is {rw.RELATIONS[relation].phrase} "
                                               f"a {rw.object_name(b)}"))
     task = TaskResult("customisation", prompts, [Condition("base", "written")])
-    # as conf/experiment/relationbooth_relworld.yaml: image branch off, no negative prompt
+    # as conf/experiment/relationbooth_relworld.yaml: image branch off, no negative prompt, relative
+    # calibration layers
     common = [f"method.max_steps={s.identity_steps}", f"method.lr={s.identity_lr}", "method.scale=0",
-              "method.negative_prompt=''"]
+              "method.negative_prompt=''", "method.cal_layer_rule=relative"]
     for label, extra in (("RelationBooth (LoRA + keypoint)", []),
                          ("RelationBooth without keypoint loss", ["method.kp_weight=0"])):
         if label in s.skip:
