@@ -58,8 +58,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _compose(overrides):
     from hydra import compose, initialize_config_module
 
-    import relgen.config  # noqa: F401
+    from relgen.registry import register_builtin_schemas
 
+    register_builtin_schemas()
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
         return compose("config", overrides=overrides)
 

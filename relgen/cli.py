@@ -39,7 +39,9 @@ def train_main() -> None:
     """``python -m relgen method=<m> backbone=<b> dataset=<d> [trainer=...]``."""
     import hydra
 
-    import relgen.config  # noqa: F401  (registers the schemas)
+    from relgen.registry import register_builtin_schemas
+
+    register_builtin_schemas()  # before Hydra composes
 
     @hydra.main(config_path="pkg://relgen.conf", config_name="config", version_base="1.3")
     def _app(cfg) -> None:

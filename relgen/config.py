@@ -3,7 +3,10 @@
 Each YAML option starts with ``defaults: [/schema/<group>/<schema>@_here_, _self_]``, so a
 wrong type (``method.lr=abc``) or an unknown key (``method.lrr=1``) fails when Hydra composes
 the config, before anything is loaded. Method-specific schemas extend :class:`MethodConfig`
-and register themselves with :func:`register_schema`.
+and are registered by the package that owns them with :func:`register_schema`: each built-in
+method's ``config`` module registers its own schema when imported (as a plugin's ``schemas``
+entry does), and :func:`relgen.registry.register_builtin_schemas` imports them before Hydra
+composes. This module imports no method.
 """
 
 from __future__ import annotations
@@ -149,17 +152,3 @@ register_schema("method", "base", MethodConfig)
 register_schema("trainer", "trainer", TrainerConfig)
 _store.store(name="run_schema", node=RunConfig)
 
-
-def _register_builtin_schemas() -> None:
-    from relgen.methods.relationbooth.config import RelationBoothConfig
-    from relgen.methods.reversion.config import ReVersionConfig
-    from relgen.methods.rrnet.config import RRNetConfig
-    from relgen.methods.textual_inversion.config import TextualInversionConfig
-
-    register_schema("method", "textual_inversion", TextualInversionConfig)
-    register_schema("method", "reversion", ReVersionConfig)
-    register_schema("method", "rrnet", RRNetConfig)
-    register_schema("method", "relationbooth", RelationBoothConfig)
-
-
-_register_builtin_schemas()

@@ -165,10 +165,22 @@ def _plugin_hint() -> str:
     return f" (installed plugins: {', '.join(names)})" if names else " (no relgen.plugins entry points installed)"
 
 
+def register_builtin_schemas() -> None:
+    """Register the built-in methods' config schemas in Hydra's ConfigStore.
+
+    Each built-in method's ``config`` module registers its own schema when imported, so this
+    imports them (through :mod:`relgen.methods`, which imports no torch). Every path that
+    composes a run calls it first: the CLI, and Hydra's search-path plugin through
+    :func:`plugin_config_packages`.
+    """
+    importlib.import_module("relgen.methods")
+
+
 def plugin_config_packages() -> list[str]:
-    """Register installed plugins' schemas and return their ``config_package`` names."""
+    """Register the built-in and installed plugins' schemas; return the plugins' ``config_package`` names."""
     from relgen.config import register_schema
 
+    register_builtin_schemas()
     packages = []
     for ep in plugin_entry_points():
         try:

@@ -88,6 +88,55 @@ def check_report_to(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.report_to: {name} is not installed; pip install {name.replace('_', '-')}, "
                               "or drop it from trainer.report_to")
 
+def check_image_resample(cfg: DictConfig) -> None:
+    """``method.image_resample`` (RRNet) names a filter diffusers' ``VaeImageProcessor`` knows."""
+    if "image_resample" not in cfg.method:
+        return
+    from diffusers.utils import PIL_INTERPOLATION
+
+    if cfg.method.image_resample not in PIL_INTERPOLATION:
+        raise ConfigError(f"method.image_resample='{cfg.method.image_resample}' is not a VaeImageProcessor "
+                          f"filter; use one of {', '.join(sorted(PIL_INTERPOLATION))}")
+
+
+def check_local_tokens(cfg: DictConfig) -> list[str]:
+    """RelationBooth's local tokens without a CLIPSelf checkpoint are the plain-encoder variant: say so."""
+    method = cfg.method
+    if "local_tokens_inference" not in method or method.get("clipself_checkpoint") is not None:
+        return []
+    used = [key for key in ("local_tokens_train", "local_tokens_inference") if method.get(key)]
+    if not used:
+        return []
+    return [f"method.{'/'.join(used)}=true without method.clipself_checkpoint: the local tokens come from the "
+            "plain image encoder, not from DreamRelation's CLIPSelf encoder (set method.clipself_checkpoint=.../"
+            "epoch_6.pt for the released tokens)"]
+
+
+def check_box_far_edge(cfg: DictConfig) -> None:
+    """``method.box_far_edge`` (RelationBooth) is one of :data:`relgen.data.transforms.BOX_FAR_EDGES`."""
+    if "box_far_edge" not in cfg.method:
+        return
+    from relgen.data.transforms import BOX_FAR_EDGES
+
+    if cfg.method.box_far_edge not in BOX_FAR_EDGES:
+        raise ConfigError(f"method.box_far_edge='{cfg.method.box_far_edge}' is not known; use one of "
+                          f"{', '.join(BOX_FAR_EDGES)}")
+
+
+def check_cal_layer_rule(cfg: DictConfig) -> None:
+    """``method.cal_layer_rule`` (RelationBooth) is ``absolute`` or ``relative``, with a positive limit."""
+    method = cfg.method
+    if "cal_layer_rule" not in method:
+        return
+    if method.cal_layer_rule not in ("absolute", "relative"):
+        raise ConfigError(f"method.cal_layer_rule='{method.cal_layer_rule}' is not known; use absolute (layers "
+                          "with at most method.cal_max_queries queries) or relative (query-grid side at most "
+                          "method.cal_max_side_fraction x the latent side)")
+    if method.cal_layer_rule == "absolute" and method.cal_max_queries < 1:
+        raise ConfigError(f"method.cal_max_queries={method.cal_max_queries} must be at least 1 (released: 1024)")
+    if method.cal_layer_rule == "relative" and not 0 < method.cal_max_side_fraction <= 1:
+        raise ConfigError(f"method.cal_max_side_fraction={method.cal_max_side_fraction} must be in (0, 1]")
+
 
 #: The checks :func:`validate` runs, in order. A new check is appended here.
 CHECKS: list[Check] = [
@@ -95,6 +144,10 @@ CHECKS: list[Check] = [
     check_optimizer,
     check_training_options,
     check_report_to,
+    check_image_resample,
+    check_local_tokens,
+    check_box_far_edge,
+    check_cal_layer_rule,
 ]
 
 

@@ -61,8 +61,9 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    import relgen.config  # noqa: F401
+    from relgen.registry import register_builtin_schemas
 
+    register_builtin_schemas()
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides))
 

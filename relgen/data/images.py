@@ -147,6 +147,43 @@ def load_image(
     return tensor
 
 
+def load_image_vae_processor(
+    path: str | Path, size: int | tuple[int, int], resample: str = "lanczos", vae_scale_factor: int = 8
+) -> torch.Tensor:
+    """Load an image the way diffusers' ``VaeImageProcessor.preprocess(image, height, width)`` does.
+
+    RRNet's released dataset code loads every exemplar through ``VaeImageProcessor.preprocess``
+    at a fixed height and width (diffusers 0.18.0, whose ``resample`` default is ``"lanczos"``,
+    as it still is in the pinned diffusers); this calls that processor on the decoded RGB image:
+    a plain resize (no crop, no flip) to multiples of ``vae_scale_factor``, then [0, 1] -> [-1, 1].
+
+    Args:
+        path: The image file.
+        size: Target size; an int for a square image or ``(height, width)``.
+        resample: The processor's PIL resampling filter (``nearest``, ``bilinear``, ``bicubic``,
+            ``lanczos``).
+        vae_scale_factor: The processor's size multiple (the backbone's VAE downscale).
+
+    Returns:
+        ``torch.float32`` tensor of shape ``[3, height, width]`` with values in [-1, 1].
+
+    Raises:
+        DataError: If the file is missing or cannot be decoded.
+        ConfigError: If ``size`` or ``resample`` is invalid.
+    """
+    from diffusers.image_processor import VaeImageProcessor
+    from diffusers.utils import PIL_INTERPOLATION
+
+    height, width = _as_hw(size)
+    if resample not in PIL_INTERPOLATION:
+        raise ConfigError(
+            f"unknown resample filter '{resample}'; use one of {', '.join(sorted(PIL_INTERPOLATION))}"
+        )
+    processor = VaeImageProcessor(vae_scale_factor=vae_scale_factor, resample=resample)
+    pixels = processor.preprocess(open_rgb(path), height=height, width=width)
+    return pixels[0].float().contiguous()
+
+
 def image_digest(path: str | Path) -> str:
     """SHA-256 hex digest of a file's bytes (used in cache keys).
 

@@ -12,7 +12,7 @@ import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,10 +54,12 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def _words(text: str) -> list[str]:
-    """Lower-case words of ``text`` with trailing punctuation stripped from each.
+    """Lower-case words of ``text`` (split on whitespace) with trailing punctuation stripped.
 
-    DreamRelation's released train.py splits prompts on spaces and strips trailing
-    punctuation before matching predicate words; the same rule is used for every word match.
+    DreamRelation's released phrase matcher (``get_phrase_idx``) also splits on whitespace, but
+    compares case-sensitively and strips only one final ``.``, ``!``, ``?``, ``,`` or ``:``
+    (it also accepts a prompt word containing ``-`` + the phrase word, which this rule does
+    not). Apart from that hyphen case, every word the released matcher accepts is accepted here.
     """
     return [w.rstrip(string.punctuation).lower() for w in text.split()]
 
@@ -361,7 +363,8 @@ class DreamRelationItem:
             ``masks/``).
         prompt: The caption, e.g. ``"A bear is hugging a tiger."``.
         entities: The entity names, one or two, in image order.
-        predicate: The relation words, consecutive in the prompt (e.g. ``["hugging"]``).
+        predicate: The relation words, consecutive in the prompt (e.g. ``["hugging"]``); None
+            when ``prompts.json`` gives none for the item (DreamRelation's released ``shake`` data).
         concept_images: One concept (identity) image per entity (``concept0.png``, ``concept1.png``;
             ``concept.png`` for a single entity).
         motion_image: The relation ("motion") image, ``motion.png``.
@@ -377,7 +380,7 @@ class DreamRelationItem:
     id: str
     prompt: str
     entities: list[str]
-    predicate: list[str]
+    predicate: Optional[list[str]]
     concept_images: list[Path]
     motion_image: Path
     concept_keypoints: torch.Tensor
@@ -400,8 +403,9 @@ def read_dreamrelation_folder(root: str | Path) -> list[DreamRelationItem]:
         masks/<id>/motion0.png, motion1.png          per-entity masks of motion.png (L mode)
 
     A single-entity item uses ``concept.png`` and ``concept_keyposes.pth`` instead, and
-    ``masks/<id>/motion0.png``. Unlike the released train.py, an item without ``predicate``
-    is reported instead of crashing the loader.
+    ``masks/<id>/motion0.png``. ``predicate`` is optional: an item without it reads with
+    ``predicate=None`` (the released train.py crashes on such items, e.g. its ``shake`` data);
+    a method that needs it says so.
 
     Args:
         root: The data folder.
@@ -410,8 +414,8 @@ def read_dreamrelation_folder(root: str | Path) -> list[DreamRelationItem]:
         The items in natural order of their ids.
 
     Raises:
-        DataError: If a file is missing, an item lacks ``prompt``/``entities``/``predicate``,
-            a predicate word is not in its prompt, a keypoint tensor has the wrong shape or
+        DataError: If a file is missing, an item lacks ``prompt``/``entities``, a given
+            predicate is malformed or its words are not in the prompt, a keypoint tensor has the wrong shape or
             values outside [0, 1], or a mask is empty or the wrong size.
     """
     root = _require_root(root, "DreamRelation (prompts.json, videos/, masks/)")
@@ -450,10 +454,8 @@ def _read_dreamrelation_item(
             f"{where} needs 'entities': a list of one or two names, got "
             f"{one_line(json.dumps(entities))}; write e.g. \"entities\": [\"bear\", \"tiger\"]"
         )
-    if "predicate" not in entry:
-        raise DataError(f"{where} has no 'predicate'; add e.g. \"predicate\": [\"hugging\"]")
-    predicate = entry["predicate"]
-    if (
+    predicate = entry.get("predicate")
+    if predicate is not None and (
         not isinstance(predicate, list)
         or not predicate
         or not all(isinstance(w, str) and w.strip() for w in predicate)
@@ -462,8 +464,8 @@ def _read_dreamrelation_item(
             f"{where}: 'predicate' must be a non-empty list of words, got "
             f"{one_line(json.dumps(predicate))}; write e.g. \"predicate\": [\"hugging\"]"
         )
-    predicate_words = [w for p in predicate for w in _words(p)]
-    if _find_words(_words(prompt), predicate_words) < 0:
+    predicate_words = [w for p in (predicate or []) for w in _words(p)]
+    if predicate is not None and _find_words(_words(prompt), predicate_words) < 0:
         raise DataError(
             f"{where}: predicate {predicate} does not appear as consecutive words in its prompt "
             f"{prompt!r}; use the predicate words exactly as written in the prompt"
@@ -513,7 +515,7 @@ def _read_dreamrelation_item(
         id=item_id,
         prompt=prompt,
         entities=list(entities),
-        predicate=list(predicate),
+        predicate=None if predicate is None else list(predicate),
         concept_images=concept_images,
         motion_image=motion_image,
         concept_keypoints=concept_keypoints,
@@ -650,12 +652,14 @@ def validate_boxes(boxes: Sequence[Sequence[float]] | torch.Tensor, where: str) 
 def predicate_token_span(tokenizer: Any, prompt: str, predicate: Sequence[str]) -> tuple[int, int]:
     """Token span ``[start, end)`` of the predicate words in the tokenized prompt.
 
-    Computed word by word as DreamRelation's released train.py does: the prompt is split on
-    whitespace, each word is tokenized without special tokens and its pieces are counted, and
-    the position starts at 1 because the BOS token sits at index 0. Words are matched with
-    trailing punctuation stripped and case ignored. Unlike the released code, the pieces of
-    punctuation attached to an earlier word (``"Look, a cat is hugging ..."``) are counted,
-    so the span still lines up with the tokenized prompt.
+    Counted word by word as DreamRelation's released ``get_phrase_idx`` does: the prompt is
+    split on whitespace, the position starts at 1 (BOS sits at index 0), every word before the
+    predicate adds its pieces as written (punctuation attached to it included, as
+    ``"Look, a cat is hugging ..."`` needs), and the predicate words add theirs, the last one
+    without its trailing punctuation. Words are matched by :func:`_words` (case ignored, all
+    trailing punctuation stripped), which is more lenient than the released match (case-
+    sensitive, one final ``.!?,:`` stripped); where both match words without a hyphen, the
+    spans are equal.
 
     Args:
         tokenizer: A Hugging Face tokenizer (``tokenizer(text, add_special_tokens=False)``

@@ -50,18 +50,30 @@ def _randint(generator: torch.Generator, high_inclusive: int) -> int:
     return int(torch.randint(0, high_inclusive + 1, (), generator=generator))
 
 
-def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+#: How :func:`boxes_from_masks` places a box's far (right, bottom) edge: ``exclusive`` = one past
+#: the last inside pixel (a full mask gives ``(0, 0, 1, 1)``, as
+#: :func:`relgen.data.readers.mask_to_box`), ``inclusive`` = at the last inside pixel's index.
+BOX_FAR_EDGES = ("exclusive", "inclusive")
+
+
+def boxes_from_masks(masks: torch.Tensor, far_edge: str = "exclusive") -> torch.Tensor:
     """Normalised ``(x0, y0, x1, y1)`` boxes of ``[n, H, W]`` masks (non-zero = inside).
 
-    The far edges are exclusive pixel edges, as in :func:`relgen.data.readers.mask_to_box`; an
+    ``x0 = first inside column / W`` and ``y0 = first inside row / H``; the far edges follow
+    ``far_edge`` (one of :data:`BOX_FAR_EDGES`): ``exclusive`` adds one to the last index,
+    ``inclusive`` does not (DreamRelation's released ``mask2bbox`` on the 128 x 128 mask). An
     empty mask gives an all-zero box.
 
     Args:
         masks: ``[n, H, W]`` tensor of any dtype.
+        far_edge: ``exclusive`` or ``inclusive``.
 
     Returns:
         ``float32 [n, 4]``.
     """
+    if far_edge not in BOX_FAR_EDGES:
+        raise ConfigError(f"boxes_from_masks: far_edge must be one of {', '.join(BOX_FAR_EDGES)}, got '{far_edge}'")
+    past = 1 if far_edge == "exclusive" else 0
     n, h, w = masks.shape
     inside = masks != 0
     boxes = torch.zeros(n, 4, dtype=torch.float32)
@@ -71,7 +83,7 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
         if rows.numel() == 0:
             continue
         boxes[i] = torch.tensor(
-            [cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h], dtype=torch.float32
+            [cols[0] / w, rows[0] / h, (cols[-1] + past) / w, (rows[-1] + past) / h], dtype=torch.float32
         )
     return boxes
 
@@ -202,4 +214,4 @@ def random_resize_crop(
     return ResizeCropResult(out_image, out_masks, out_keypoints, boxes, visible)
 
 
-__all__ = ["ResizeCropResult", "boxes_from_masks", "random_resize_crop"]
+__all__ = ["BOX_FAR_EDGES", "ResizeCropResult", "boxes_from_masks", "random_resize_crop"]

@@ -106,8 +106,9 @@ def compose_run(overrides: list[str]):
     """A relgen run config composed as ``python -m relgen`` composes it."""
     from hydra import compose, initialize_config_module
 
-    import relgen.config  # noqa: F401  (registers the schemas)
+    from relgen.registry import register_builtin_schemas
 
+    register_builtin_schemas()
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
         return compose("config", overrides=overrides)
 
@@ -550,7 +551,7 @@ def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
                       f"scored on the {len(prompts)} other plain objects.")
     # as conf/experiment/relationbooth_relworld.yaml: image branch off, no negative prompt
     common = [f"method.max_steps={s.identity_steps}", f"method.lr={s.identity_lr}", "method.scale=0",
-              "method.negative_prompt=''"]
+              "method.negative_prompt=''", "method.cal_layer_rule=relative"]
     if "textual inversion (identity)" not in s.skip:
         ti_data = write_identity_images(out / "work" / "data" / f"identity-{s.seed}", spec, ident,
                                         s.identity_images, s.seed)

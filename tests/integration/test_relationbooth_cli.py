@@ -26,7 +26,7 @@ def run_relgen(*args: str, **kwargs):
 
 
 def _train(run_dir: Path, *overrides: str) -> Path:
-    cfg = compose("method=relationbooth", "trainer=debug", CAL, *overrides)
+    cfg = compose("experiment=relationbooth_tiny", "trainer=debug", CAL, *overrides)
     assert run_training(cfg, str(run_dir)) == 0
     return run_dir
 
@@ -113,6 +113,7 @@ def test_paper_preset_composes_and_dry_runs(shapes_root, capsys):
     assert (m.rank, m.lora_alpha, m.scale, m.resampler_dim, m.resampler_heads, m.local_image_size) == (
         4, 4.0, 0.6, 1280, 20, 896)
     assert m.image_encoder == "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
+    assert (m.cal_layer_rule, m.cal_max_queries) == ("absolute", 1024)
     assert run_training(cfg, "/nonexistent-run-dir") == 0
     assert "dry run ok: method=relationbooth backbone=sdxl" in capsys.readouterr().out
 
@@ -123,16 +124,16 @@ def _broken_copy(shapes_root: Path, tmp_path: Path) -> Path:
     return root
 
 
-def test_item_without_predicate_fails_the_cli_dry_run(shapes_root, tmp_path):
+def test_item_without_predicate_fails_the_cli_dry_run_only_with_calibration_on(shapes_root, tmp_path):
     root = _broken_copy(shapes_root, tmp_path)
     prompts = json.loads((root / "prompts.json").read_text())
     del prompts["2"]["predicate"]
     (root / "prompts.json").write_text(json.dumps(prompts))
     proc = run_relgen("method=relationbooth", "dataset=dreamrelation_folder", f"dataset.root={root}", "dry_run=true",
-                      f"hydra.run.dir={tmp_path / 'run'}")
+                      "method.calibration=true", f"hydra.run.dir={tmp_path / 'run'}")
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("relgen: error:")]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-    assert "prompts.json: item '2' has no 'predicate'" in lines[0]
+    assert "prompts.json: item '2' has no 'predicate' but method.calibration=true" in lines[0]
 
 
 @pytest.mark.parametrize("breakage, message", [

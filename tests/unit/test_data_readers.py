@@ -350,10 +350,13 @@ def test_dreamrelation_single_entity_item(dr_root):
     assert len(item.mask_paths) == 1 and len(item.boxes) == 1
 
 
-def test_dreamrelation_missing_predicate(dr_root):
+def test_dreamrelation_item_without_predicate_reads(dr_root):
+    # DreamRelation's released shake data have no predicate; what needs one says so itself
     _edit_prompts(dr_root, "1", predicate=None)
-    _raises(lambda: read_dreamrelation_folder(dr_root), "prompts.json: item '1' has no 'predicate'",
-            '"predicate": ["hugging"]')
+    items = read_dreamrelation_folder(dr_root)
+    assert items[1].predicate is None and items[0].predicate is not None
+    _edit_prompts(dr_root, "1", predicate=[])
+    _raises(lambda: read_dreamrelation_folder(dr_root), "item '1'", "'predicate' must be a non-empty list")
 
 
 def test_dreamrelation_predicate_not_in_prompt(dr_root):

@@ -139,3 +139,12 @@ def test_invalid_arguments(kwargs):
     image, masks, keypoints = _dot_scene(32, 32, [(16, 16)])
     with pytest.raises(ConfigError):
         random_resize_crop(image, masks, keypoints, 16, torch.Generator(), **kwargs)
+
+
+def test_boxes_from_masks_inclusive_far_edge_is_the_last_index():
+    mask = torch.zeros(1, 8, 8)
+    mask[0, 2:6, 1:7] = 1  # rows 2..5, columns 1..6
+    assert boxes_from_masks(mask, "inclusive").tolist() == [[1 / 8, 2 / 8, 6 / 8, 5 / 8]]
+    assert boxes_from_masks(mask, "exclusive").tolist() == [[1 / 8, 2 / 8, 7 / 8, 6 / 8]]
+    with pytest.raises(ConfigError, match="far_edge must be one of exclusive, inclusive"):
+        boxes_from_masks(mask, "outer")

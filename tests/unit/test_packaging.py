@@ -1,7 +1,10 @@
 """The wheel ships every package folder (conf/ as relgen.conf) and the package data."""
 
+import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,3 +58,40 @@ def test_wheel_ships_configs_and_package_data(tmp_path):
     expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "relgen" / "relworld" / "weights").rglob("*") if p.is_file()}
     expected.add("hydra_plugins/relgen_searchpath/__init__.py")
     assert expected - names == set()
+
+
+def _fresh(code: str) -> str:
+    """Run ``code`` in a fresh interpreter; return its stdout (the test fails on any error)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+@pytest.mark.parametrize("package, schema, name", [
+    ("textual_inversion", "TextualInversionConfig", "textual_inversion"),
+    ("reversion", "ReVersionConfig", "reversion"),
+    ("rrnet", "RRNetConfig", "rrnet"),
+    ("relationbooth", "RelationBoothConfig", "relationbooth"),
+])
+def test_a_method_config_imports_on_its_own(package, schema, name):
+    out = _fresh(f"from relgen.methods.{package}.config import {schema}\n"
+                 "from hydra.core.config_store import ConfigStore\n"
+                 f"print({schema}().name, '{name}.yaml' in ConfigStore.instance().repo['schema']['method'])")
+    assert out == f"{name} True"  # importable alone, and the method registered its own schema
+
+
+def test_the_core_registers_no_method_schema():
+    out = _fresh("import sys\n"
+                 "import relgen.config\n"
+                 "from hydra.core.config_store import ConfigStore\n"
+                 "repo = ConfigStore.instance().repo['schema']['method']\n"
+                 "print(sorted(repo), any(m.startswith('relgen.methods') for m in sys.modules))\n"
+                 "from relgen.registry import register_builtin_schemas\n"
+                 "register_builtin_schemas()\n"
+                 "print(sorted(repo), 'torch' in sys.modules)\n")
+    core, builtins = out.splitlines()
+    assert core == "['base.yaml'] False"
+    assert builtins == ("['base.yaml', 'relationbooth.yaml', 'reversion.yaml', 'rrnet.yaml', "
+                        "'textual_inversion.yaml'] False")

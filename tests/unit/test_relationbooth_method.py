@@ -23,7 +23,7 @@ def _method(backbone: str = "tiny_sdxl", *overrides: str, data=None):
     from relgen.data.registry import open_dataset
     from relgen.methods.relationbooth.method import RelationBooth
 
-    cfg = compose("method=relationbooth", f"backbone={backbone}", *overrides)
+    cfg = compose("experiment=relationbooth_tiny", f"backbone={backbone}", *overrides)
     if data is None:
         data = open_dataset(cfg.dataset).load()
     return RelationBooth(cfg.method, load_tiny(backbone), data)
@@ -226,6 +226,56 @@ def test_calibration_layers_follow_the_side_fraction(caplog):
     assert on.store.maps == {}
 
 
+def _sdxl_unet_on_meta():
+    """SDXL base's UNet structure (no weights): 70 cross-attention layers in 5 blocks."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        return UNet2DConditionModel(
+            sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816)
+
+
+def test_calibration_layer_rules_on_sdxl():
+    from relgen.methods.relationbooth.method import calibration_query_limit, cross_attention_sides
+
+    absolute = compose("method=relationbooth").method
+    assert (absolute.cal_layer_rule, absolute.cal_max_queries) == ("absolute", 1024)  # the released default
+    relative = compose("method=relationbooth", "method.cal_layer_rule=relative").method
+    unet = _sdxl_unet_on_meta()
+    counts = {}
+    for latent in (128, 64):  # 1024 px and 512 px
+        sides = cross_attention_sides(unet, latent)
+        assert len(sides) == 70
+        for name, cfg in (("absolute", absolute), ("relative", relative)):
+            limit = calibration_query_limit(cfg, latent)
+            counts[name, latent] = sum(side * side <= limit for side in sides.values())
+    # DreamRelation train.py: <= 32 x 32 queries; the rules agree at 1024 px and differ at 512 px
+    assert counts == {("absolute", 128): 60, ("relative", 128): 60, ("absolute", 64): 70, ("relative", 64): 60}
+
+
+def test_absolute_rule_records_every_tiny_layer_and_bad_rules_fail():
+    from relgen.validation import validate
+
+    m = _method("tiny_sd15", "method.cal_layer_rule=absolute")
+    assert m.cal_max_queries == 1024
+    m.compute_losses({"index": [0], "crop": [0]}, _ctx(10))
+    assert len(m.store.maps) == len(cross_attention_names(m.backbone.unet)) > 1  # 8 x 8 and 4 x 4 grids
+    with pytest.raises(RelgenError, match=r"method.cal_layer_rule='side' is not known; use absolute"):
+        validate(compose("method=relationbooth", "method.cal_layer_rule=side"))
+    with pytest.raises(RelgenError, match=r"method.cal_max_queries=0 must be at least 1"):
+        validate(compose("method=relationbooth", "method.cal_max_queries=0"))
+
+
+def cross_attention_names(unet) -> list[str]:
+    return [n for n in unet.attn_processors if n.endswith("attn2.processor")]
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
@@ -263,6 +313,23 @@ def test_frozen_inputs_are_cached_before_training(monkeypatch):
 
 # ------------------------------------------------------------------------------------------
 # data preparation
+
+
+def test_training_boxes_of_the_released_hug_items_end_at_the_last_mask_cell(samples_dir):
+    from relgen.data.readers import read_dreamrelation_folder
+    from relgen.methods.relationbooth.method import draw_crops
+
+    cfg = compose("method=relationbooth").method
+    assert cfg.box_far_edge == "inclusive"
+    items = read_dreamrelation_folder(samples_dir / "dreamrelation" / "hug")
+    # DreamRelation's mask2bbox on the 128 x 128 masks at 1024 px: (first, first, last, last) cell / 128
+    expected = {"0": [[28, 12, 74, 117], [40, 22, 118, 123]], "1": [[22, 11, 87, 125], [50, 46, 119, 126]]}
+    for item in items[:2]:
+        ((_, _, masks, _, boxes),) = draw_crops(item, cfg, 1024, 128, torch.Generator().manual_seed(0))
+        assert (boxes * 128).tolist() == expected[item.id]
+        for box, mask in zip(boxes, masks):  # the far edges are the last inside row and column
+            rows, cols = torch.nonzero(mask.any(dim=1)).flatten(), torch.nonzero(mask.any(dim=0)).flatten()
+            assert (box * 128).tolist() == [cols[0], rows[0], cols[-1], rows[-1]]
 
 
 def test_square_images_need_one_cached_crop_and_keep_keypoints():
@@ -321,8 +388,45 @@ def test_real_dreamrelation_sample_through_data_preparation(samples_dir):
         for e in range(2):  # boxes of the masks on the 8 x 8 latent grid, within a cell of the full box
             full = torch.tensor(raw.boxes[e])
             got = prepared.crop_boxes[0, e]
-            assert got.tolist() == list(mask_to_box(prepared.crop_masks[0, e]))
-            assert (got - full).abs().max() <= 1 / 8 + 1 / 64
+            x0, y0, x1, y1 = mask_to_box(prepared.crop_masks[0, e])  # far edges one cell past the last
+            assert got.tolist() == [x0, y0, x1 - 1 / 8, y1 - 1 / 8]  # mask2bbox: at the last cell
+            # the near edges within a cell of the full-resolution box; the far edges up to a cell
+            # further inside (nearest-exact samples each cell's centre, then the last index)
+            assert (got[:2] - full[:2]).abs().max() <= 1 / 8 + 1 / 64
+            assert (full[2:] - got[2:]).max() <= 1 / 8 + 1 / 16 and (full[2:] - got[2:]).min() >= 0
+
+
+def test_items_without_predicate_train_without_calibration(shapes_root, tmp_path, caplog):
+    from relgen.data.readers import read_dreamrelation_folder
+    from relgen.run import run_training
+
+    root = tmp_path / "shake"
+    shutil.copytree(shapes_root, root)
+    prompts = json.loads((root / "prompts.json").read_text())
+    for entry in prompts.values():  # as DreamRelation's released shake data: no predicate at all
+        del entry["predicate"]
+    (root / "prompts.json").write_text(json.dumps(prompts))
+    data = read_dreamrelation_folder(root)
+    folder = ("dataset=dreamrelation_folder", f"dataset.root={root}", "method.cal_max_side_fraction=0.5")
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="relgen"):
+        assert run_training(compose("experiment=relationbooth_tiny", *folder, "dry_run=true"), str(tmp_path)) == 0
+    said = [r.getMessage() for r in caplog.records if "calibration loss" in r.getMessage()]
+    assert said == [f"relationbooth: predicate calibration loss off: {len(data)} of {len(data)} items have no "
+                    f"'predicate' (first: {root / 'prompts.json'}: item '0'); add one to every item to train with it"]
+
+    m = _method("tiny_sd15", "method.cal_max_side_fraction=0.5", data=data)
+    assert m.calibration is False and m.cal_max_queries is None and m.items[0].span == (0, 0)
+    out = m.compute_losses({"index": [0], "crop": [0]}, _ctx(100))
+    assert out["cal"].item() == 0.0 and m.store.maps == {} and out["loss"].requires_grad
+    torch.testing.assert_close(out["loss"], out["diff"] + 0.1 * out["kml"])
+
+    with pytest.raises(DataError, match=r"prompts.json: item '0' has no 'predicate' but method.calibration=true"):
+        run_training(compose("experiment=relationbooth_tiny", *folder, "method.calibration=true", "dry_run=true"),
+                     str(tmp_path))
+    with_predicates = _method("tiny_sd15", "method.cal_max_side_fraction=0.5")
+    assert with_predicates.calibration is True and with_predicates.cal_max_queries == 16
 
 
 def test_bad_items_are_named(shapes_root):
@@ -352,8 +456,8 @@ def test_training_changes_only_lora_and_export_reloads_bitwise(tmp_path):
     from relgen.train.loop import Trainer
 
     overrides = ("method.cal_max_side_fraction=0.5", "method.export_kohya=true", "method.lora_alpha=8")
-    cfg = compose("method=relationbooth", "backbone=tiny_sdxl", "trainer=debug", GEN_OFF, "method.grad_accum=1",
-                  *overrides)
+    cfg = compose("experiment=relationbooth_tiny", "backbone=tiny_sdxl", "trainer=debug", GEN_OFF,
+                  "method.grad_accum=1", *overrides)
     m = _method("tiny_sdxl", *overrides)
     modules = {"unet": m.backbone.unet, "vae": m.backbone.vae, "branch": m.branch,
                **{f"te{i}": s.encoder for i, s in enumerate(m.backbone.slots)}}
@@ -365,6 +469,8 @@ def test_training_changes_only_lora_and_export_reloads_bitwise(tmp_path):
     assert len(before) > 300  # UNet, processors, VAE, encoders, resampler, dummy tokens
 
     export = export_run(cfg, tmp_path, m)
+    generation = json.loads((export / "image_branch.json").read_text())["generation"]
+    assert (generation["local_tokens_inference"], generation["local_token_encoder"]) == (False, None)
     from safetensors import safe_open
 
     with safe_open(str(export / LORA_FILE), "pt") as f:
@@ -474,6 +580,45 @@ def test_pipeline_inputs_match_the_cfg_batch_layout(caplog):
     # both guidance settings run
     for guidance in (5.0, 1.0):
         pipe(**own, num_inference_steps=2, guidance_scale=guidance, output_type="pt")
+
+
+def test_local_tokens_at_generation_only_with_clipself_by_default():
+    m = _method("tiny_sd15")
+    art, pipe, it = m.live_artifact(), m.backbone.pipeline(), m.items[0]
+    refs = dict(images=it.concept_images, phrases=it.entities, boxes=it.crop_boxes[0])
+    # DreamRelation inference.py: no CLIPSelf checkpoint, no local tokens
+    assert m.generation_defaults()["local_tokens_inference"] is False
+    assert m.generation_defaults()["local_token_encoder"] is None
+    default = art.pipeline_inputs(pipe, [it.prompt], **refs)["prompt_embeds"]
+    torch.testing.assert_close(default[0], it.crop_ehs[0], atol=1e-6, rtol=0)  # global tokens only
+    # the plain-encoder variant is an explicit option, recorded as such
+    plain = _method("tiny_sd15", "method.local_tokens_inference=true")
+    assert plain.generation_defaults()["local_tokens_inference"] is True
+    assert plain.generation_defaults()["local_token_encoder"] == "image_encoder"
+    with_local = plain.live_artifact().pipeline_inputs(plain.backbone.pipeline(), [it.prompt], **refs)["prompt_embeds"]
+    assert (with_local[0, 77:] - default[0, 77:]).abs().max() > 1e-3
+    from relgen.validation import validate
+
+    assert validate(compose("method=relationbooth")) == []
+    (line,) = validate(compose("method=relationbooth", "method.local_tokens_inference=true"))
+    assert line.startswith("method.local_tokens_inference=true without method.clipself_checkpoint")
+
+
+def test_num_images_per_prompt_repeats_the_boxes_per_image():
+    m = _method("tiny_sdxl")
+    art, pipe, it = m.live_artifact(), m.backbone.pipeline(), m.items[0]
+    refs = dict(images=it.concept_images, phrases=it.entities, boxes=it.crop_boxes[0], local_tokens=False)
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    run = dict(num_inference_steps=2, output_type="pt", latents=latents)
+    inputs = art.pipeline_inputs(pipe, ["a red circle", "a blue square"], **refs)
+    assert inputs["cross_attention_kwargs"]["boxes"].shape == (4, 2, 4)  # [negative, positive] per prompt
+    two_each = pipe(**inputs, num_images_per_prompt=2, **run).images
+    # the same as every image given as its own prompt (DreamRelation's pipeline: repeat_interleave)
+    each = art.pipeline_inputs(pipe, ["a red circle", "a red circle", "a blue square", "a blue square"], **refs)
+    one_each = pipe(**each, **run).images
+    assert two_each.shape == (4, 3, 64, 64)
+    torch.testing.assert_close(two_each, one_each, atol=1e-5, rtol=0)
+    assert not torch.allclose(two_each[1], two_each[2], atol=1e-3)  # the prompts differ
 
 
 def test_bad_generation_boxes():

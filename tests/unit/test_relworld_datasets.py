@@ -41,3 +41,4 @@ def test_relationbooth_relworld_preset():
     assert (cfg.method.name, cfg.backbone.name, cfg.dataset.name) == ("relationbooth", "relworld",
                                                                       "relworld_dreamrelation")
     assert cfg.method.scale == 0.0 and cfg.method.negative_prompt == ""
+    assert cfg.method.cal_layer_rule == "relative"  # a 64 px model: every grid is under 32 x 32

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,37 @@ def test_benchmark_scenarios() -> None:
     assert painted[0] == "guitar {} paper" and painted[1] == "guitar {} canvas"  # subject outer loop
     assert "cat {} cat" in scenarios["hug"]  # pairs of a word with itself included
     assert "swimming pool {} paper bag" in scenarios["inside"]
+    # the released order of templates/benchmark_scenarios.py: first prompt, first of the second subject
+    released_starts = {
+        "painted_on": ("guitar {} paper", "cat {} paper"), "carved_by": ("swan {} apple", "horse {} apple"),
+        "shake_hands": ("man {} man", "woman {} man"), "hug": ("man {} man", "woman {} man"),
+        "back2back": ("man {} man", "woman {} man"), "inside": ("child {} box", "cat {} box"),
+        "on": ("book {} book", "toy truck {} book"), "hanging_from": ("schoolbag {} ceiling", "bag {} ceiling"),
+        "wrapped_in": ("man {} towel", "woman {} towel"), "ride_on": ("man {} bicycle", "woman {} bicycle"),
+    }
+    assert list(scenarios) == list(released_starts)
+    assert {r: (t[0], t[10]) for r, t in scenarios.items()} == released_starts
+    assert scenarios["carved_by"][:10] == ["swan {} " + o for o in (
+        "apple", "carrot", "clay", "glass", "jade", "marble", "metal", "wood", "plastic", "paper")]
+
+
+def _released_scenarios_file() -> Path | None:
+    """The released lists in order (a JSON copy of templates/benchmark_scenarios.py), when present."""
+    candidates = [Path(__file__).resolve().parents[3] / "shared" / "reference"]
+    if os.environ.get("RELGEN_SAMPLES_DIR"):
+        candidates.insert(0, Path(os.environ["RELGEN_SAMPLES_DIR"]).resolve().parent / "reference")
+    for folder in candidates:
+        if (folder / "reversion_benchmark_scenarios.json").is_file():
+            return folder / "reversion_benchmark_scenarios.json"
+    return None
+
+
+def test_benchmark_scenarios_match_the_released_order() -> None:
+    path = _released_scenarios_file()
+    if path is None:
+        pytest.skip("the released benchmark_scenarios reference copy is not available")
+    released = json.loads(path.read_text())["inference_templates"]
+    assert load_benchmark_scenarios() == released  # same relations, same 100 prompts, same order
 
 
 def test_sample_positive_words() -> None:

@@ -97,6 +97,41 @@ def test_graph_of_official_place_sample(samples_dir, sd21):
     assert method.text.eot.tolist() == [len(tok(p).input_ids) - 1 for p in method.text.prompts]
 
 
+def test_exemplars_are_preprocessed_by_vae_image_processor(samples_dir, sd21):
+    from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image
+
+    from relgen.data.images import load_image, load_image_vae_processor
+
+    data = read_rrnet_folder(samples_dir / "rrnet" / "place")
+    processor = VaeImageProcessor(vae_scale_factor=sd21.vae_scale)  # lanczos, as in diffusers 0.18.0
+    assert processor.config.resample == "lanczos"
+    path = data[0].images["ARB"][0]
+    with Image.open(path) as image:
+        expected = processor.preprocess(image.convert("RGB"), height=512, width=512)[0]
+    ours = load_image_vae_processor(path, 512, vae_scale_factor=sd21.vae_scale)
+    assert torch.equal(ours, expected)
+    # a bicubic PIL resize is not what the released code trains on
+    assert (load_image(path, 512, resample="bicubic") - expected).abs().max() > 0.05
+
+    method = _method(sd21, data)
+    paths = [p for key in ("A", "B", "ARB", "BRA") for p in method.relation.images[key]]
+    pixels = []
+    for p in paths:
+        with Image.open(p) as image:
+            pixels.append(processor.preprocess(image.convert("RGB"), height=64, width=64)[0])
+    with torch.no_grad():
+        want = torch.cat([sd21.encode_latent_dist(torch.stack(pixels[i:i + 4])) for i in range(0, len(paths), 4)])
+    torch.testing.assert_close(method.latent_dists, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_image_resample_fails_at_validation():
+    from relgen.validation import validate
+
+    with pytest.raises(ConfigError, match=r"method.image_resample='cubic' .* use one of bicubic, bilinear, lanczos"):
+        validate(_cfg("method.image_resample=cubic"))
+
+
 def test_multi_piece_word_warns_and_uses_first_piece(sd21):
     tok, enc = sd21.slots[0].tokenizer, sd21.slots[0].encoder
     ids = tok("rests", add_special_tokens=False).input_ids
@@ -432,3 +467,11 @@ def test_paper_experiment_composes_and_dry_runs(tmp_path, capsys):
     # The offline default: tiny_sd21 on shapes_rrnet.
     cfg = compose("method=rrnet")
     assert (cfg.backbone.name, cfg.dataset.name) == ("tiny_sd21", "shapes_rrnet")
+
+
+def test_object_sentence_keeps_the_word_as_given():
+    from relgen.methods.rrnet.artifact import object_sentence
+
+    # RRNet's released dataset.py: f"this is a photo of {obj}", no lower-casing
+    assert object_sentence("Book") == "this is a photo of Book"
+    assert object_sentence("toy truck", "a {} here") == "a toy truck here"

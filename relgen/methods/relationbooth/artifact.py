@@ -178,7 +178,8 @@ class RelationBoothArtifact(Artifact):
         with torch.no_grad():
             branch.dummy_tokens.copy_(dummy)
         gen = {"negative_prompt": defaults.negative_prompt, "default_box_y": list(defaults.default_box_y),
-               "local_tokens_inference": local is not None, **(generation or {})}
+               "local_tokens_inference": local is not None,
+               "local_token_encoder": "clipself" if local is not None else None, **(generation or {})}
         return cls(branch, gen, [], lora_file=lora, adapter_file=ms_adapter)
 
     # -- applying -----------------------------------------------------------------------------
@@ -260,7 +261,8 @@ class RelationBoothArtifact(Artifact):
             boxes: ``[[x0, y0, x1, y1], ...]`` normalised; default: a left/right layout.
             scale: image-attention weight gamma (default: the trained one).
             negative_prompt: default: DreamRelation's released negative prompt.
-            local_tokens: append CLIPSelf local tokens (default: ``local_tokens_inference``).
+            local_tokens: append the local tokens (default: the export's ``local_tokens_inference``;
+                from CLIPSelf when loaded, else from the image encoder itself).
 
         Returns:
             ``prompt_embeds`` ``[B, 77 + T_img, C]``, ``negative_prompt_embeds`` (negative prompt
@@ -276,7 +278,8 @@ class RelationBoothArtifact(Artifact):
         b = len(prompts)
         images, phrases, box_tensor = self._references(prompts, images, phrases, boxes)
         if local_tokens is None:
-            local_tokens = bool(self.generation.get("local_tokens_inference", True))
+            # an export records its choice; DreamRelation inference.py: local tokens only with CLIPSelf
+            local_tokens = bool(self.generation.get("local_tokens_inference", self.branch.local_encoder is not None))
         set_image_attention_scale(pipe.unet, float(self.branch.spec.scale if scale is None else scale))
         negative = self.generation.get("negative_prompt", "") if negative_prompt is None else negative_prompt
         device = pipe._execution_device

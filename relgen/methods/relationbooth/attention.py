@@ -58,6 +58,21 @@ class TextAttentionStore:
         return list(self.maps.values())
 
 
+def _per_image(value: torch.Tensor | None, batch: int, name: str) -> torch.Tensor | None:
+    """Repeat a per-prompt ``value`` (``[B / k, ...]``) to the layer's batch of ``B`` images.
+
+    diffusers' pipelines repeat each prompt's embeddings ``num_images_per_prompt`` times in a row
+    (negative prompts first under classifier-free guidance); DreamRelation's released pipeline
+    repeats its boxes the same way (``repeat_interleave`` over the batch).
+    """
+    if value is None or value.shape[0] == batch:
+        return value
+    if value.shape[0] == 0 or batch % value.shape[0]:
+        raise ValueError(f"cross_attention_kwargs['{name}'] has {value.shape[0]} rows for a batch of {batch} "
+                         "images; give one row per prompt (negative prompts first) or per image")
+    return value.repeat_interleave(batch // value.shape[0], dim=0)
+
+
 def box_region_masks(boxes: torch.Tensor, side: int) -> torch.Tensor:
     """Rasterise normalised boxes onto a ``side x side`` query grid.
 
@@ -226,7 +241,9 @@ class MaskedImageAttnProcessor(nn.Module):
             encoder_hidden_states: ``[B, text_tokens + num_image_tokens, cross_attention_dim]``.
             attention_mask: Optional encoder attention mask over the whole encoder sequence.
             temb: Time embedding for spatial-norm layers.
-            boxes: Optional normalised ``xyxy`` boxes ``[B, n, 4]``; None disables box masking.
+            boxes: Optional normalised ``xyxy`` boxes ``[B, n, 4]``; None disables box masking. A
+                batch of ``B / k`` rows is repeated ``k`` times row by row, as a pipeline called
+                with ``num_images_per_prompt=k`` repeats each prompt's embeddings.
             phrase_idxes: Optional token span ``[B, 2]`` (or ``[B, 1, 2]``), ``[start, end)``, whose
                 text attention is recorded when the attention store is active.
 
@@ -241,6 +258,8 @@ class MaskedImageAttnProcessor(nn.Module):
             batch, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
         batch, num_queries, _ = hidden_states.shape
+        boxes = _per_image(boxes, batch, "boxes")
+        phrase_idxes = _per_image(phrase_idxes, batch, "phrase_idxes")
 
         if encoder_hidden_states is None:
             # used as self-attention: every token is a "text" token, there are no image tokens

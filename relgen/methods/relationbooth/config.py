@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from relgen.config import MethodConfig
+from relgen.config import MethodConfig, register_schema
 
 # DreamRelation inference.py's negative prompt
 RELEASED_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
@@ -64,11 +64,29 @@ class RelationBoothConfig(MethodConfig):
         clip_mean, clip_std: CLIP pixel normalisation.
         local_grid: local tokens per image = local_grid².
         local_image_size: local encoder input side; None = 4 x the image encoder's (896 for 224).
-        local_tokens_train, local_tokens_inference: append the local tokens in training / generation.
+        local_tokens_train: append the local tokens in training (the released train.py does not).
+        local_tokens_inference: append the local tokens at generation. None (default): exactly
+            when ``clipself_checkpoint`` is set, as DreamRelation's inference.py adds them only
+            when its CLIPSelf weights exist; true: always, from the plain image encoder when no
+            CLIPSelf checkpoint is given (not a released variant); false: never. The export
+            records the choice and the encoder the tokens come from.
         kp_weight: keypoint matching loss weight; kp_max_timestep: it applies only where
             t <= this (None: at every t).
-        calibration, cal_weight: predicate attention calibration loss; cal_max_side_fraction:
-            layers whose query grid side <= this x the latent side (32 of 128 in SDXL at 1024).
+        calibration: the predicate attention calibration loss. None (default): on when every
+            item has a ``predicate`` (DreamRelation train.py needs one per item), otherwise off,
+            said once before training (a dry run says which); true: on, and every item must have
+            a predicate; false: off.
+        cal_weight: its weight.
+        cal_layer_rule: which cross-attention layers enter it: ``absolute`` (default, as
+            DreamRelation train.py: layers with at most ``cal_max_queries`` queries, 32² = 1024)
+            or ``relative`` (query-grid side <= ``cal_max_side_fraction`` x the latent side, for
+            small models whose grids are all under 32²). Both pick SDXL's 32 x 32 layers at 1024
+            px; at 512 px the absolute rule takes 70 layers (32² and 16²), the relative one 60.
+        cal_max_queries: the absolute rule's query limit.
+        cal_max_side_fraction: the relative rule's side fraction (32 of 128 in SDXL at 1024).
+        box_far_edge: where a training box's right/bottom edge lies on the latent-grid mask:
+            ``inclusive`` (at the last inside cell, as DreamRelation's released mask2bbox) or
+            ``exclusive`` (one cell past it, the pixel-edge convention of the readers).
         crop_p, crop_scale: DreamRelation's random resize-crop; num_crops: crops drawn per item
             once at setup (their VAE posteriors are cached); crop_seed: their seed.
         negative_prompt: generation's negative prompt.
@@ -121,17 +139,20 @@ class RelationBoothConfig(MethodConfig):
     local_grid: int = 4
     local_image_size: Optional[int] = None
     local_tokens_train: bool = False
-    local_tokens_inference: bool = True
+    local_tokens_inference: Optional[bool] = None  # None: only with a CLIPSelf checkpoint (released)
     tiny: TinyBranchConfig = field(default_factory=TinyBranchConfig)
 
     # losses
     kp_weight: float = 0.1
     kp_max_timestep: Optional[int] = 333
-    calibration: bool = True
+    calibration: Optional[bool] = None  # None: on when every item has a predicate
     cal_weight: float = 0.001
+    cal_layer_rule: str = "absolute"  # DreamRelation train.py: layers with <= 32 x 32 queries
+    cal_max_queries: int = 1024
     cal_max_side_fraction: float = 0.25
 
     # data
+    box_far_edge: str = "inclusive"  # DreamRelation mask2bbox: the last index, not one past it
     crop_p: float = 0.5
     crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     num_crops: int = 4
@@ -142,3 +163,7 @@ class RelationBoothConfig(MethodConfig):
     default_box_y: list[float] = field(default_factory=lambda: [0.2, 0.8])
     num_sample_prompts: int = 1
     export_kohya: bool = False
+
+
+# the method registers its own schema, as a plugin's ``schemas`` entry does
+register_schema("method", "relationbooth", RelationBoothConfig)

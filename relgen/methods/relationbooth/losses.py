@@ -62,6 +62,11 @@ def keypoint_matching_loss(
     rows, cols = keypoint_indices(target_kps.to(x0_pred.device), h, w)  # [B, n, K]
     pred = x0_pred.permute(0, 2, 3, 1)[batch_idx, rows, cols]  # [B, n, K, C]
 
+    # The reference latents are read on their own grid (rh x rw), on purpose. DreamRelation's
+    # released train.py scales the reference ("input") keypoints by pred_original_sample.shape[-1]
+    # taken after its permute(0, 2, 3, 1) to channels-last, i.e. by the channel count 4, so every
+    # reference keypoint lands in the top-left 4 x 4 cells (the target keypoints are scaled before
+    # the permute, by 128, and are right). That is a bug of the release; do not reproduce it.
     rh, rw = ref_latents.shape[-2:]
     ref_rows, ref_cols = keypoint_indices(ref_kps.to(x0_pred.device), rh, rw)
     ref = ref_latents.permute(0, 1, 3, 4, 2)[batch_idx, entity_idx, ref_rows, ref_cols]  # [B, n, K, C]
@@ -83,6 +88,13 @@ def predicate_calibration_loss(
     Per layer: the mean of the predicate's attention map over the background minus its mean over
     the object region (the union of the entity masks, nearest-resized to the map size). Averaged
     over layers and batch. Minimising it moves predicate attention onto the entities.
+
+    Maps of several sizes (e.g. SDXL at 512 px under the absolute layer rule: 32 x 32 and
+    16 x 16): every layer's region is resized from the full latent-grid mask. DreamRelation's
+    train.py instead overwrites the mask with each layer's resized copy, so a layer's region is
+    resized from the previous layer's and depends on the order layers were recorded (a 32 x 32
+    region rebuilt from a 16 x 16 one is blockier). With one map size, as in the released
+    1024-px setting, the two are identical (nearest resizing to the same size is idempotent).
 
     Args:
         attn_maps: Per-layer maps, each ``(B, s, s)`` (``s`` may differ between layers).

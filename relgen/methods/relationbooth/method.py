@@ -63,7 +63,8 @@ class PreparedItem:
 
     Attributes:
         id, prompt, entities, concept_images: from the dataset.
-        span: ``(start, end)`` token span of the predicate in the first tokenizer's ids.
+        span: ``(start, end)`` token span of the predicate in the first tokenizer's ids (``(0, 0)``
+            when the calibration loss is off).
         pooled: ``[D_pool]`` SDXL pooled prompt embedding (None for SD 1.x/2.x).
         phrase_embeds: ``[n, D_phrase]``.
         features: ``[n, T, D]`` CLIP tokens of the references (global, plus local if trained with them).
@@ -101,8 +102,18 @@ class RelationBooth(Method):
     name = "relationbooth"
     config_class = RelationBoothConfig
     dataset_formats = ("dreamrelation",)
-    requires = frozenset({"keypoints", "masks", "references", "predicate"})
+    # the predicate is needed by the calibration loss only: see calibration_plan()
+    requires = frozenset({"keypoints", "masks", "references"})
     denoising_terms = ("diff",)  # the keypoint and calibration losses are never loss-weighted
+
+    @classmethod
+    def check_data(cls, cfg: RelationBoothConfig, data: list) -> None:
+        """Checks that need the data but no weights: says once whether the calibration loss is on."""
+        on, reason = calibration_plan(cfg, data)
+        if on or cfg.calibration is False:
+            log.info("relationbooth: predicate calibration loss %s (%s)", "on" if on else "off", reason)
+        else:
+            log.warning("relationbooth: predicate calibration loss off: %s", reason)
 
     def __init__(self, cfg: RelationBoothConfig, backbone, data) -> None:
         super().__init__(cfg, backbone, data)
@@ -119,31 +130,33 @@ class RelationBooth(Method):
             raise ConfigError(f"method.batch_size={cfg.batch_size} needs every item to have the same number of "
                               f"entities (found {sorted(counts)}); use method.batch_size=1")
 
+        self.calibration, _ = calibration_plan(cfg, raw_items)  # said by check_data before loading
         # image branch + masked attention, then the LoRA around attn2's projections
         self.branch = build_branch(cfg, backbone)
-        self.cal_side = self._calibration_side()
-        self.store = TextAttentionStore(max_query_tokens=None if self.cal_side is None else self.cal_side ** 2)
+        self.cal_max_queries = self._calibration_max_queries()
+        self.cal_side = None if self.cal_max_queries is None else math.isqrt(self.cal_max_queries)
+        self.store = TextAttentionStore(max_query_tokens=self.cal_max_queries)
         self.store.active = self.cal_side is not None  # layers record only when given phrase_idxes
         self.processors = self.branch.install(backbone.unet, store=self.store)
         self.lora_params = add_lora(backbone.unet, cfg)
 
-        self.items = prepare_items(raw_items, backbone, self.branch, cfg, self.resolution)
+        self.items = prepare_items(raw_items, backbone, self.branch, cfg, self.resolution, spans=self.calibration)
         self.kp_max_timestep = (backbone.num_train_timesteps if cfg.kp_max_timestep is None
                                 else int(cfg.kp_max_timestep))
 
     # -- setup helpers ------------------------------------------------------------------------
-    def _calibration_side(self) -> Optional[int]:
-        """Largest query-grid side that records predicate attention; None when the loss is off."""
+    def _calibration_max_queries(self) -> Optional[int]:
+        """Most queries a layer may have to record predicate attention; None when the loss is off."""
         cfg = self.cfg
-        if not cfg.calibration or cfg.cal_weight == 0:
+        if not self.calibration or cfg.cal_weight == 0:
             return None
-        # DreamRelation train.py: layers with <= 32x32 queries at 1024 px (latent 128): side <= latent/4
-        limit = math.floor(cfg.cal_max_side_fraction * self.latent_side + 1e-9)
+        limit = calibration_query_limit(cfg, self.latent_side)
         sides = cross_attention_sides(self.backbone.unet, self.latent_side)
-        if not any(s <= limit for s in sides.values()):
-            log.warning("relationbooth: predicate calibration loss off: no cross-attention layer has a query grid "
-                        "side <= %d (= %s x latent side %d; layer sides %s); raise method.cal_max_side_fraction",
-                        limit, cfg.cal_max_side_fraction, self.latent_side, sorted(set(sides.values())))
+        if not any(s * s <= limit for s in sides.values()):
+            log.warning("relationbooth: predicate calibration loss off: no cross-attention layer has at most %d "
+                        "queries (method.cal_layer_rule=%s; latent side %d; layer sides %s); adjust "
+                        "method.cal_max_queries or method.cal_max_side_fraction", limit, cfg.cal_layer_rule,
+                        self.latent_side, sorted(set(sides.values())))
             return None
         return limit
 
@@ -250,8 +263,21 @@ class RelationBooth(Method):
                                      live_unet=self.backbone.unet)
 
     def generation_defaults(self) -> dict:
-        return {"negative_prompt": self.cfg.negative_prompt, "default_box_y": list(self.cfg.default_box_y),
-                "local_tokens_inference": bool(self.cfg.local_tokens_inference)}
+        """What generation uses unless told otherwise (written to the export's ``image_branch.json``).
+
+        ``local_tokens_inference`` is resolved here: unset, the local tokens are on exactly when a
+        CLIPSelf checkpoint is loaded (DreamRelation inference.py); ``local_token_encoder`` names
+        where they come from (``clipself``, ``image_encoder`` for the plain-encoder variant, or None).
+        """
+        cfg = self.cfg
+        local = cfg.local_tokens_inference
+        if local is None:
+            local = cfg.clipself_checkpoint is not None
+        source = None
+        if local:
+            source = "clipself" if self.branch.local_encoder is not None else "image_encoder"
+        return {"negative_prompt": cfg.negative_prompt, "default_box_y": list(cfg.default_box_y),
+                "local_tokens_inference": bool(local), "local_token_encoder": source}
 
     def samples(self) -> list[dict]:
         """The first items' prompts with their references and (uncropped) target boxes."""
@@ -333,6 +359,51 @@ def save_kohya_lora(unet, path: Path) -> Path:
     return path
 
 
+def calibration_plan(cfg: RelationBoothConfig, data: list) -> tuple[bool, str]:
+    """Whether the predicate calibration loss runs on ``data``, and why.
+
+    DreamRelation train.py locates every item's predicate tokens, and crashes on items without
+    one (its released ``shake`` data); here ``method.calibration`` unset turns the loss off for
+    such data, ``true`` demands a predicate in every item, ``false`` turns it off.
+
+    Raises:
+        DataError: ``method.calibration=true`` and an item has no predicate.
+    """
+    if cfg.calibration is False:
+        return False, "method.calibration=false"
+    missing = [item for item in data if item.predicate is None]
+    if not missing:
+        return True, "every item has a predicate"
+    first = missing[0]
+    where = f"{Path(first.motion_image).parents[2] / 'prompts.json'}: item '{first.id}'"
+    if cfg.calibration is True:
+        raise DataError(f"{where} has no 'predicate' but method.calibration=true needs one in every item "
+                        f"({len(missing)} of {len(data)} lack it); add e.g. \"predicate\": [\"hugging\"] or set "
+                        "method.calibration=false")
+    return False, (f"{len(missing)} of {len(data)} items have no 'predicate' (first: {where}); add one to every "
+                   "item to train with it")
+
+
+#: ``method.cal_layer_rule`` values: see :func:`calibration_query_limit`.
+CAL_LAYER_RULES = ("absolute", "relative")
+
+
+def calibration_query_limit(cfg: RelationBoothConfig, latent_side: int) -> int:
+    """The most queries a cross-attention layer may have to enter the calibration loss.
+
+    ``absolute``: ``cfg.cal_max_queries`` (DreamRelation train.py records the layers with at most
+    32 x 32 queries). ``relative``: ``s²`` with ``s = floor(cfg.cal_max_side_fraction x latent_side)``,
+    the same layers at SDXL's 1024 px (latent 128, ``s = 32``) and a usable choice on small models.
+    """
+    if cfg.cal_layer_rule == "absolute":
+        return int(cfg.cal_max_queries)
+    if cfg.cal_layer_rule == "relative":
+        side = math.floor(cfg.cal_max_side_fraction * latent_side + 1e-9)
+        return side * side
+    raise ConfigError(f"method.cal_layer_rule='{cfg.cal_layer_rule}' is not known; use one of "
+                      f"{', '.join(CAL_LAYER_RULES)}")
+
+
 def cross_attention_sides(unet, latent_side: int) -> dict[str, int]:
     """Query-grid side of every cross-attention processor, from its block's depth in the UNet."""
     levels = len(unet.config.block_out_channels)
@@ -396,6 +467,9 @@ def draw_crops(item, cfg: RelationBoothConfig, resolution: int, mask_size: int,
     if tuple(masks.shape[-2:]) != tuple(image.shape[-2:]):
         raise DataError(f"item '{item.id}': masks are {tuple(masks.shape[-2:])} but the motion image is "
                         f"{tuple(image.shape[-2:])}")
+    # On square images DreamRelation's RandomResizeCrop is the identity up to one pixel (it fits the
+    # image into 1023 or 1024 px on the canvas); that shift, 1/8 of a latent cell at 1024 px, is not
+    # reproduced: a square item keeps one exact crop, its boxes and keypoints unmoved.
     crops, seen = [], set()
     for _ in range(cfg.num_crops):
         # DreamRelation train.py: RandomResizeCrop(resolution, crop_p) on the target image and its masks
@@ -405,8 +479,10 @@ def draw_crops(item, cfg: RelationBoothConfig, resolution: int, mask_size: int,
         if digest in seen:
             continue
         seen.add(digest)
-        # DreamRelation train.py: boxes from the masks on the latent-size grid (128 at 1024 px)
-        crops.append((digest, res.image, (res.masks > 0).float(), res.keypoints, boxes_from_masks(res.masks)))
+        # DreamRelation's released mask2bbox: boxes of the masks on the latent-size grid (128 at
+        # 1024 px) with the far edge at the last inside index (method.box_far_edge)
+        boxes = boxes_from_masks(res.masks, far_edge=cfg.box_far_edge)
+        crops.append((digest, res.image, (res.masks > 0).float(), res.keypoints, boxes))
     return crops
 
 
@@ -429,8 +505,13 @@ def encode_crops(backbone, crops: list, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prepare_items(raw_items: list, backbone, branch, cfg: RelationBoothConfig, resolution: int) -> list[PreparedItem]:
-    """Cache every frozen input of every item (see :class:`PreparedItem`)."""
+def prepare_items(raw_items: list, backbone, branch, cfg: RelationBoothConfig, resolution: int,
+                  spans: bool = True) -> list[PreparedItem]:
+    """Cache every frozen input of every item (see :class:`PreparedItem`).
+
+    ``spans``: locate each item's predicate tokens (only the calibration loss reads them; without
+    it an item needs no predicate and its span is ``(0, 0)``).
+    """
     from relgen.data.latents import latent_dists
     from relgen.data.readers import predicate_token_span
 
@@ -441,10 +522,12 @@ def prepare_items(raw_items: list, backbone, branch, cfg: RelationBoothConfig, r
     prepared = []
     for item in raw_items:
         _check_item(item)
-        try:
-            span = predicate_token_span(slot0.tokenizer, item.prompt, item.predicate)
-        except DataError as exc:
-            raise DataError(f"item '{item.id}': {exc}") from exc
+        span = (0, 0)
+        if spans:
+            try:
+                span = predicate_token_span(slot0.tokenizer, item.prompt, item.predicate)
+            except DataError as exc:
+                raise DataError(f"item '{item.id}': {exc}") from exc
         cond = backbone.encode_prompts([item.prompt])
         phrases = phrase_embeddings(slot0.tokenizer, slot0.encoder, item.entities)
         features = branch.image_features(item.concept_images, local=cfg.local_tokens_train)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relgen.config import register_schema
 from relgen.methods.textual_inversion.config import TextualInversionConfig
 
 
@@ -39,3 +40,7 @@ class ReVersionConfig(TextualInversionConfig):
     timestep_sampler: str = "relation_focal"
     focal_alpha: float = 0.5
     lowercase_prompts: bool = True
+
+
+# the method registers its own schema, as a plugin's ``schemas`` entry does
+register_schema("method", "reversion", ReVersionConfig)

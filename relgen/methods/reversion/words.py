@@ -111,7 +111,8 @@ def load_benchmark_scenarios() -> dict[str, list[str]]:
     """Return ReVersion's benchmark prompt templates.
 
     Each relation has 10 subjects and 10 objects; its templates are ``"subject {} object"`` for every
-    pair, with the subject in the outer loop (100 templates per relation). ``{}`` is where the relation
+    pair, with the subject in the outer loop (100 templates per relation), in the order of ReVersion's
+    released ``templates/benchmark_scenarios.py`` (so ``limit=N`` renders its first N). ``{}`` is where the relation
     token goes, e.g. ``template.format("<R>")``.
 
     Returns:

@@ -51,11 +51,14 @@ __all__ = [
 
 
 def object_sentence(word: str, template: str = DEFAULT_OBJECT_TEMPLATE) -> str:
-    """The object sentence of ``word``, lower-cased as RRNet's released dataset.py does.
+    """The object sentence of ``word``: the template filled with the word unchanged.
 
-    Example: ``object_sentence("Book") == "this is a photo of book"``.
+    RRNet's released dataset.py formats ``f"this is a photo of {obj}"`` with the word as given
+    (no lower-casing); CLIP's tokenizers lower-case their input themselves.
+
+    Example: ``object_sentence("Book") == "this is a photo of Book"``.
     """
-    return template.format(word).lower()
+    return template.format(word)
 
 
 def first_token_rows(pairs: Sequence[tuple[Any, Any]], words: Sequence[str]) -> Tensor:

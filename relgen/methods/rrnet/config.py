@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from relgen.config import MethodConfig
+from relgen.config import MethodConfig, register_schema
 
 
 @dataclass
@@ -41,6 +41,9 @@ class RRNetConfig(MethodConfig):
         grid_scales: Default λ columns of the scale grid (the released generate.py sweeps
             0 to 0.8; 1.0 is the training value).
         resolution: Training resolution; ``None``: the backbone's native one.
+        image_resample: PIL filter of diffusers' ``VaeImageProcessor``, through which every
+            exemplar image is resized (RRNet's released dataset.py calls its ``preprocess``;
+            its default in the pinned diffusers 0.18.0 is ``lanczos``).
         cache_text: Also keep the frozen text-encoder outputs on disk (keyed by the backbone's
             identity and the prompts).
         gnn_device: Where the graph network runs; ``None``: the backbone's device when the
@@ -82,7 +85,14 @@ class RRNetConfig(MethodConfig):
     grid_scales: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     sample_steps: Optional[int] = 30
     sample_guidance: Optional[float] = 7.5
+    # Exemplar images: VaeImageProcessor.preprocess(image, height, width) with its default
+    # lanczos resize, as RRNet's released dataset.py on diffusers 0.18.0.
+    image_resample: str = "lanczos"
     # Engineering.
     resolution: Optional[int] = None
     cache_text: bool = True
     gnn_device: Optional[str] = None
+
+
+# the method registers its own schema, as a plugin's ``schemas`` entry does
+register_schema("method", "rrnet", RRNetConfig)

@@ -79,7 +79,7 @@ def encode_relation_text(backbone, A: str, R: str, B: str, ARB: str, BRA: str,
 
     The node features follow RRNet's released GNN.py: objects and relation = input token
     rows of each word's first sub-token; ``eot0`` = EOT output of "this is a photo of {A}"
-    (lower-case); ``eot1`` = the prompt's own EOT output.
+    (the word as given, as dataset.py); ``eot1`` = the prompt's own EOT output.
 
     Args:
         backbone: The loaded backbone.
@@ -217,7 +217,9 @@ class RRNet(Method):
             self.offsets[key] = len(paths)
             self.counts[key] = len(rel.images[key])
             paths.extend(rel.images[key])
-        self.latent_dists = latent_dists(backbone, paths, self.resolution)
+        # RRNet's released dataset.py: VaeImageProcessor.preprocess(image, height=res, width=res)
+        self.latent_dists = latent_dists(backbone, paths, self.resolution, resample=cfg.image_resample,
+                                         loader="vae_processor")
 
         # Schedule position: the next pair (0..4) of the current epoch and the epoch's images.
         self.epoch = 0

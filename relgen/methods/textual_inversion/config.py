@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from relgen.config import MethodConfig
+from relgen.config import MethodConfig, register_schema
 
 
 @dataclass
@@ -23,3 +23,7 @@ class TextualInversionConfig(MethodConfig):
     checkpoint_every: int = 500
     resolution: Optional[int] = None  # None: the backbone's native resolution
     num_sample_prompts: int = 2
+
+
+# the method registers its own schema, as a plugin's ``schemas`` entry does
+register_schema("method", "textual_inversion", TextualInversionConfig)
