@@ -411,15 +411,17 @@ TASKS = {"inversion": task_inversion, "rectification": task_rectification, "cust
 # --------------------------------------------------------------------------------------------
 
 
-def task_grid(task: TaskResult, seeds: int):
-    """Rows = prompt x first ``seeds`` seeds, columns = conditions."""
-    from relgen.generate import make_grid
+def task_grid(task: TaskResult, seeds: int, first_seed: int = 0):
+    """Rows = prompt x first ``seeds`` seeds, columns = conditions; labelled with both."""
+    from relgen.grid import labelled_grid
 
-    rows = []
-    for i in range(len(task.prompts)):
+    rows, labels = [], []
+    for i, prompt in enumerate(task.prompts):
         for j in range(min(seeds, len(next(iter(task.images.values()))[i]))):
             rows.append([task.images[c.name][i][j] for c in task.conditions])
-    return make_grid(rows)
+            labels.append(f"{prompt.text}\nseed {first_seed + j}")
+    return labelled_grid(rows, row_labels=labels, column_labels=[c.name for c in task.conditions],
+                         title=f"relworld · {task.name}")
 
 
 def write_report(out: Path, tasks: list[TaskResult], s: Settings, wall_s: float) -> Path:
@@ -457,7 +459,7 @@ def write_report(out: Path, tasks: list[TaskResult], s: Settings, wall_s: float)
         if task.train_seconds:
             lines += ["", "Training time: " + ", ".join(f"{k} {v:.0f} s" for k, v in task.train_seconds.items()) + "."]
         grid = out / f"grid_{task.name}.png"
-        _save_png(task_grid(task, s.grid_seeds), grid)
+        _save_png(task_grid(task, s.grid_seeds, s.seed), grid)
         lines += ["", f"Columns: {', '.join(c.name for c in task.conditions)}. Rows: each prompt at seeds "
                   f"{s.seed}..{s.seed + s.grid_seeds - 1}: " + "; ".join(f"`{p.text}`" for p in task.prompts) + ".",
                   "", f"![{task.name}]({grid.name})", ""]

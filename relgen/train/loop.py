@@ -165,8 +165,9 @@ class Trainer:
         mcfg = self.cfg.method
         opts = GenerationOptions(seed=mcfg.sample_seed, num_images=self.cfg.trainer.num_samples,
                                  steps=mcfg.sample_steps, guidance=mcfg.sample_guidance)
+        title = f"{self.cfg.method.name} · {self.cfg.backbone.name} · step {self.step}"
         return render_grid(self.backbone, self.method.live_artifact(), prompts, opts,
-                           self.run_dir / "samples" / f"{tag}.png")
+                           self.run_dir / "samples" / f"{tag}.png", title=title)
 
 
 class _MetricsWriter:
