@@ -86,6 +86,7 @@ class MethodConfig:
     lr_warmup_steps: int = 0
     max_grad_norm: Optional[float] = None
     checkpoint_every: int = 500
+    export_every: Optional[int] = None  # also write export/step-NNNNNN/ every N steps (kept)
     timestep_sampler: str = "uniform"  # or "relation_focal" (ReVersion Eq. 6)
     focal_alpha: float = 0.5
     sample_prompts: list[str] = field(default_factory=list)
@@ -128,6 +129,17 @@ class RunConfig:
 
 
 _store = ConfigStore.instance()
+
+
+def compose_run(*overrides: str):
+    """The run config ``python -m relgen <overrides>`` composes (Hydra's compose API, no app)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app
+        return compose("config", overrides=list(overrides))
+    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def register_schema(group: str, name: str, node: type) -> None:

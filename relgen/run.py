@@ -7,16 +7,13 @@ minutes it takes to load SDXL. ``dry_run=true`` stops after those checks.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from relgen.errors import ConfigError
+from relgen.export import export_run  # noqa: F401  (also imported from here)
 
 log = logging.getLogger("relgen")
 
@@ -66,7 +63,7 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
     if not acc.is_main_process:
         return 0
 
-    export_dir = export_run(cfg, run_dir, method)
+    export_dir = export_run(cfg, run_dir, method, step=trainer.step)
     samples = None
     if cfg.trainer.sample_at_end:
         samples = trainer.sample_grid("final")
@@ -84,28 +81,3 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
         if summary[key]:
             print(f"  {key:12s} {summary[key]}")
     return 0
-
-
-def export_run(cfg: DictConfig, run_dir: Path, method) -> Path:
-    """Write ``export/`` (artifact files + ``relgen.json``) atomically."""
-    import relgen
-
-    final = run_dir / "export"
-    tmp = run_dir / f".export.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    files = method.export(tmp)
-    meta: dict[str, Any] = {
-        "method": cfg.method.name,
-        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
-        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
-        "dataset": cfg.dataset.name,
-        "cache_dir": cfg.cache_dir,
-        "files": [p.name for p in files],
-        "relgen_version": relgen.__version__,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    (tmp / "relgen.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final

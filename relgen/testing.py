@@ -27,16 +27,9 @@ SHORT_RUN = ("trainer=debug", "trainer.sample_every=0", "trainer.sample_at_end=f
 
 def compose(*overrides: str):
     """The run config Hydra composes for these command-line overrides (``python -m relgen ...``)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from relgen.config import compose_run
 
-    import relgen.config  # noqa: F401  (registers the schemas)
-
-    if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app
-        return hydra_compose("config", overrides=list(overrides))
-    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+    return compose_run(*overrides)
 
 
 def load_tiny(name: str = "tiny_sd15", **overrides: Any):

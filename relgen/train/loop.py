@@ -115,6 +115,11 @@ class Trainer:
             bar.set_postfix(loss=f"{step_logs['loss']:.4f}")
             if self.step % self.checkpoint_every == 0 or self.step == self.max_steps:
                 self.save()
+            export_every = self.cfg.method.export_every
+            if main and export_every and self.step % export_every == 0 and self.step < self.max_steps:
+                from relgen.export import export_run
+
+                export_run(self.cfg, self.run_dir, self.method, step=self.step, final=False)
             if main and tcfg.sample_every and self.step % tcfg.sample_every == 0 and self.step < self.max_steps:
                 self.sample_grid(f"step-{self.step:06d}")
             self.acc.wait_for_everyone()
