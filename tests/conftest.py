@@ -70,3 +70,11 @@ def grid_cells(path, cell: int = 128, label_width: int = 160) -> tuple[int, int]
     assert (width - label_width) % cell == 0, (width, height)
     assert 0 < height % cell < cell, (width, height)  # the title and header band
     return height // cell, (width - label_width) // cell
+
+
+def local_weights(backbone: str = "tiny_sd15"):
+    """A local diffusers folder (the tiny backbone's, built once) for ``backbone.pretrained=`` in dry
+    runs of real-backbone presets, whose hub weights are not on this machine."""
+    from relgen.backbones.loading import materialize_tiny
+
+    return materialize_tiny(compose(f"backbone={backbone}").backbone)

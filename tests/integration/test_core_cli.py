@@ -95,8 +95,13 @@ def test_help_does_not_import_dgl():
 
 
 def test_dry_run_checks_without_loading_weights(tmp_path):
-    # sd15 weights are not available here: a dry run must still pass (nothing is loaded)
-    proc = run_relgen("backbone=sd15", "dry_run=true", f"hydra.run.dir={tmp_path}")
+    # sd15's hub weights are not here: the dry run says so in one line; a local folder passes (nothing is loaded)
+    line = _one_error_line(run_relgen("backbone=sd15", "dry_run=true", f"hydra.run.dir={tmp_path}"))
+    assert "'runwayml/stable-diffusion-v1-5' is not in the Hugging Face cache" in line
+    from conftest import local_weights
+
+    proc = run_relgen("backbone=sd15", f"backbone.pretrained={local_weights()}", "dry_run=true",
+                      f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "dry run ok" in proc.stdout and "no weights were loaded" in proc.stdout
     assert not (tmp_path / "checkpoints").exists()

@@ -155,6 +155,13 @@ def test_dry_run_of_the_paper_experiment_composes(tmp_path, capsys):
     from relgen.run import run_training
 
     root = write_folder(tmp_path / "painted_on", {"0.png": ["cat {} stone"]}, ["0.png"])
+    from conftest import local_weights
+    from relgen.errors import ConfigError
+
     cfg = compose("experiment=reversion_paper", f"dataset.root={root}", "dry_run=true")
+    with pytest.raises(ConfigError, match="'runwayml/stable-diffusion-v1-5' is not in the Hugging Face cache"):
+        run_training(cfg, str(tmp_path / "run"))  # the hub weights are not here; said before anything loads
+    cfg = compose("experiment=reversion_paper", f"dataset.root={root}", "dry_run=true",
+                  f"backbone.pretrained={local_weights()}")
     assert run_training(cfg, str(tmp_path / "run")) == 0
     assert "method=reversion backbone=sd15 dataset=reversion_folder (1 images" in capsys.readouterr().out
