@@ -104,7 +104,9 @@ class TrainerConfig:
     max_steps: Optional[int] = None  # overrides method.max_steps (e.g. trainer=debug)
     checkpoint_every: Optional[int] = None  # overrides method.checkpoint_every
     keep_checkpoints: int = 2
-    sample_every: Optional[int] = None  # also render the sample grid every N steps
+    # a labelled grid samples/step-NNNNNN.png every N steps (diffusers' --validation_steps), so the best
+    # step can be picked; 0 or None: only the final grid
+    sample_every: Optional[int] = 250
     sample_at_end: bool = True
     num_samples: int = 2  # images per sample prompt in the grid
     log_every: int = 1

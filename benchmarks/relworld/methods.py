@@ -195,7 +195,7 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, ext
     from relgen.run import run_training
 
     overrides = [f"method={method}", "backbone=relworld", f"dataset={dataset}", f"dataset.root={root}",
-                 f"seed={s.train_seed}", "trainer.progress=false", "trainer.sample_at_end=false",
+                 f"seed={s.train_seed}", "trainer.progress=false", "trainer.sample_at_end=false", "trainer.sample_every=0",
                  "trainer.tensorboard=false", "trainer.checkpoint_every=100000", *extra]
     if s.model:
         overrides.append(f"backbone.pretrained={s.model}")

@@ -195,6 +195,17 @@ class _MetricsWriter:
             self.fields = ["step"] + sorted(logs)
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerow(self.fields)
+        new = sorted(set(logs) - set(self.fields))
+        if new:  # a key first logged after step 1: widen the header, earlier rows get empty cells
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))[1:]
+            self.fields = self.fields + new
+            tmp = self.path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.fields)
+                writer.writerows(row + [""] * (len(self.fields) - len(row)) for row in rows)
+            tmp.replace(self.path)
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([step] + [_fmt(logs.get(k)) for k in self.fields[1:]])
         if self.tb:

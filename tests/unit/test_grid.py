@@ -84,3 +84,27 @@ def test_relworld_method_grid_is_labelled_with_conditions_prompts_and_seeds(relw
     y0 = grid.size[1] - 2 * 128
     assert grid.getpixel((160 + 10, y0 + 10)) == (255, 0, 0) and grid.getpixel((160 + 138, y0 + 138)) == (0, 0, 255)
     assert _dark_pixels(grid, (0, y0, 160, y0 + 128)) > 30  # "a red circle ... seed 5"
+
+
+def test_sample_grids_during_training_are_on_by_default_and_labelled(tmp_path):
+    from conftest import grid_cells
+    from relgen.testing import compose, short_run
+
+    assert compose().trainer.sample_every == 250  # on by default (diffusers' --validation_steps)
+    run = short_run(tmp_path / "run", "trainer.sample_every=1", "method.grad_accum=1", "method.sample_steps=2")
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000001.png"]  # the last step's is final.png
+    assert grid_cells(run / "samples" / "step-000001.png") == (2, 1)  # two sample prompts, one seed
+
+
+def test_a_log_key_that_first_appears_later_reaches_metrics_csv(tmp_path):
+    import csv
+
+    from relgen.train.loop import _MetricsWriter
+
+    writer = _MetricsWriter(tmp_path, tensorboard=False)
+    writer.write(1, {"loss": 0.5})
+    writer.write(2, {"loss": 0.25, "grad_norm": 1.5})
+    writer.write(3, {"loss": 0.125})
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["step", "loss", "grad_norm"], ["1", "0.5", ""], ["2", "0.25", "1.5"], ["3", "0.125", ""]]
