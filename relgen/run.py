@@ -49,6 +49,8 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
+    what = f"tiny random weights ({cfg.backbone.tiny})" if cfg.backbone.tiny else cfg.backbone.pretrained
+    log.info("relgen: loading backbone %s from %s (%s)", cfg.backbone.name, what, cfg.backbone.dtype)
     backbone = get_backbone(cfg.backbone.name)(cfg.backbone, cfg.cache_dir, acc.device)
     if cfg.trainer.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
