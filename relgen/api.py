@@ -22,11 +22,19 @@ META_FILE = "relgen.json"
 
 @dataclass
 class LoadedRun:
-    """A run's exported artifact plus what is needed to rebuild its backbone."""
+    """A run's exported artifact plus what is needed to rebuild its backbone.
+
+    Attributes:
+        run_dir: The run folder.
+        meta: ``relgen.json`` of the export.
+        artifact: The method's :class:`~relgen.methods.base.Artifact`.
+        export_dir: The export folder read (``export/`` or ``export/step-NNNNNN/``).
+    """
 
     run_dir: Path
     meta: dict
     artifact: Any
+    export_dir: Optional[Path] = None
 
     @property
     def method(self) -> str:
@@ -51,12 +59,33 @@ class LoadedRun:
         return load_backbone(cfg, self.meta.get("cache_dir"))
 
 
-def load(run_dir, export_dir: Optional[str] = None) -> LoadedRun:
-    """Read ``<run_dir>/export/relgen.json`` and the method's exported files."""
+def export_folder(run_dir: Path, step: Optional[int] = None) -> Path:
+    """``<run_dir>/export``, or with ``step`` the intermediate export ``export/step-NNNNNN``."""
+    export = Path(run_dir).expanduser() / "export"
+    if step is None:
+        return export
+    folder = export / f"step-{int(step):06d}"
+    if not folder.is_dir():
+        steps = sorted(p.name for p in export.glob("step-*") if p.is_dir())
+        raise RelgenError(f"{folder}: no export of step {int(step)}; this run has "
+                          + (", ".join(steps) if steps else "no intermediate exports (set method.export_every=N "
+                                                            "when training)"))
+    return folder
+
+
+def load(run_dir, export_dir: Optional[str] = None, step: Optional[int] = None) -> LoadedRun:
+    """Read ``<run_dir>/export/relgen.json`` and the method's exported files.
+
+    Args:
+        run_dir: A finished run's folder (or one written by ``python -m relgen.import_official``).
+        export_dir: Read this export folder instead of the run's.
+        step: Read the intermediate export of that step (``export/step-NNNNNN/``, written every
+            ``method.export_every`` steps) instead of the final one.
+    """
     from relgen.registry import get_method
 
     run_dir = Path(run_dir).expanduser()
-    export = Path(export_dir) if export_dir else run_dir / "export"
+    export = Path(export_dir) if export_dir else export_folder(run_dir, step)
     meta_path = export / META_FILE
     if not meta_path.is_file():
         raise RelgenError(f"{meta_path}: not found; run_dir= must be a finished relgen run "
@@ -66,4 +95,4 @@ def load(run_dir, export_dir: Optional[str] = None) -> LoadedRun:
     except json.JSONDecodeError as exc:
         raise RelgenError(f"{meta_path}: invalid JSON ({exc})") from exc
     method_cls = get_method(meta["method"])
-    return LoadedRun(run_dir, meta, method_cls.load_artifact(export, meta))
+    return LoadedRun(run_dir, meta, method_cls.load_artifact(export, meta), export)

@@ -91,6 +91,7 @@ class MethodConfig:
     lr_warmup_steps: int = 0
     max_grad_norm: Optional[float] = None
     checkpoint_every: int = 500
+    export_every: Optional[int] = None  # also write export/step-NNNNNN/ every N steps (kept)
     timestep_sampler: str = "uniform"  # or "relation_focal" (ReVersion Eq. 6)
     focal_alpha: float = 0.5
     sample_prompts: list[str] = field(default_factory=list)
@@ -108,7 +109,9 @@ class TrainerConfig:
     max_steps: Optional[int] = None  # overrides method.max_steps (e.g. trainer=debug)
     checkpoint_every: Optional[int] = None  # overrides method.checkpoint_every
     keep_checkpoints: int = 2
-    sample_every: Optional[int] = None  # also render the sample grid every N steps
+    # a labelled grid samples/step-NNNNNN.png every N steps (diffusers' --validation_steps), so the best
+    # step can be picked; 0 or None: only the final grid
+    sample_every: Optional[int] = 250
     sample_at_end: bool = True
     num_samples: int = 2  # images per sample prompt in the grid
     log_every: int = 1
@@ -139,6 +142,20 @@ class RunConfig:
 
 
 _store = ConfigStore.instance()
+
+
+def compose_run(*overrides: str):
+    """The run config ``python -m relgen <overrides>`` composes (Hydra's compose API, no app)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from relgen.registry import register_builtin_schemas
+
+    register_builtin_schemas()  # the built-in methods' schemas, as the command line registers them
+    if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app
+        return compose("config", overrides=list(overrides))
+    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def register_schema(group: str, name: str, node: type) -> None:

@@ -1,11 +1,12 @@
 """The one inference path: sample grids during training and ``python -m relgen.generate``.
 
 ``python -m relgen.generate run_dir=outputs/... prompt="a cat <R> a stone"`` loads the run's
-backbone and exported artifact, renders every prompt with the same seeds, and writes one
-folder of images and one grid per prompt under ``<run_dir>/generate/``.
-Options: ``prompts=[..]``, ``num_images``, ``seed``, ``steps``, ``guidance``, ``scheduler``,
-``batch_size``, ``negative_prompt``, ``out_dir``, ``limit`` (render only the first N prompts),
-and method options under ``method_options`` (e.g. RRNet's ``method_options.scales=[0,0.5,1]``).
+backbone and exported artifact, renders every prompt with the same seeds, and writes a new
+numbered folder ``<run_dir>/generate/NNNN/`` (earlier results are never overwritten) holding
+one folder of images per prompt, one labelled grid of all of them (named
+``<method>-<backbone>-<kind>.png``) and ``generation.json`` (prompts, seeds, settings).
+``python -m relgen.generate --help`` lists the options; method options go under
+``method_options`` (e.g. RRNet's ``method_options.scales=[0,0.5,1]``: one column per λ).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from relgen.backbones.base import _SCHEDULERS as _SCHEDULER_NAMES
 
 
 @dataclass
@@ -37,12 +40,51 @@ class GenerationOptions:
 
 
 @torch.no_grad()
-def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone_cfg) -> list[list[Any]]:
-    """Images per prompt; image i of every prompt uses seed ``opts.seed + i``."""
+def decode_latents(pipe, latents: torch.Tensor) -> list[Any]:
+    """PIL images from a pipeline's ``output_type="latent"`` result, decoded in the VAE's dtype.
+
+    The frozen UNet may run in bfloat16 or float16 (``backbone.dtype``) while the VAE stays in
+    float32 (``backbone.vae_dtype``); diffusers' SD pipeline hands the UNet's latents to the
+    VAE unchanged, which fails on mixed dtypes, so the latents are cast here. A float16 VAE
+    whose config asks for it (SDXL's ``force_upcast``) decodes in float32, as diffusers' SDXL
+    pipeline does.
+    """
+    vae = pipe.vae
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        z = latents.to(vae.device, vae.dtype)
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            view = (1, -1, 1, 1)
+            z = z * torch.tensor(std).view(view).to(z) / vae.config.scaling_factor + torch.tensor(mean).view(view).to(z)
+        else:
+            z = z / vae.config.scaling_factor
+        image = vae.decode(z, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(dtype)
+    return pipe.image_processor.postprocess(image.float(), output_type="pil")
+
+
+@torch.no_grad()
+def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone_cfg,
+           progress: bool = False) -> list[list[Any]]:
+    """Images per prompt; image i of every prompt uses seed ``opts.seed + i``.
+
+    With ``progress``, a tqdm bar counts the images as they are written.
+    """
+    from tqdm.auto import tqdm
+
     steps = opts.steps or backbone_cfg.inference_steps
     guidance = opts.guidance if opts.guidance is not None else backbone_cfg.guidance_scale
     size = backbone_cfg.resolution
     rows = []
+    bar = tqdm(total=len(prompts) * opts.num_images, desc="images", unit="img", disable=not progress,
+               dynamic_ncols=True)
     for prompt in prompts:
         images = []
         for start in range(0, opts.num_images, opts.batch_size):
@@ -55,33 +97,31 @@ def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone
             if opts.negative_prompt and "prompt" in inputs:
                 inputs["negative_prompt"] = [opts.negative_prompt] * n
             out = pipe(**inputs, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                       height=opts.height or size, width=opts.width or size, output_type="pil")
-            images.extend(out.images)
+                       height=opts.height or size, width=opts.width or size, output_type="latent")
+            images.extend(decode_latents(pipe, out.images))
+            bar.update(n)
         rows.append(images)
+    bar.close()
     return rows
 
 
-def make_grid(rows: list[list[Any]]):
-    """Paste rows of equally sized PIL images into one image (rows = prompts)."""
-    from PIL import Image
+def prompt_grid(rows: list[list[Any]], prompts: list[str], seed: int, title: Optional[str] = None):
+    """The labelled grid of :func:`render`'s output: a row per prompt, a column per seed."""
+    from relgen.grid import labelled_grid, seed_labels
 
-    w, h = rows[0][0].size
-    cols = max(len(r) for r in rows)
-    grid = Image.new("RGB", (cols * w, len(rows) * h), "white")
-    for r, row in enumerate(rows):
-        for c, img in enumerate(row):
-            grid.paste(img, (c * w, r * h))
-    return grid
+    return labelled_grid(rows, row_labels=list(prompts), column_labels=seed_labels(seed, max(len(r) for r in rows)),
+                         title=title)
 
 
-def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions, path: Path) -> Path:
-    """Render ``prompts`` on the backbone's own modules and save one grid PNG."""
+def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions, path: Path,
+                title: Optional[str] = None) -> Path:
+    """Render ``prompts`` on the backbone's own modules and save one labelled grid PNG."""
     pipe = backbone.pipeline(opts.scheduler)
     was_training = backbone.unet.training
     rows = render(pipe, artifact, prompts, opts, backbone.cfg)
     backbone.unet.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_png(make_grid(rows), path)
+    _save_png(prompt_grid(rows, prompts, opts.seed, title), path)
     return path
 
 
@@ -91,25 +131,94 @@ def _save_png(image, path: Path) -> None:
     tmp.replace(path)
 
 
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
 def slug(text: str, limit: int = 80) -> str:
-    return re.sub(r"[^A-Za-z0-9<>_-]+", "_", text).strip("_")[:limit] or "prompt"
+    """A file or folder name for ``text`` that every shell and file system accepts.
+
+    Letters, digits, ``.``, ``_``, ``-`` and ``=`` are kept; every other run of characters
+    (spaces, ``<``, ``>``, ``:``, quotes, slashes) becomes one ``_``, so ``"cat <R> stone"``
+    gives ``cat_R_stone``.
+    """
+    name = re.sub(r"[<>]", "", str(text))  # "<R>" -> "R", not "_R_"
+    name = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._")[:limit].rstrip("._")
+    if not name or name.lower().split(".")[0] in _WINDOWS_RESERVED:
+        name = f"prompt_{name}" if name else "prompt"
+    return name
+
+
+def new_output_folder(parent: Path) -> Path:
+    """Create and return ``parent/NNNN``, one more than the highest numbered folder there.
+
+    Earlier results are never overwritten; two processes started together get different
+    folders (``mkdir`` fails for the second, which takes the next number).
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in parent.iterdir() if p.is_dir() and p.name.isdigit()]
+    number = max(taken, default=0) + 1
+    while True:
+        folder = parent / f"{number:04d}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            number += 1
+
+
+def check_out_dir(run_dir: str, out_dir: Optional[str]) -> None:
+    """Refuse an ``out_dir`` that already holds files (checked before anything loads)."""
+    if out_dir is None:
+        return
+    from relgen.errors import ConfigError
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"relgen.generate: out_dir={out} already holds files; choose a new folder, or leave "
+                          f"out_dir unset to write a new numbered folder under {Path(run_dir) / 'generate'}")
+
+
+def _output_folder(run_dir: str, out_dir: Optional[str]) -> Path:
+    if out_dir is None:
+        return new_output_folder(Path(run_dir) / "generate")
+    check_out_dir(run_dir, out_dir)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def grid_file_name(meta: dict, kind: str) -> str:
+    """``<method>-<backbone>-<kind>.png``: what a grid holds, not its first prompt."""
+    backbone = meta.get("backbone") or {}
+    name = backbone.get("name", "backbone") if isinstance(backbone, dict) else str(backbone)
+    return f"{slug(meta.get('method', 'run'))}-{slug(name)}-{slug(kind)}.png"
 
 
 def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
-                      out_dir: Optional[str] = None, backbone_overrides: Optional[dict] = None) -> list[Path]:
-    """Load a finished run and write one image folder and one grid per prompt.
+                      out_dir: Optional[str] = None, backbone_overrides: Optional[dict] = None,
+                      kind: str = "prompts", step: Optional[int] = None, progress: bool = False,
+                      command: Optional[str] = None) -> list[Path]:
+    """Load a finished run and write one image folder per prompt and one labelled grid.
 
-    Steps and guidance not given fall back to the run's ``method.sample_steps`` /
-    ``sample_guidance`` (then the backbone's defaults); no prompts: the run's sample prompts.
-    An artifact with a ``grid(pipe, prompts, opts, backbone_cfg, out_dir)`` method may render
-    its own layout (RRNet's λ grid for ``method_options.scales``); it returns ``None`` to decline.
+    Everything goes into a new folder (``<run_dir>/generate/NNNN/`` unless ``out_dir`` names
+    a new or empty one) with ``generation.json``: the prompts, seeds, every setting, the
+    files written. Steps and guidance not given fall back to the run's
+    ``method.sample_steps`` / ``sample_guidance`` (then the backbone's defaults); no prompts:
+    the run's sample prompts. An artifact with a ``grid_columns(pipe, prompts, opts,
+    backbone_cfg)`` method may render conditions as columns (RRNet's λ sweep for
+    ``method_options.scales``); it returns ``None`` to decline. Returns the grid's path.
     """
-    from dataclasses import replace
+    import json
+    import time
+    from dataclasses import asdict, replace
 
+    import relgen
     from relgen.api import load
     from relgen.errors import ConfigError
+    from relgen.grid import labelled_grid
 
-    loaded = load(run_dir)
+    check_out_dir(run_dir, out_dir)
+    loaded = load(run_dir, step=step)
     mcfg = loaded.meta.get("method_config") or {}
     if opts.steps is None and mcfg.get("sample_steps"):
         opts = replace(opts, steps=int(mcfg["sample_steps"]))
@@ -121,25 +230,102 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     prompts = [p.format(token) if "{}" in p else p for p in prompts]
     if not prompts:
         raise ConfigError("relgen.generate: give prompt=... (or prompts=[...], or relation=<benchmark relation>)")
+    print(f"relgen: loading backbone {loaded.meta['backbone'].get('name')} and the {loaded.method} artifact "
+          f"of {loaded.export_dir}", file=sys.stderr, flush=True)
     backbone = loaded.load_backbone(**(backbone_overrides or {}))
     pipe = backbone.pipeline(opts.scheduler)
     loaded.apply(pipe)
-    out = Path(out_dir) if out_dir else Path(run_dir) / "generate"
-    grid = getattr(loaded.artifact, "grid", None)
-    if grid is not None:
-        written = grid(pipe, prompts, opts, backbone.cfg, out)
-        if written is not None:
-            return written
-    written = []
-    rows = render(pipe, loaded.artifact, prompts, opts, backbone.cfg)
-    for prompt, images in zip(prompts, rows):
-        folder = out / slug(prompt)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            _save_png(img, folder / f"{i:04d}.png")
-        _save_png(make_grid([images]), out / f"{slug(prompt)}.png")
-        written.append(out / f"{slug(prompt)}.png")
-    return written
+    out = _output_folder(run_dir, out_dir)
+    title = f"{loaded.method} · {backbone.name} · {Path(run_dir).name}"
+
+    columns = getattr(loaded.artifact, "grid_columns", None)
+    spec = columns(pipe, prompts, opts, backbone.cfg, progress=progress) if columns is not None else None
+    files: list[Path] = []
+    if spec is not None:  # rows = prompt x seed, columns = the artifact's conditions
+        kind = spec.kind if kind == "prompts" else f"{kind}-{spec.kind}"
+        grid_rows, labels = [], []
+        for p, prompt in enumerate(prompts):
+            for i in range(len(spec.cells[p][0])):
+                grid_rows.append([spec.cells[p][c][i] for c in range(len(spec.columns))])
+                labels.append(f"{prompt}\nseed {opts.seed + i}")
+            for c, folder_name in enumerate(spec.folders):
+                folder = out / slug(prompt) / folder_name
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, img in enumerate(spec.cells[p][c]):
+                    _save_png(img, folder / f"{i:04d}.png")
+                    files.append(folder / f"{i:04d}.png")
+        image = labelled_grid(grid_rows, row_labels=labels, column_labels=spec.columns, title=title)
+    else:
+        rows = render(pipe, loaded.artifact, prompts, opts, backbone.cfg, progress=progress)
+        for prompt, images in zip(prompts, rows):
+            folder = out / slug(prompt)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, img in enumerate(images):
+                _save_png(img, folder / f"{i:04d}.png")
+                files.append(folder / f"{i:04d}.png")
+        image = prompt_grid(rows, prompts, opts.seed, title)
+    grid_path = out / grid_file_name(loaded.meta, kind)
+    _save_png(image, grid_path)
+    record = {
+        "run_dir": str(run_dir), "export": str(loaded.export_dir), "method": loaded.method,
+        "backbone": loaded.meta["backbone"].get("name"), "prompts": prompts,
+        "seeds": [opts.seed + i for i in range(opts.num_images)],
+        "settings": {**asdict(opts), "steps": opts.steps or backbone.cfg.inference_steps,
+                     "guidance": opts.guidance if opts.guidance is not None else backbone.cfg.guidance_scale,
+                     "scheduler": opts.scheduler or backbone.cfg.inference_scheduler,
+                     "height": opts.height or backbone.cfg.resolution,
+                     "width": opts.width or backbone.cfg.resolution},
+        "grid": grid_path.name, "images": [str(f.relative_to(out)) for f in files],
+        "command": command, "relgen_version": relgen.__version__,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (out / "generation.json").write_text(json.dumps(record, indent=2, default=str))
+    return [grid_path]
+
+
+@dataclass
+class GridColumns:
+    """Conditions rendered side by side, from an artifact's ``grid_columns`` hook.
+
+    Attributes:
+        kind: What the columns vary, used in the grid's file name (``"lambda"``).
+        columns: One header per column (``"λ = 0.6"``).
+        folders: One folder name per column for the single images (``"w=0.6"``).
+        cells: ``cells[p][c]``: the images of prompt ``p`` under column ``c`` (image ``i``
+            drawn with seed ``opts.seed + i``).
+    """
+
+    kind: str
+    columns: list[str]
+    folders: list[str]
+    cells: list[list[list[Any]]]
+
+
+#: ``python -m relgen.generate`` options: name -> help line (``--help`` prints them).
+OPTIONS: dict[str, str] = {
+    "run_dir": "a finished run's folder (required); its export/ is applied to its backbone",
+    "prompt": "one prompt, e.g. prompt=\"cat <R> stone\"",
+    "prompts": "several prompts, e.g. 'prompts=[cat <R> stone,dog <R> box]'",
+    "relation": "ReVersion benchmark relation: its prompts with the run's token, in one grid",
+    "limit": "render only the first N prompts",
+    "num_images": "images per prompt (default 4); image i uses seed seed+i",
+    "seed": "first seed (default 0)",
+    "steps": "denoising steps (default: the run's method.sample_steps, then the backbone's)",
+    "guidance": "classifier-free guidance scale (default: the run's, then the backbone's)",
+    "scheduler": "inference scheduler: " + ", ".join(sorted(_SCHEDULER_NAMES)) + " (default: the backbone's)",
+    "height": "image height in pixels (default: the backbone's resolution)",
+    "width": "image width in pixels (default: the backbone's resolution)",
+    "negative_prompt": "negative prompt for classifier-free guidance",
+    "batch_size": "images per pipeline call (default 4)",
+    "step": "use the intermediate export of that step (export/step-NNNNNN/) instead of the final one",
+    "out_dir": "a new or empty folder (default: a new numbered folder <run_dir>/generate/NNNN/)",
+    "method_options": "method options, e.g. RRNet's 'method_options.scales=[0,0.5,1]' (λ columns)",
+}
+
+USAGE = ("usage: python -m relgen.generate run_dir=<run folder> [prompt=...] [key=value ...]\n\n"
+         "Render prompts with a finished run; every call writes a new folder with the images, one labelled\n"
+         "grid and generation.json (prompts, seeds, settings).\n\noptions:\n"
+         + "\n".join(f"  {k:16s} {v}" for k, v in OPTIONS.items()) + "\n")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -147,38 +333,55 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from relgen.cli import run_cli
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE, end="")
+        return 0
+
     def body() -> int:
-        args = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
-        allowed = {"run_dir", "prompt", "prompts", "num_images", "seed", "steps", "guidance", "scheduler",
-                   "batch_size", "negative_prompt", "out_dir", "method_options", "relation", "limit"}
-        unknown = set(args.keys()) - allowed
         from relgen.errors import ConfigError
 
+        bad = [a for a in argv if "=" not in a]
+        if bad:
+            raise ConfigError(f"relgen.generate: expected key=value, got {bad[0]!r}; see python -m relgen.generate --help")
+        args = OmegaConf.from_dotlist(argv)
+        unknown = set(args.keys()) - set(OPTIONS)
         if unknown:
-            raise ConfigError(f"relgen.generate: unknown option(s) {sorted(unknown)}; known: {sorted(allowed)}")
+            raise ConfigError(f"relgen.generate: unknown option(s) {sorted(unknown)}; known: {sorted(OPTIONS)} "
+                              "(python -m relgen.generate --help)")
         if "run_dir" not in args:
-            raise ConfigError("relgen.generate: run_dir= is required (a finished run's folder)")
+            raise ConfigError("relgen.generate: run_dir= is required (a finished run's folder); see --help")
         prompts = list(args.get("prompts") or [])
         if args.get("prompt"):
             prompts.insert(0, str(args.prompt))
-        loaded_prompts = prompts
+        kind = "prompts"
         if args.get("relation"):
             from relgen.methods.reversion.words import load_benchmark_scenarios
 
             scen = load_benchmark_scenarios()
             if args.relation not in scen:
                 raise ConfigError(f"relation '{args.relation}' is not a benchmark relation; known: {sorted(scen)}")
-            loaded_prompts += list(scen[args.relation])  # "{}" is filled with the run's token
+            prompts += list(scen[args.relation])  # "{}" is filled with the run's token
+            kind = f"relation_{args.relation}"
         if args.get("limit") is not None:
             if int(args.limit) < 1:
                 raise ConfigError(f"relgen.generate: limit={args.limit} must be >= 1 (the number of prompts to render)")
-            loaded_prompts = loaded_prompts[:int(args.limit)]
+            prompts = prompts[:int(args.limit)]
+        scheduler = args.get("scheduler")
+        if scheduler is not None and scheduler not in _SCHEDULER_NAMES:
+            raise ConfigError(f"relgen.generate: scheduler={scheduler} is not one of {sorted(_SCHEDULER_NAMES)}")
+        for key in ("num_images", "batch_size", "steps", "height", "width"):
+            if args.get(key) is not None and int(args.get(key)) < 1:
+                raise ConfigError(f"relgen.generate: {key}={args.get(key)} must be a positive whole number")
         opts = GenerationOptions(
             seed=int(args.get("seed", 0)), num_images=int(args.get("num_images", 4)),
-            steps=args.get("steps"), guidance=args.get("guidance"), scheduler=args.get("scheduler"),
+            steps=args.get("steps"), guidance=args.get("guidance"), scheduler=scheduler,
             batch_size=int(args.get("batch_size", 4)), negative_prompt=args.get("negative_prompt"),
+            height=args.get("height"), width=args.get("width"),
             method_options=OmegaConf.to_container(args.method_options) if "method_options" in args else {})
-        written = generate_from_run(str(args.run_dir), loaded_prompts, opts, args.get("out_dir"))
+        written = generate_from_run(str(args.run_dir), prompts, opts, args.get("out_dir"), kind=kind,
+                                    step=args.get("step"), progress=True,
+                                    command="python -m relgen.generate " + " ".join(argv))
         for path in written:
             print(path)
         return 0

@@ -7,16 +7,13 @@ minutes it takes to load SDXL. ``dry_run=true`` stops after those checks.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from relgen.errors import ConfigError
+from relgen.export import export_run  # noqa: F401  (also imported from here)
 
 log = logging.getLogger("relgen")
 
@@ -58,6 +55,8 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
+    what = f"tiny random weights ({cfg.backbone.tiny})" if cfg.backbone.tiny else cfg.backbone.pretrained
+    log.info("relgen: loading backbone %s from %s (%s)", cfg.backbone.name, what, cfg.backbone.dtype)
     backbone = get_backbone(cfg.backbone.name)(cfg.backbone, cfg.cache_dir, acc.device)
     if cfg.trainer.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
@@ -73,7 +72,7 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
         return 0
 
     with trainer.averaged_weights():  # the EMA of the trained tensors when trainer.ema_decay is on
-        export_dir = export_run(cfg, run_dir, method)
+        export_dir = export_run(cfg, run_dir, method, step=trainer.step)
     samples = None
     if cfg.trainer.sample_at_end:
         samples = trainer.sample_grid("final")
@@ -92,28 +91,3 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
         if summary[key]:
             print(f"  {key:12s} {summary[key]}")
     return 0
-
-
-def export_run(cfg: DictConfig, run_dir: Path, method) -> Path:
-    """Write ``export/`` (artifact files + ``relgen.json``) atomically."""
-    import relgen
-
-    final = run_dir / "export"
-    tmp = run_dir / f".export.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    files = method.export(tmp)
-    meta: dict[str, Any] = {
-        "method": cfg.method.name,
-        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
-        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
-        "dataset": cfg.dataset.name,
-        "cache_dir": cfg.cache_dir,
-        "files": [p.name for p in files],
-        "relgen_version": relgen.__version__,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    (tmp / "relgen.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final

@@ -11,5 +11,6 @@ bash scripts/setup.sh
 run_dir="outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)"
 .venv/bin/python -m relgen method=rrnet backbone=relworld dataset=relworld_rrnet \
   hydra.run.dir="$run_dir" "$@"
-.venv/bin/python -m relgen.generate run_dir="$run_dir" "method_options.scales=[0,0.3,0.6,1]" num_images=4
-echo "demo finished: the before/after grid is $(ls "$run_dir"/generate/scales_*.png)"
+# prints the grid's path: <run_dir>/generate/NNNN/rrnet-relworld-lambda.png
+grid=$(.venv/bin/python -m relgen.generate run_dir="$run_dir" "method_options.scales=[0,0.3,0.6,1]" num_images=4)
+echo "demo finished: the before/after grid is $grid"

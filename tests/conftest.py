@@ -56,36 +56,25 @@ if "RELGEN_CACHE" not in os.environ:
     os.environ["RELGEN_CACHE"] = tempfile.mkdtemp(prefix="relgen-test-cache-")
 
 
-def compose(*overrides: str):
-    """The run config Hydra composes for these command-line overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    from relgen.registry import register_builtin_schemas
-
-    register_builtin_schemas()
-    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+# The helpers a plugin author uses too live in the package (relgen.testing); tests import
+# them from here or from there.
+from relgen.testing import compose, load_tiny, run_relgen, short_run, synthetic_data  # noqa: E402,F401
 
 
-def load_tiny(name: str, **overrides):
-    """A freshly loaded tiny backbone (methods mutate backbones, so never share one)."""
-    from omegaconf import OmegaConf
+def grid_cells(path, cell: int = 128, label_width: int = 160) -> tuple[int, int]:
+    """``(rows, columns)`` of a labelled grid PNG with ``cell``-px cells, a row-label column and a
+    title/header band above (shorter than a cell); asserts the layout adds up exactly."""
+    from PIL import Image
 
-    from relgen.backbones.loading import load_backbone
-
-    cfg = compose(f"backbone={name}").backbone
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    return load_backbone(cfg)
+    width, height = Image.open(path).size
+    assert (width - label_width) % cell == 0, (width, height)
+    assert 0 < height % cell < cell, (width, height)  # the title and header band
+    return height // cell, (width - label_width) // cell
 
 
-def run_relgen(*args: str, module: str = "relgen", timeout: int = 900, env: dict | None = None, cwd=None):
-    """Run ``python -m <module> args...`` in a subprocess; returns the CompletedProcess."""
-    import subprocess
-    import sys
+def local_weights(backbone: str = "tiny_sd15"):
+    """A local diffusers folder (the tiny backbone's, built once) for ``backbone.pretrained=`` in dry
+    runs of real-backbone presets, whose hub weights are not on this machine."""
+    from relgen.backbones.loading import materialize_tiny
 
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=cwd)
+    return materialize_tiny(compose(f"backbone={backbone}").backbone)

@@ -151,7 +151,7 @@ def summarize(suite: Suite) -> dict:
 
 
 def write_report(out: Path, suites: list[Suite], summaries: dict, meta: dict) -> Path:
-    from relgen.generate import make_grid
+    from relgen.grid import labelled_grid, seed_labels
 
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# relworld benchmark — {meta['model']}", "",
@@ -175,7 +175,9 @@ def write_report(out: Path, suites: list[Suite], summaries: dict, meta: dict) ->
     lines.append("")
     for s in suites:
         grid = out / f"grid_{s.name}.png"
-        make_grid(s.images).save(grid)
+        labelled_grid(s.images, row_labels=[p.text for p in s.prompts],
+                      column_labels=seed_labels(meta['seed'], max(len(r) for r in s.images)),
+                      title=f"relworld benchmark · {meta['model']} · {s.name}").save(grid)
         lines += [f"## {s.name}", "", "Rows: " + "; ".join(f"`{p.text}`" for p in s.prompts), "",
                   f"![{s.name}]({grid.name})", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -55,21 +55,21 @@ def _settings_dict(s: Settings) -> dict:
 
 def task_grid(task: TaskResult, s: Settings):
     """Rows = prompt x seed (the first ``grid_prompts`` prompts, ``grid_seeds`` seeds, training
-    seed 0), columns = conditions; a detector verdict under each image."""
-    from relgen.generate import make_grid
+    seed 0), columns = conditions; each image carries the strict detector's verdict (green bar:
+    right, red: wrong)."""
+    from relgen.grid import labelled_grid
 
-    rows, row_labels = [], []
-    strict = {c.name: task.readings[c.name]["strict"][0] for c in task.conditions}
+    rows, labels = [], []
     for i in range(min(s.grid_prompts, len(task.prompts))):
         for j in range(min(s.grid_seeds, s.samples)):
-            rows.append([task.images[c.name][0][i][j] for c in task.conditions])
-            row_labels.append(f"{task.prompts[i].text} (seed {s.seed + j})")
-    try:
-        verdicts = [[("right" if strict[c.name][i][j].relation_ok else "wrong") for c in task.conditions]
-                    for i in range(min(s.grid_prompts, len(task.prompts))) for j in range(min(s.grid_seeds, s.samples))]
-        return make_grid(rows, columns=[c.name for c in task.conditions], rows=row_labels, captions=verdicts)
-    except TypeError:  # an unlabelled grid function
-        return make_grid(rows)
+            cells = []
+            for c in task.conditions:
+                ok = task.readings[c.name]["strict"][0][i][j].relation_ok
+                cells.append(bench.mark_verdict(task.images[c.name][0][i][j], ok))
+            rows.append(cells)
+            labels.append(f"{task.prompts[i].text}\nseed {s.seed + j}")
+    return labelled_grid(rows, row_labels=labels, column_labels=[c.name for c in task.conditions],
+                         title=f"relworld {task.name}: strict verdict under each image (green right, red wrong)")
 
 
 def write_report(out: Path, tasks: dict[str, TaskResult], s: Settings, wall_s: float, probes: dict | None) -> Path:

@@ -148,6 +148,16 @@ class Method:
         """Read what :meth:`export` wrote (or an official checkpoint) for generation."""
         raise NotImplementedError
 
+    @classmethod
+    def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
+        """For the export's model card: how to load it in diffusers (markdown) and what it lacks.
+
+        ``meta`` is the export's ``relgen.json``. The default shows ``relgen.load``.
+        """
+        return ("```python\nimport relgen\nrun = relgen.load(\"<run_dir>\")\nrun.apply(pipe)  # a diffusers pipeline "
+                "of the backbone\nimages = pipe(**run.pipeline_inputs(pipe, [\"a prompt\"])).images\n```",
+                ["The backbone's own weights."])
+
     def live_artifact(self) -> Artifact:
         """An artifact bound to the in-training state, for sample grids during training."""
         raise NotImplementedError

@@ -104,13 +104,22 @@ def plain(v):
 
 def compose_run(overrides: list[str]):
     """A relgen run config composed as ``python -m relgen`` composes it."""
-    from hydra import compose, initialize_config_module
+    from relgen.config import compose_run as compose
 
-    from relgen.registry import register_builtin_schemas
+    return compose(*overrides)
 
-    register_builtin_schemas()
-    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
+
+def mark_verdict(image, ok: Optional[bool]):
+    """A copy of ``image`` (PIL) with the detector's verdict drawn along its bottom edge: a green
+    bar for right, red for wrong, none for unknown (enlarged cells keep it visible)."""
+    from PIL import ImageDraw
+
+    out = image.convert("RGB").copy()
+    if ok is not None:
+        w, h = out.size
+        ImageDraw.Draw(out).rectangle([0, h - max(2, h // 16), w - 1, h - 1],
+                                      fill=(40, 170, 60) if ok else (210, 40, 40))
+    return out
 
 
 def readers(spec: rw.WorldSpec) -> dict[str, Detector]:
@@ -266,7 +275,7 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, tra
 
     overrides = [f"method={method}", "backbone=relworld", f"dataset={dataset}", f"dataset.root={root}",
                  f"seed={train_seed}", "trainer.progress=false", "trainer.sample_at_end=false",
-                 "trainer.report_to=[]", "trainer.checkpoint_every=100000", *extra]
+                 "trainer.report_to=[]", "trainer.sample_every=0", "trainer.checkpoint_every=100000", *extra]
     if s.model:
         overrides.append(f"backbone.pretrained={s.model}")
     cfg = compose_run(overrides)
@@ -684,7 +693,7 @@ def model_probes(s: Settings, rows: Sequence[str] = ("eot", "eot_and_padding", "
     return out
 
 
-__all__ = ["CLAIMS", "COMPARISONS", "Condition", "Prompt", "Settings", "TASKS", "TaskResult", "claims",
+__all__ = ["CLAIMS", "COMPARISONS", "Condition", "mark_verdict", "Prompt", "Settings", "TASKS", "TaskResult", "claims",
            "compose_run", "estimate", "load_pipeline", "model_probes", "outcomes", "paired", "plain", "readers",
            "reference_correlation", "render_task", "run", "split_unordered_pairs", "texture_correlation", "train",
            "vae_roundtrip"]

@@ -146,6 +146,11 @@ class Trainer:
             bar.set_postfix(loss=f"{step_logs['loss']:.4f}")
             if self.step % self.checkpoint_every == 0 or self.step == self.max_steps:
                 self.save()
+            export_every = self.cfg.method.export_every
+            if main and export_every and self.step % export_every == 0 and self.step < self.max_steps:
+                from relgen.export import export_run
+
+                export_run(self.cfg, self.run_dir, self.method, step=self.step, final=False)
             if main and tcfg.sample_every and self.step % tcfg.sample_every == 0 and self.step < self.max_steps:
                 self.sample_grid(f"step-{self.step:06d}")
             self.acc.wait_for_everyone()
@@ -225,9 +230,10 @@ class Trainer:
         mcfg = self.cfg.method
         opts = GenerationOptions(seed=mcfg.sample_seed, num_images=self.cfg.trainer.num_samples,
                                  steps=mcfg.sample_steps, guidance=mcfg.sample_guidance)
+        title = f"{self.cfg.method.name} · {self.cfg.backbone.name} · step {self.step}"
         with self.averaged_weights():
             path = render_grid(self.backbone, self.method.live_artifact(), prompts, opts,
-                               self.run_dir / "samples" / f"{tag}.png")
+                               self.run_dir / "samples" / f"{tag}.png", title=title)
         self.log_image("samples", path)
         return path
 
@@ -276,6 +282,17 @@ class _MetricsWriter:
             self.fields = ["step"] + sorted(logs)
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerow(self.fields)
+        new = sorted(set(logs) - set(self.fields))
+        if new:  # a key first logged after step 1: widen the header, earlier rows get empty cells
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))[1:]
+            self.fields = self.fields + new
+            tmp = self.path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.fields)
+                writer.writerows(row + [""] * (len(self.fields) - len(row)) for row in rows)
+            tmp.replace(self.path)
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([step] + [_fmt(logs.get(k)) for k in self.fields[1:]])
 

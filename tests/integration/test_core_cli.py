@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import run_relgen
@@ -36,8 +37,23 @@ def test_train_generate_and_load_into_a_diffusers_pipeline(tmp_path):
     proc = run_relgen(f"run_dir={run_dir}", "prompt=red circle <R> blue square", "num_images=2", "steps=2",
                       module="relgen.generate")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    grid = run_dir / "generate" / "red_circle_<R>_blue_square.png"
-    assert grid.exists() and len(list((run_dir / "generate" / grid.stem).glob("*.png"))) == 2
+    out = run_dir / "generate" / "0001"
+    assert proc.stdout.strip() == str(out / "textual_inversion-tiny_sd15-prompts.png")
+    assert len(list((out / "red_circle_R_blue_square").glob("*.png"))) == 2
+    # a second call never overwrites the first: it gets the next numbered folder
+    proc = run_relgen(f"run_dir={run_dir}", "prompt=red circle <R> blue square", "num_images=1", "steps=2",
+                      "seed=7", "height=32", "width=48", "guidance=3", "scheduler=ddim",
+                      "negative_prompt=blurry", module="relgen.generate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = run_dir / "generate" / "0002"
+    image = Image.open(second / "red_circle_R_blue_square" / "0000.png")
+    assert image.size == (48, 32)
+    record = json.loads((second / "generation.json").read_text())
+    assert record["seeds"] == [7] and record["prompts"] == ["red circle <R> blue square"]
+    assert {k: record["settings"][k] for k in ("steps", "guidance", "scheduler", "height", "width",
+                                                "negative_prompt")} == {
+        "steps": 2, "guidance": 3, "scheduler": "ddim", "height": 32, "width": 48, "negative_prompt": "blurry"}
+    assert len(list((out / "red_circle_R_blue_square").glob("*.png"))) == 2  # the first results are intact
 
     # relgen.load applies the artifact to a user's own pipeline, loaded from disk by diffusers
     import relgen
@@ -79,8 +95,13 @@ def test_help_does_not_import_dgl():
 
 
 def test_dry_run_checks_without_loading_weights(tmp_path):
-    # sd15 weights are not available here: a dry run must still pass (nothing is loaded)
-    proc = run_relgen("backbone=sd15", "dry_run=true", f"hydra.run.dir={tmp_path}")
+    # sd15's hub weights are not here: the dry run says so in one line; a local folder passes (nothing is loaded)
+    line = _one_error_line(run_relgen("backbone=sd15", "dry_run=true", f"hydra.run.dir={tmp_path}"))
+    assert "'runwayml/stable-diffusion-v1-5' is not in the Hugging Face cache" in line
+    from conftest import local_weights
+
+    proc = run_relgen("backbone=sd15", f"backbone.pretrained={local_weights()}", "dry_run=true",
+                      f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "dry run ok" in proc.stdout and "no weights were loaded" in proc.stdout
     assert not (tmp_path / "checkpoints").exists()
@@ -187,3 +208,23 @@ def test_two_process_cpu_run_with_gloo(tmp_path):
     assert summary["lr"] == pytest.approx(2.5e-4 * 2 * 4 * 2)  # scale_lr counts both processes
     assert proc.stdout.count("relgen: trained") == 1  # only rank 0 reports and exports
     assert (run_dir / "export" / "learned_embeds.safetensors").exists()
+
+
+def test_generate_help_lists_every_option(capsys):
+    from relgen.generate import OPTIONS, main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m relgen.generate run_dir=")
+    for key in ("run_dir", "prompt", "height", "width", "steps", "guidance", "scheduler", "seed",
+                "negative_prompt", "step", "out_dir", "method_options"):
+        assert key in OPTIONS and f"\n  {key} " in out
+    assert "euler_a" in out  # the scheduler choices
+
+
+def test_portable_names():
+    from relgen.generate import slug
+
+    assert slug("red circle <R> blue square") == "red_circle_R_blue_square"
+    assert slug('a: "cat"/dog?*|\\') == "a_cat_dog"
+    assert slug("w=0.5") == "w=0.5" and slug("con") == "prompt_con" and slug("<>") == "prompt"

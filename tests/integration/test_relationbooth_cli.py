@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose, run_relgen as _run_relgen
+from conftest import compose, grid_cells, local_weights, run_relgen as _run_relgen
 from relgen.errors import DataError
 from relgen.run import run_training
 
@@ -60,7 +60,7 @@ def _check_run(run: Path, backbone: str) -> None:
     assert [r["step"] for r in rows] == ["1", "2"]
     assert {"loss", "diff", "kml", "cal", "grad_norm"} <= set(rows[0])
     first = json.loads((export / "image_branch.json").read_text())["samples"][0]
-    assert Image.open(run / "samples" / "final.png").size == (64, 64)  # the first item, one image
+    assert grid_cells(run / "samples" / "final.png") == (1, 1)  # the first item, one image
     assert len(first["images"]) == len(first["phrases"]) == len(first["boxes"]) == 2
 
 
@@ -105,7 +105,7 @@ def test_generate_with_two_references(sdxl_run, shapes_root, tmp_path):
     assert image.size == (64, 64) and np.asarray(image).std() > 0
 
 
-def test_paper_preset_composes_and_dry_runs(shapes_root, capsys):
+def test_paper_preset_composes_and_dry_runs(shapes_root, capsys, tmp_path):
     cfg = compose("experiment=relationbooth_paper", f"dataset.root={shapes_root}", "dry_run=true")
     assert (cfg.backbone.name, cfg.backbone.resolution, cfg.dataset.name) == ("sdxl", 1024, "dreamrelation_folder")
     m = cfg.method
@@ -114,6 +114,15 @@ def test_paper_preset_composes_and_dry_runs(shapes_root, capsys):
         4, 4.0, 0.6, 1280, 20, 896)
     assert m.image_encoder == "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
     assert (m.cal_layer_rule, m.cal_max_queries) == ("absolute", 1024)
+    from relgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'laion/CLIP-ViT-bigG-14-laion2B-39B-b160k' is not in the Hugging Face cache"):
+        run_training(cfg, "/nonexistent-run-dir")  # neither encoder nor SDXL is here: said before anything loads
+    encoder = tmp_path / "encoder"  # a dry run reads no weights, only that the folder is a model folder
+    encoder.mkdir()
+    (encoder / "config.json").write_text("{}")
+    cfg = compose("experiment=relationbooth_paper", f"dataset.root={shapes_root}", "dry_run=true",
+                  f"backbone.pretrained={local_weights('tiny_sdxl')}", f"method.image_encoder={encoder}")
     assert run_training(cfg, "/nonexistent-run-dir") == 0
     assert "dry run ok: method=relationbooth backbone=sdxl" in capsys.readouterr().out
 

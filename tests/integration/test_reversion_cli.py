@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose, run_relgen
+from conftest import compose, grid_cells, run_relgen
 
 SWEEP_JOBS = [
     "method.steer_loss_weight=0,method.timestep_sampler=relation_focal,method=reversion,trainer=debug",
@@ -74,14 +74,23 @@ def test_generate_renders_benchmark_prompts_of_a_relation(tmp_path_factory, caps
 
     run_dir = trained_run("tiny_sd15", tmp_path_factory)
     out = run_dir / "gen"
+    capsys.readouterr()  # drop what training printed
     code = main([f"run_dir={run_dir}", "relation=painted_on", "num_images=1", "steps=2", "limit=2",
                  f"out_dir={out}"])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["guitar_<R>_canvas", "guitar_<R>_canvas.png",
-                                                     "guitar_<R>_paper", "guitar_<R>_paper.png"]
-    assert [p.name for p in (out / "guitar_<R>_paper").iterdir()] == ["0000.png"]
-    printed = capsys.readouterr().out.split()
-    assert printed == [str(out / "guitar_<R>_paper.png"), str(out / "guitar_<R>_canvas.png")]
+    # one grid for the relation (not one per prompt); portable names: "<R>" -> "R"
+    grid = "reversion-tiny_sd15-relation_painted_on.png"
+    assert sorted(p.name for p in out.iterdir()) == sorted([grid, "generation.json", "guitar_R_canvas", "guitar_R_paper"])
+    assert [p.name for p in (out / "guitar_R_paper").iterdir()] == ["0000.png"]
+    assert capsys.readouterr().out.split() == [str(out / grid)]
+    assert grid_cells(out / grid) == (2, 1)  # rows = the two prompts, one seed
+    record = json.loads((out / "generation.json").read_text())
+    assert record["prompts"] == ["guitar <R> paper", "guitar <R> canvas"] and record["seeds"] == [0]
+    assert record["images"] == ["guitar_R_paper/0000.png", "guitar_R_canvas/0000.png"]
+    assert record["settings"]["steps"] == 2 and record["settings"]["height"] == 64
+    # an out_dir that holds results is refused, not overwritten
+    assert main([f"run_dir={run_dir}", "prompt=x <R> y", "num_images=1", "steps=2", f"out_dir={out}"]) == 2
+    assert f"out_dir={out} already holds files" in capsys.readouterr().err
 
 
 def test_ablation_sweep_over_steering_and_importance_sampling(tmp_path):
@@ -146,6 +155,13 @@ def test_dry_run_of_the_paper_experiment_composes(tmp_path, capsys):
     from relgen.run import run_training
 
     root = write_folder(tmp_path / "painted_on", {"0.png": ["cat {} stone"]}, ["0.png"])
+    from conftest import local_weights
+    from relgen.errors import ConfigError
+
     cfg = compose("experiment=reversion_paper", f"dataset.root={root}", "dry_run=true")
+    with pytest.raises(ConfigError, match="'runwayml/stable-diffusion-v1-5' is not in the Hugging Face cache"):
+        run_training(cfg, str(tmp_path / "run"))  # the hub weights are not here; said before anything loads
+    cfg = compose("experiment=reversion_paper", f"dataset.root={root}", "dry_run=true",
+                  f"backbone.pretrained={local_weights()}")
     assert run_training(cfg, str(tmp_path / "run")) == 0
     assert "method=reversion backbone=sd15 dataset=reversion_folder (1 images" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import compose, run_relgen as _run_relgen
+from conftest import compose, grid_cells, run_relgen as _run_relgen
 from relgen.run import run_training
 
 
@@ -60,7 +60,7 @@ def test_short_run_per_backbone(tmp_path, backbone, widths):
     rel = json.loads((run / "export" / "relation.json").read_text())
     assert rel["node_widths"] == widths and rel["in_dim"] == rel["out_dim"] == sum(widths)
     assert (rel["A"], rel["R"], rel["B"], rel["backbone"]) == ("circle", "above", "square", backbone)
-    assert Image.open(run / "samples" / "final.png").size == (64, 2 * 64)  # ARB and BRA, one image each
+    assert grid_cells(run / "samples" / "final.png") == (2, 1)  # ARB and BRA, one image each
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["method"] == "rrnet"
 
@@ -83,13 +83,17 @@ def test_relation_sweep_then_scale_grid(tmp_path):
     proc = run_relgen(f"run_dir={run}", "method_options.scales=[0,0.5,1]", "num_images=1", "steps=2",
                       module="relgen.generate")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    grid = run / "generate" / "scales_a_star_is_below_a_cross.png"
+    out = run / "generate" / "0001"  # the first generation of this run
+    grid = out / "rrnet-tiny_sd21-lambda.png"  # named after the run and what the grid holds
     assert proc.stdout.strip() == str(grid)
-    assert Image.open(grid).size == (3 * 64, 2 * 64)  # columns = λ, rows = ARB and BRA
+    assert grid_cells(grid) == (2, 3)  # columns = λ, rows = ARB and BRA (one seed each)
     for prompt in ("a_star_is_below_a_cross", "a_cross_is_below_a_star"):
-        assert sorted(p.name for p in (run / "generate" / prompt).iterdir()) == ["w=0", "w=0.5", "w=1"]
-    cells = [Image.open(run / "generate" / "a_star_is_below_a_cross" / f"w={w}" / "0000.png") for w in ("0", "1")]
+        assert sorted(p.name for p in (out / prompt).iterdir()) == ["w=0", "w=0.5", "w=1"]
+    cells = [Image.open(out / "a_star_is_below_a_cross" / f"w={w}" / "0000.png") for w in ("0", "1")]
     assert cells[0].tobytes() != cells[1].tobytes()  # λ changes the image (same seed)
+    record = json.loads((out / "generation.json").read_text())
+    assert record["prompts"] == ["a star is below a cross", "a cross is below a star"]
+    assert record["settings"]["method_options"] == {"scales": [0, 0.5, 1]} and record["seeds"] == [0]
 
 
 def _rrnet_folder(root: Path) -> Path:

@@ -458,12 +458,20 @@ def test_paper_experiment_composes_and_dry_runs(tmp_path, capsys):
     assert (m.timestep_sampler, m.focal_alpha, m.pos_weight, m.neg_weight, m.noise_weight) == \
         ("relation_focal", 0.5, 10.0, 2.0, 0.05)
     assert (m.sample_steps, m.sample_guidance, m.inference_scale, m.hidden_size, m.num_heads) == (30, 7.5, 0.6, 512, 2)
-    assert run_training(cfg, str(tmp_path / "run")) == 0  # no weights needed
+    # the hub's sd21-base is not here: the dry run says so at once; with a local folder it passes
+    with pytest.raises(ConfigError, match="'stabilityai/stable-diffusion-2-1-base' is not in the Hugging Face cache"):
+        run_training(cfg, str(tmp_path / "run"))
+    from conftest import local_weights
+
+    cfg = compose("experiment=rrnet_paper", f"dataset.root={root}", "dry_run=true",
+                  f"backbone.pretrained={local_weights('tiny_sd21')}")
+    assert run_training(cfg, str(tmp_path / "run")) == 0  # no weights loaded
     assert "2 relations" in capsys.readouterr().out
     # A relation name that is not in the dataset fails before any weights load.
     with pytest.raises(ConfigError, match="method.relation='beside'.*known: above, below"):
         run_training(compose("experiment=rrnet_paper", f"dataset.root={root}", "dry_run=true",
-                             "method.relation=beside"), str(tmp_path / "run2"))
+                             f"backbone.pretrained={local_weights('tiny_sd21')}", "method.relation=beside"),
+                     str(tmp_path / "run2"))
     # The offline default: tiny_sd21 on shapes_rrnet.
     cfg = compose("method=rrnet")
     assert (cfg.backbone.name, cfg.dataset.name) == ("tiny_sd21", "shapes_rrnet")

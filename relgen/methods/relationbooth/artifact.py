@@ -96,10 +96,14 @@ class RelationBoothArtifact(Artifact):
 
         export_dir = Path(export_dir)
         spec_path = export_dir / SPEC_FILE
-        for path in (spec_path, export_dir / BRANCH_FILE, export_dir / LORA_FILE):
+        for path in (spec_path, export_dir / BRANCH_FILE):
             if not path.is_file():
                 raise RelgenError(f"{path}: not found; was the relationbooth run finished?")
         info = json.loads(spec_path.read_text())
+        # an imported MS-Diffusion branch alone has no LoRA ("lora": null); a trained run always has one
+        lora_file = export_dir / LORA_FILE if info.get("lora", {}) is not None else None
+        if lora_file is not None and not lora_file.is_file():
+            raise RelgenError(f"{lora_file}: not found; was the relationbooth run finished?")
         spec = BranchSpec.from_json(info["branch"])
         if (export_dir / ENCODER_DIR).is_dir():
             encoder = load_image_encoder(str(export_dir / ENCODER_DIR))
@@ -116,7 +120,7 @@ class RelationBoothArtifact(Artifact):
             raise RelgenError(f"{export_dir / BRANCH_FILE}: resampler weights do not fit {SPEC_FILE} ({first})") from exc
         with torch.no_grad():
             branch.dummy_tokens.copy_(flat["dummy_image_tokens"])
-        return cls(branch, info.get("generation", {}), info.get("samples", []), lora_file=export_dir / LORA_FILE,
+        return cls(branch, info.get("generation", {}), info.get("samples", []), lora_file=lora_file,
                    adapter_file=export_dir / BRANCH_FILE)
 
     @classmethod
@@ -190,13 +194,13 @@ class RelationBoothArtifact(Artifact):
         unet = pipe.unet
         if self.live_unet is not None and unet is self.live_unet:
             return
-        if self.adapter_file is None or self.lora_file is None:
+        if self.adapter_file is None:
             raise RelgenError("this relationbooth artifact is bound to its training UNet; export the run and "
                               "load it with relgen.load(run_dir) to apply it to another pipeline")
         self.branch.adapter = load_ms_adapter(self.adapter_file, list(unet.attn_processors))
         self.branch.adapter_source = str(self.adapter_file)
         self.branch.install(unet)
-        if ADAPTER_NAME not in (getattr(unet, "peft_config", None) or {}):
+        if self.lora_file is not None and ADAPTER_NAME not in (getattr(unet, "peft_config", None) or {}):
             # DreamRelation's LoRA and ours are diffusers-format files with unet.-prefixed keys
             pipe.load_lora_weights(str(self.lora_file.parent), weight_name=self.lora_file.name,
                                    adapter_name=ADAPTER_NAME)

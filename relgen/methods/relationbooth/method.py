@@ -255,6 +255,29 @@ class RelationBooth(Method):
         return files
 
     @classmethod
+    def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
+        files = meta.get("files", [])
+        lora = LORA_FILE in files
+        code = [f"pipe.load_lora_weights(\"export\", weight_name=\"{LORA_FILE}\")  # the relation LoRA"] if lora else []
+        code += ["import relgen",
+                 "run = relgen.load(\"<run_dir>\"); run.apply(pipe)  # the image branch and the LoRA",
+                 "images = pipe(**run.pipeline_inputs(pipe, [\"a cat is hugging a dog\"], images=[\"cat.png\", "
+                 "\"dog.png\"], phrases=[\"cat\", \"dog\"])).images"]
+        limits = ["The backbone's own weights."]
+        if lora:
+            limits.append(f"`{LORA_FILE}` alone is not the whole model: it was trained on top of the image-prompt "
+                          f"branch (`{BRANCH_FILE}`, MS-Diffusion's layout), without which it does not reproduce "
+                          "the samples; `relgen.load` installs both.")
+        else:
+            limits.append("No relation LoRA: this is MS-Diffusion's image branch alone.")
+        limits.append("The CLIP image encoder, unless it is the folder `image_encoder/` here: `image_branch.json` "
+                      "names it.")
+        if KOHYA_FILE in files:
+            limits.append(f"`{KOHYA_FILE}` is the same LoRA in kohya's key layout (lora_unet_..., alpha per module) "
+                          "for kohya sd-scripts and the WebUIs.")
+        return "```python\n" + "\n".join(code) + "\n```", limits
+
+    @classmethod
     def load_artifact(cls, export_dir: Path, meta: dict) -> RelationBoothArtifact:
         return RelationBoothArtifact.from_export(Path(export_dir), meta)
 

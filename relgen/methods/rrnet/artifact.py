@@ -230,7 +230,7 @@ class RRNetArtifact(Artifact):
         relation: ``{"A", "R", "B", "ARB", "BRA", ...}`` (words may be missing for an
             imported official checkpoint; then every call must name A, R and B).
         scale: Default λ at generation.
-        grid_scales: Default λ columns of :meth:`grid`.
+        grid_scales: Default λ columns of :meth:`grid_columns`.
         object_template: The object sentence (``eot0``) template.
         prompts: Sample prompts (default: ARB and BRA).
         movable: Move the network to the pipeline's device (where DGL supports it) when
@@ -411,41 +411,33 @@ class RRNetArtifact(Artifact):
             inputs["negative_pooled_prompt_embeds"] = encoded[3]
         return inputs
 
-    def grid(self, pipe, prompts: list[str], opts, backbone_cfg, out_dir: Path) -> Optional[list[Path]]:
-        """With ``opts.method_options["scales"]``: write the λ grid and return its path.
+    def grid_columns(self, pipe, prompts: list[str], opts, backbone_cfg, progress: bool = False):
+        """With ``opts.method_options["scales"]``: one grid column per λ (RRNet's Fig. 4 layout).
 
-        Used by ``python -m relgen.generate run_dir=... method_options.scales=[0,0.5,1]``.
-        Writes ``<out>/<prompt>/w=<λ>/<i>.png`` (the released generate.py's layout) and one
-        grid ``<out>/scales_<first prompt>.png`` (rows = prompts, columns = λ). Returns
-        ``None`` without ``scales`` (plain rendering then applies).
+        Used by ``python -m relgen.generate run_dir=... method_options.scales=[0,0.5,1]``, which
+        writes the single images to ``<out>/<prompt>/w=<λ>/<i>.png`` (the released
+        generate.py's layout) and one labelled grid (rows = prompt x seed, columns = λ).
+        Returns ``None`` without ``scales`` (plain rendering then applies).
         """
-        from relgen.generate import _save_png, slug
+        from relgen.generate import GridColumns
 
         options = dict(opts.method_options)
         if "scales" not in options:
             return None
         scales = options.pop("scales")
         scales = list(self.grid_scales) if scales in (None, True) else [float(s) for s in scales]
-        image, cells = render_scale_grid(pipe, self, prompts, scales, replace(opts, method_options=options),
-                                         backbone_cfg)
-        out_dir = Path(out_dir)
-        for prompt, per_scale in zip(prompts, cells):
-            for value, images in zip(scales, per_scale):
-                folder = out_dir / slug(prompt) / f"w={value:g}"
-                folder.mkdir(parents=True, exist_ok=True)
-                for i, img in enumerate(images):
-                    _save_png(img, folder / f"{i:04d}.png")
-        path = out_dir / f"scales_{slug(prompts[0])}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _save_png(image, path)
-        return [path]
+        cells = render_scale_grid(pipe, self, prompts, scales, replace(opts, method_options=options), backbone_cfg,
+                                  progress=progress)
+        return GridColumns(kind="lambda", columns=[f"λ = {value:g}" + (" (base model)" if value == 0 else "")
+                                                   for value in scales],
+                           folders=[f"w={value:g}" for value in scales], cells=cells)
 
     def sample_prompts(self) -> list[str]:
         return list(self.prompts)
 
 
 def render_scale_grid(pipe, artifact: RRNetArtifact, prompts: Sequence[str], scales: Sequence[float],
-                      opts, backbone_cfg):
+                      opts, backbone_cfg, progress: bool = False) -> list[list[list[Any]]]:
     """Render every prompt at every λ with the same seeds (RRNet's Fig. 4 layout).
 
     Image i of every cell uses seed ``opts.seed + i`` (through :func:`relgen.generate.render`),
@@ -458,21 +450,18 @@ def render_scale_grid(pipe, artifact: RRNetArtifact, prompts: Sequence[str], sca
         scales: Columns of the grid (λ values).
         opts: :class:`relgen.generate.GenerationOptions`; ``method_options`` may name A, R, B.
         backbone_cfg: The backbone config (default steps, guidance, resolution).
+        progress: Show a progress bar per λ.
 
     Returns:
-        ``(grid, cells)``: one PIL image with ``len(prompts) * opts.num_images`` rows (image i
-        of prompt p in row ``p * num_images + i``) and ``len(scales)`` columns, and
-        ``cells[p][j]`` = the images of prompt p at ``scales[j]``.
+        ``cells[p][j]``: the images of prompt p at ``scales[j]``.
     """
-    from relgen.generate import make_grid, render
+    from relgen.generate import render
 
     options = {k: v for k, v in opts.method_options.items() if k not in ("scale", "scales")}
     cells: list[list[list[Any]]] = [[] for _ in prompts]
     for value in scales:
         rows = render(pipe, artifact, list(prompts), replace(opts, method_options={**options, "scale": float(value)}),
-                      backbone_cfg)
+                      backbone_cfg, progress=progress)
         for p, images in enumerate(rows):
             cells[p].append(images)
-    grid_rows = [[cells[p][j][i] for j in range(len(scales))]
-                 for p in range(len(prompts)) for i in range(len(cells[p][0]))]
-    return make_grid(grid_rows), cells
+    return cells

@@ -342,6 +342,17 @@ class RRNet(Method):
         return [gat, rel]
 
     @classmethod
+    def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
+        return ("RRNet edits the EOT row of the prompt embeddings, which a diffusers pipeline cannot do by "
+                "itself; relgen builds the `prompt_embeds`:\n\n"
+                "```python\nimport relgen\nrun = relgen.load(\"<run_dir>\")   # reads export/\n"
+                "images = pipe(**run.pipeline_inputs(pipe, [\"a book is placed in a bowl\"], scale=0.6)).images\n```\n\n"
+                f"`{GAT_FILE}` holds the graph network with the key names of RRNet's released `gat_<R>`; "
+                f"`{RELATION_FILE}` the relation's words and the network's sizes.",
+                ["The backbone's own weights; the network only adjusts its text conditioning.",
+                 "It is bound to one relation (the words in relation.json) and to the backbone's text width."])
+
+    @classmethod
     def load_artifact(cls, export_dir: Path, meta: dict) -> RRNetArtifact:
         return RRNetArtifact.from_export(Path(export_dir), meta)
 

@@ -85,6 +85,24 @@ class TextualInversion(Method):
         return [save_token_embeddings(out_dir / EMBEDS_FILE, self.token, self.embeds.named_rows())]
 
     @classmethod
+    def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
+        token = (meta.get("method_config") or {}).get("placeholder_token", "<R>")
+        name = meta.get("files", [EMBEDS_FILE])[0]
+        if (meta.get("backbone") or {}).get("family") == "sdxl":
+            code = ("from safetensors.torch import load_file\n"
+                    f"rows = load_file(\"export/{name}\")  # clip_l and clip_g rows\n"
+                    f"pipe.load_textual_inversion(rows[\"clip_l\"], token=\"{token}\", text_encoder=pipe.text_encoder, "
+                    "tokenizer=pipe.tokenizer)\n"
+                    f"pipe.load_textual_inversion(rows[\"clip_g\"], token=\"{token}\", text_encoder=pipe.text_encoder_2, "
+                    "tokenizer=pipe.tokenizer_2)")
+        else:
+            code = f"pipe.load_textual_inversion(\"export/{name}\", token=\"{token}\")"
+        return (f"```python\n{code}\nimage = pipe(\"a cat {token} a stone\").images[0]\n```\n\n"
+                f"`{token}` is the learnt token: write it in a prompt where the relation goes.",
+                ["The backbone's own weights; only the learnt token's embedding rows are here.",
+                 "ReVersion lower-cases prompts except the token at generation; plain diffusers does not."])
+
+    @classmethod
     def load_artifact(cls, export_dir: Path, meta: dict) -> "TokenArtifact":
         return TokenArtifact.from_file(Path(export_dir) / EMBEDS_FILE, meta)
 

@@ -1,0 +1,130 @@
+"""Write a run's export folder: the method's files, ``relgen.json`` and a model card.
+
+``export/`` is what a run hands on: the artifact in standard formats (see each method's
+``export``), ``relgen.json`` (what ``relgen.load`` and ``relgen.generate`` read) and
+``README.md``, a model card in the layout of the Hugging Face hub's cards: what was trained on
+which backbone and data, for how many steps, by which command, how to load it in diffusers,
+and what the files do not contain. Intermediate exports (``method.export_every``) go to
+``export/step-NNNNNN/`` with the same three parts and survive checkpoint rotation and the
+final export.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+META_FILE = "relgen.json"
+CARD_FILE = "README.md"
+STEP_PREFIX = "step-"
+
+
+def export_run(cfg: DictConfig, run_dir: Path, method, *, step: Optional[int] = None, final: bool = True,
+               dataset: Optional[str] = None, command: Optional[str] = None) -> Path:
+    """Write ``export/`` (or ``export/step-NNNNNN/`` when not ``final``) atomically.
+
+    Args:
+        cfg: The run's resolved config.
+        run_dir: The run folder.
+        method: Anything with ``export(folder) -> list[Path]`` (a trained method).
+        step: The optimizer step the weights are from (in ``relgen.json`` and the card).
+        final: ``True``: the run's ``export/``; ``False``: ``export/step-NNNNNN/`` for ``step``.
+        dataset: How the card names the data (default: the dataset option's name).
+        command: The command that made the weights (default: this process's command line).
+    """
+    import relgen
+
+    run_dir = Path(run_dir)
+    root = run_dir / "export"
+    target = root if final else root / f"{STEP_PREFIX}{int(step):06d}"
+    tmp = run_dir / f".export-{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files = method.export(tmp)
+    meta: dict[str, Any] = {
+        "method": cfg.method.name,
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
+        "dataset": dataset or cfg.dataset.name,
+        "step": step,
+        "cache_dir": cfg.cache_dir,
+        "files": [p.name for p in files],
+        "command": command or _command_line(),
+        "relgen_version": relgen.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    (tmp / CARD_FILE).write_text(model_card(meta), encoding="utf-8")
+    if final and root.is_dir():  # keep the intermediate exports inside the new export/
+        for sub in root.glob(f"{STEP_PREFIX}*"):
+            if sub.is_dir():
+                sub.rename(tmp / sub.name)
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(target)
+    return target
+
+
+def _command_line() -> str:
+    argv = sys.argv[1:] if sys.argv and sys.argv[0] not in ("", "-c") else []
+    module = "relgen" if sys.argv and sys.argv[0].endswith(("__main__.py", "relgen")) else Path(sys.argv[0]).name
+    return " ".join(["python -m " + module if module == "relgen" else module, *argv]).strip()
+
+
+def model_card(meta: dict) -> str:
+    """The export's ``README.md`` (hub-style front matter, then the sections a user looks for)."""
+    from relgen.registry import get_method
+
+    backbone = meta["backbone"]
+    source = backbone.get("pretrained") or f"tiny random weights ({backbone.get('tiny')}, seed {backbone.get('tiny_seed')})"
+    revision = backbone.get("revision") or ("main" if backbone.get("pretrained") else "—")
+    method_cls = get_method(meta["method"])
+    usage = getattr(method_cls, "card_usage", None)
+    usage_text, limits = usage(meta) if usage is not None else (_generic_usage(meta), [])
+    step = meta.get("step")
+    lines = [
+        "---",
+        "library_name: diffusers",
+        f"base_model: {backbone.get('pretrained') or backbone.get('name')}",
+        "tags: [relgen, text-to-image, " + meta["method"] + "]",
+        "---",
+        "",
+        f"# {meta['method']} on {backbone.get('name')}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| method | `{meta['method']}` |",
+        f"| backbone | `{backbone.get('name')}`: {source} (revision `{revision}`) |",
+        f"| dataset | {meta.get('dataset')} |",
+        f"| steps | {step if step is not None else '—'} |",
+        f"| files | {', '.join(f'`{f}`' for f in meta.get('files', []))} |",
+        f"| made by | `{meta.get('command') or '—'}` |",
+        f"| relgen | {meta.get('relgen_version')} |",
+        "",
+        "## Loading it in diffusers",
+        "",
+        usage_text.strip(),
+        "",
+        "With relgen, `relgen.load(run_dir)` applies every part (and `python -m relgen.generate run_dir=...` "
+        "renders with it).",
+        "",
+        "## What these files do not contain",
+        "",
+        *([f"- {line}" for line in limits] or ["- The backbone's own weights: load them from the backbone above."]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _generic_usage(meta: dict) -> str:
+    return ("```python\nimport relgen\nrun = relgen.load(\"<run_dir>\")\nrun.apply(pipe)  # pipe: a diffusers "
+            "pipeline of the backbone above\nimages = pipe(**run.pipeline_inputs(pipe, [\"a prompt\"])).images\n```")
+
+
+__all__ = ["CARD_FILE", "META_FILE", "export_run", "model_card"]

@@ -1,0 +1,148 @@
+"""Labelled image grids: the one layout every picture relgen writes uses.
+
+Training sample grids, ``python -m relgen.generate`` grids, RRNet's λ grids and the relworld
+benchmark grids all go through :func:`labelled_grid`: a header over each column (the
+condition: a seed, a λ value, a baseline's name), a label beside each row (the prompt,
+wrapped, and its seed when rows differ by seed), and an optional title line. Text is drawn
+with PIL's built-in font, so no font file is needed; small images (relworld's 64 px) are
+enlarged with nearest-neighbour resampling so each cell is at least ``min_cell`` pixels and
+stays readable without blurring the pixels a detector scored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+#: Smallest cell side in pixels; smaller images are enlarged by a whole factor to reach it.
+MIN_CELL = 128
+FONT_SIZE = 12
+_PAD = 4
+_BACKGROUND = "white"
+_INK = (20, 20, 20)
+
+
+def default_font(size: int = FONT_SIZE) -> ImageFont.ImageFont:
+    """PIL's built-in font at ``size`` (its bitmap font where FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or no FreeType: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def wrap_text(text: str, font: ImageFont.ImageFont, width: int, max_lines: Optional[int] = None) -> list[str]:
+    """Break ``text`` into lines no wider than ``width`` pixels (words longer than a line are cut).
+
+    Explicit newlines start a new line. With ``max_lines``, a text that needs more lines is cut
+    and its last kept line ends with an ellipsis.
+    """
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines: list[str] = []
+    for paragraph in str(text).split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if measure(candidate, font=font) <= width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while measure(word, font=font) > width and len(word) > 1:  # one over-long word
+                cut = len(word)
+                while cut > 1 and measure(word[:cut], font=font) > width:
+                    cut -= 1
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    if max_lines is not None and len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and measure(last + "…", font=font) > width:
+            last = last[:-1]
+        lines[-1] = last + "…"
+    return lines
+
+
+def cell_scale(width: int, height: int, min_cell: int = MIN_CELL) -> int:
+    """The whole enlargement factor that brings the smaller side of an image to ``min_cell``."""
+    return max(1, math.ceil(min_cell / max(1, min(width, height))))
+
+
+def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Optional[Sequence[str]] = None,
+                  column_labels: Optional[Sequence[str]] = None, title: Optional[str] = None,
+                  min_cell: int = MIN_CELL, label_width: int = 160) -> Image.Image:
+    """Paste ``rows`` of images into one labelled grid.
+
+    Args:
+        rows: ``rows[r][c]`` is the image in row ``r``, column ``c``; rows may be shorter than
+            the longest one (their missing cells stay blank). Every cell is as large as the
+            largest image, enlarged with nearest-neighbour resampling to at least ``min_cell``
+            pixels on its smaller side.
+        row_labels: One label per row, drawn left of it and wrapped to ``label_width`` pixels
+            (e.g. ``"a cat <R> a stone\\nseed 0"``). ``None``: no label column.
+        column_labels: One header per column, wrapped to the cell width (e.g. ``"λ = 0.6"``).
+            ``None``: no header row.
+        title: One line over the whole grid (e.g. the run and the step).
+        min_cell: Smallest cell side in pixels.
+        label_width: Width of the row-label column in pixels.
+
+    Returns:
+        An RGB image; cell ``(r, c)`` starts at ``(x0 + c * cell_w, y0 + r * cell_h)`` where
+        ``x0`` is the label column's width and ``y0`` the height of the title and headers.
+    """
+    if not rows or not any(rows):
+        raise ValueError("labelled_grid needs at least one image")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"{len(row_labels)} row labels for {len(rows)} rows")
+    cols = max(len(r) for r in rows)
+    if column_labels is not None and len(column_labels) != cols:
+        raise ValueError(f"{len(column_labels)} column labels for {cols} columns")
+    width = max(img.size[0] for row in rows for img in row)
+    height = max(img.size[1] for row in rows for img in row)
+    scale = cell_scale(width, height, min_cell)
+    cell_w, cell_h = width * scale, height * scale
+
+    font = default_font()
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (FONT_SIZE, 2)
+    line_h = ascent + descent + 2
+    max_row_lines = max(1, (cell_h - 2 * _PAD) // line_h)
+    row_text = [wrap_text(label, font, label_width - 2 * _PAD, max_row_lines) for label in row_labels or []]
+    col_text = [wrap_text(label, font, cell_w - 2 * _PAD, 3) for label in column_labels or []]
+    title_text = wrap_text(title, font, label_width * bool(row_labels) + cols * cell_w - 2 * _PAD, 2) if title else []
+
+    x0 = label_width if row_labels is not None else 0
+    title_h = len(title_text) * line_h + 2 * _PAD if title_text else 0
+    header_h = max(len(t) for t in col_text) * line_h + 2 * _PAD if col_text else 0
+    y0 = title_h + header_h
+    grid = Image.new("RGB", (x0 + cols * cell_w, y0 + len(rows) * cell_h), _BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    for i, line in enumerate(title_text):
+        draw.text((_PAD, _PAD + i * line_h), line, fill=_INK, font=font)
+    for c, lines in enumerate(col_text):
+        for i, line in enumerate(lines):
+            w = draw.textlength(line, font=font)
+            draw.text((x0 + c * cell_w + (cell_w - w) / 2, title_h + _PAD + i * line_h), line, fill=_INK, font=font)
+    for r, row in enumerate(rows):
+        top = y0 + r * cell_h
+        if row_text:
+            lines = row_text[r]
+            start = top + max(_PAD, (cell_h - len(lines) * line_h) // 2)
+            for i, line in enumerate(lines):
+                draw.text((_PAD, start + i * line_h), line, fill=_INK, font=font)
+        for c, img in enumerate(row):
+            img = img.convert("RGB")
+            if scale > 1:
+                img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.Resampling.NEAREST)
+            grid.paste(img, (x0 + c * cell_w, top))
+    return grid
+
+
+def seed_labels(seed: int, count: int) -> list[str]:
+    """Column headers ``"seed s"`` for ``count`` images drawn with seeds ``seed, seed + 1, ...``."""
+    return [f"seed {seed + i}" for i in range(count)]
+
+
+__all__ = ["MIN_CELL", "cell_scale", "default_font", "labelled_grid", "seed_labels", "wrap_text"]

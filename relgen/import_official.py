@@ -1,0 +1,282 @@
+"""Turn an official checkpoint into a relgen run folder: ``python -m relgen.import_official``.
+
+    python -m relgen.import_official method=reversion file=experiments/painted_on/learned_embeds.bin \\
+        backbone=sd15 run_dir=runs/painted_on
+    python -m relgen.import_official method=rrnet file=checkpoints/gat_placed backbone=sd21_base \\
+        run_dir=runs/placed A=book R=placed B=bowl
+    python -m relgen.import_official method=relationbooth file=ms_adapter.bin backbone=sdxl run_dir=runs/ms
+    python -m relgen.import_official method=relationbooth file=dreamrelation_lora.safetensors \\
+        method.ms_adapter=ms_adapter.bin backbone=sdxl run_dir=runs/hug
+
+The four kinds are ReVersion's ``learned_embeds.bin``, RRNet's ``gat_<R>``, MS-Diffusion's
+``ms_adapter.bin`` (the image-prompt branch alone) and DreamRelation's LoRA (on top of that
+branch). Each is read by its method's importer (``weights_only=True``), checked against the
+backbone's widths, and written as ``<run_dir>/export/`` in relgen's own format with
+``relgen.json`` and a model card, so ``python -m relgen.generate run_dir=...`` and
+``relgen.load(run_dir)`` take it like a trained run. Any other ``method.*`` or ``backbone.*``
+override is applied as in ``python -m relgen`` (e.g. ``method.placeholder_token``,
+``method.image_encoder``, ``backbone.pretrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from relgen.errors import ConfigError, RelgenError
+
+METHODS = ("reversion", "rrnet", "relationbooth")
+WORDS = ("A", "R", "B", "ARB", "BRA")  # RRNet: the relation's words and its two prompts
+
+USAGE = """usage: python -m relgen.import_official method=<reversion|rrnet|relationbooth> file=<path> \\
+           backbone=<name> run_dir=<new folder> [A= R= B= ARB= BRA=] [method.<field>=...] [backbone.<field>=...]
+
+  method=reversion      file= ReVersion's learned_embeds.bin ({"<R>": tensor (768,)}, SD 1.5)
+  method=rrnet          file= RRNet's gat_<R> (torch.save of the graph network); A=, R=, B= name the
+                        relation's words (ARB=, BRA= its two prompts) so generation needs no more
+  method=relationbooth  file= MS-Diffusion's ms_adapter.bin (the image branch alone), or DreamRelation's
+                        LoRA .safetensors with method.ms_adapter=<ms_adapter.bin>; method.image_encoder= and
+                        method.clipself_checkpoint= name the CLIP encoders (default: the released ones)
+"""
+
+
+class _Imported:
+    """Stands in for a trained method in :func:`relgen.export.export_run`: it only exports."""
+
+    def __init__(self, export: Callable[[Path], list[Path]]) -> None:
+        self.export = export
+
+
+def text_encoder_widths(bcfg, cache_dir: Optional[str] = None) -> Optional[list[int]]:
+    """Token-embedding width of each text encoder, read from the configs (no weights are loaded).
+
+    ``None`` when the configs are not on disk (a hub id that is not cached).
+    """
+    folder = _config_folder(bcfg, cache_dir)
+    if folder is None:
+        return None
+    subfolders = ["text_encoder"] + (["text_encoder_2"] if bcfg.family == "sdxl" else [])
+    widths = []
+    for sub in subfolders:
+        path = folder / sub / "config.json"
+        if not path.is_file():
+            return None
+        widths.append(int(json.loads(path.read_text())["hidden_size"]))
+    return widths
+
+
+def unet_cross_attention_dim(bcfg, cache_dir: Optional[str] = None) -> Optional[int]:
+    folder = _config_folder(bcfg, cache_dir)
+    path = folder / "unet" / "config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    return int(json.loads(path.read_text())["cross_attention_dim"])
+
+
+def _config_folder(bcfg, cache_dir: Optional[str]) -> Optional[Path]:
+    from relgen.backbones.loading import materialize_tiny, resolve_pretrained
+
+    if bcfg.tiny:
+        return materialize_tiny(bcfg, cache_dir)
+    source = resolve_pretrained(bcfg)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local
+    if local.suffix in (".safetensors", ".ckpt"):
+        return Path(bcfg.single_file_config).expanduser() if bcfg.single_file_config else None
+    try:  # a hub id: its configs, if they are in the local cache
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, revision=bcfg.revision, allow_patterns=["*.json"],
+                                      local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: the widths are checked when the model loads
+        return None
+
+
+def _check_width(file: Path, what: str, got: int, widths: Optional[list[int]], bcfg) -> None:
+    if widths is not None and got != sum(widths):
+        raise RelgenError(f"{file}: {what} is {got}-wide but backbone {bcfg.name}'s text encoders are "
+                          f"{'+'.join(map(str, widths))}-wide; import it with the backbone it was trained on")
+
+
+def _reversion(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
+    from relgen.methods.reversion.importer import import_official_embeds
+    from relgen.methods.textual_inversion.method import EMBEDS_FILE, save_token_embeddings
+
+    if cfg.backbone.family != "sd":
+        raise RelgenError(f"{file}: ReVersion's learned_embeds.bin holds one text encoder's row; backbone "
+                          f"{cfg.backbone.name} has two (use an SD 1.x/2.x backbone)")
+    art = import_official_embeds(file, lowercase_prompts=cfg.method.lowercase_prompts)
+    row = art.rows["text_encoder"]
+    _check_width(file, f"the '{art.token}' row", row.shape[1], text_encoder_widths(cfg.backbone, cfg.cache_dir),
+                 cfg.backbone)
+    cfg.method.placeholder_token = art.token
+    return lambda out: [save_token_embeddings(out / EMBEDS_FILE, art.token, art.rows)]
+
+
+def _rrnet(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
+    from safetensors.torch import save_file
+
+    from relgen.methods.rrnet.artifact import FORMAT, FORMAT_VERSION, GAT_FILE, RELATION_FILE, RRNetArtifact
+
+    widths = text_encoder_widths(cfg.backbone, cfg.cache_dir)
+    width = sum(widths) if widths else (1024 if cfg.backbone.family == "sd" else 2048)
+    m = cfg.method
+    try:
+        art = RRNetArtifact.from_official(file, width=width, hidden=m.hidden_size, heads=m.num_heads,
+                                          scale=m.inference_scale, **words)
+    except RelgenError as exc:
+        if str(file) in str(exc):
+            raise
+        raise RelgenError(f"{file}: {exc}") from exc
+    relation = {"format": FORMAT, "version": FORMAT_VERSION, "relation": m.relation or words.get("R"),
+                **{k: words.get(k) for k in WORDS}, "in_dim": width, "out_dim": width, "hidden": m.hidden_size,
+                "heads": m.num_heads, "eot_self_loops": False, "node_widths": widths or [width],
+                "object_template": m.object_template, "scale": m.inference_scale,
+                "grid_scales": list(m.grid_scales), "backbone": cfg.backbone.name, "source": str(file)}
+
+    def export(out: Path) -> list[Path]:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in art.gnn.state_dict().items()}
+        save_file(tensors, str(out / GAT_FILE), metadata={"format": FORMAT})
+        (out / RELATION_FILE).write_text(json.dumps(relation, indent=2) + "\n")
+        return [out / GAT_FILE, out / RELATION_FILE]
+
+    return export
+
+
+def _relationbooth(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
+    from safetensors.torch import load_file, save_file
+
+    from relgen.methods.relationbooth.artifact import BRANCH_FILE, LORA_FILE, SPEC_FILE, RelationBoothArtifact
+    from relgen.methods.relationbooth.convert import _read_adapter_file
+
+    m = cfg.method
+    if file.suffix == ".safetensors":  # DreamRelation's LoRA, on top of MS-Diffusion's branch
+        try:
+            lora = load_file(str(file))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise RelgenError(f"{file}: cannot be read as a safetensors LoRA ({exc})") from exc
+        if not any("lora" in k for k in lora):
+            raise RelgenError(f"{file}: holds no LoRA weights (no 'lora' keys); give DreamRelation's "
+                              "pytorch_lora_weights.safetensors, or MS-Diffusion's ms_adapter.bin alone")
+        if not m.ms_adapter:
+            raise ConfigError(f"{file}: DreamRelation's LoRA runs on MS-Diffusion's image branch; add "
+                              "method.ms_adapter=<path of ms_adapter.bin>")
+        lora_file, adapter_file = file, Path(m.ms_adapter).expanduser()
+        cond = unet_cross_attention_dim(cfg.backbone, cfg.cache_dir)
+        key = next((k for k in sorted(lora) if "attn2.to_k" in k and "lora_A" in k), None)
+        if cond is not None and key is not None and lora[key].shape[1] != cond:
+            raise RelgenError(f"{file}: the LoRA's cross-attention input is {lora[key].shape[1]}-wide but backbone "
+                              f"{cfg.backbone.name}'s UNet takes {cond}-wide text; import it with its SDXL backbone")
+    else:
+        lora_file, adapter_file = None, file
+    raw = _read_adapter_file(adapter_file)
+    missing = [k for k in ("image_proj", "ms_adapter", "dummy_image_tokens") if k not in raw]
+    if missing:
+        raise RelgenError(f"{adapter_file}: not an MS-Diffusion adapter (missing {missing}); give ms_adapter.bin")
+    cond = unet_cross_attention_dim(cfg.backbone, cfg.cache_dir)
+    dummy = raw["dummy_image_tokens"]
+    if cond is not None and dummy.shape[-1] != cond:
+        raise RelgenError(f"{adapter_file}: its image tokens are {dummy.shape[-1]}-wide but backbone "
+                          f"{cfg.backbone.name}'s UNet takes {cond}-wide conditioning")
+    art = RelationBoothArtifact.from_official(lora_file or adapter_file, adapter_file, m.image_encoder,
+                                              m.clipself_checkpoint, m.resampler_heads, m.scale,
+                                              {"negative_prompt": m.negative_prompt,
+                                               "default_box_y": list(m.default_box_y)})
+
+    def export(out: Path) -> list[Path]:
+        flat = {f"{group}.{k}": v.contiguous() for group in ("image_proj", "ms_adapter") for k, v in raw[group].items()}
+        flat["dummy_image_tokens"] = dummy.contiguous()
+        save_file(flat, str(out / BRANCH_FILE), metadata={"format": "ms_adapter"})
+        files = [out / BRANCH_FILE]
+        info = {"branch": art.branch.spec.to_json(), "generation": art.generation, "samples": [],
+                "lora": None, "source": {"ms_adapter": str(adapter_file)}}
+        if lora_file is not None:
+            shutil.copyfile(lora_file, out / LORA_FILE)
+            files.append(out / LORA_FILE)
+            info["lora"] = {"file": LORA_FILE}
+            info["source"]["lora"] = str(lora_file)
+        (out / SPEC_FILE).write_text(json.dumps(info, indent=2))
+        return files + [out / SPEC_FILE]
+
+    return export
+
+
+_IMPORTERS = {"reversion": _reversion, "rrnet": _rrnet, "relationbooth": _relationbooth}
+
+
+def import_official(method: str, file: str, backbone: str, run_dir: str, overrides: tuple[str, ...] = (),
+                    words: Optional[dict] = None) -> Path:
+    """Write ``run_dir`` (``config.yaml`` and ``export/``) from an official checkpoint; see the module docstring."""
+    from omegaconf import OmegaConf
+
+    from relgen.config import compose_run
+    from relgen.export import export_run
+
+    if method not in METHODS:
+        raise ConfigError(f"relgen.import_official: method={method} has no official format; known: {list(METHODS)}")
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise RelgenError(f"{path}: file not found (file= must be the official checkpoint)")
+    out = Path(run_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"relgen.import_official: run_dir={out} already holds files; give a new folder")
+    cfg = compose_run(f"method={method}", f"backbone={backbone}", *overrides)
+    OmegaConf.set_readonly(cfg, False)
+    export = _IMPORTERS[method](cfg, path, {k: v for k, v in (words or {}).items() if v is not None})
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        command = "python -m relgen.import_official " + " ".join(
+            [f"method={method}", f"file={file}", f"backbone={backbone}", f"run_dir={run_dir}", *overrides])
+        export_run(cfg, out, _Imported(export), dataset=f"none (imported from {path})", command=command)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from relgen.cli import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE, end="")
+        return 0 if argv else 2
+
+    def body() -> int:
+        args: dict[str, str] = {}
+        overrides = []
+        for item in argv:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"relgen.import_official: expected key=value, got {item!r} (see --help)")
+            if key.startswith(("method.", "backbone.")) or key in ("cache_dir", "seed"):
+                overrides.append(item)
+            elif key in ("method", "file", "backbone", "run_dir", *WORDS):
+                args[key] = value
+            else:
+                raise ConfigError(f"relgen.import_official: unknown option '{key}'; known: method, file, backbone, "
+                                  f"run_dir, {', '.join(WORDS)}, method.<field>, backbone.<field>")
+        for key in ("method", "file", "backbone", "run_dir"):
+            if key not in args:
+                raise ConfigError(f"relgen.import_official: {key}= is required (see --help)")
+        words = {k: args[k] for k in WORDS if k in args}
+        if words and args["method"] != "rrnet":
+            raise ConfigError(f"relgen.import_official: {sorted(words)} are RRNet's relation words; "
+                              f"method={args['method']} takes its words from method.* fields")
+        out = import_official(args["method"], args["file"], args["backbone"], args["run_dir"], tuple(overrides), words)
+        print(f"relgen: imported {args['file']} as a {args['method']} run on {args['backbone']}: {out}")
+        print(f"  generate with: python -m relgen.generate run_dir={out} prompt=...")
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

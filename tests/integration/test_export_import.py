@@ -1,0 +1,131 @@
+"""Exports: the model card, intermediate exports that survive rotation, relgen.load(step=);
+official checkpoints of every kind imported from the command line into loadable run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import relgen
+from relgen.errors import RelgenError
+from relgen.import_official import main as import_main
+from relgen.testing import short_run
+
+
+def _one_error(capsys, code: int) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("relgen: error:")]
+    assert code == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_model_card_and_intermediate_exports_survive_checkpoint_rotation(tmp_path):
+    run = short_run(tmp_path / "run", "trainer.max_steps=4", "method.export_every=2", "trainer.keep_checkpoints=1",
+                    "method.grad_accum=1")
+    export = run / "export"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004"]  # rotated
+    assert sorted(p.name for p in export.glob("step-*")) == ["step-000002"]  # survived rotation and the final export
+    for folder, step in ((export, 4), (export / "step-000002", 2)):
+        meta = json.loads((folder / "relgen.json").read_text())
+        assert meta["step"] == step and meta["files"] == ["learned_embeds.safetensors"]
+        card = (folder / "README.md").read_text()
+        assert f"| steps | {step} |" in card and "| method | `textual_inversion` |" in card
+        assert "tiny_sd15" in card and "shapes_reversion" in card and "revision" in card
+        assert 'pipe.load_textual_inversion("export/learned_embeds.safetensors", token="<R>")' in card
+    final, second = relgen.load(run), relgen.load(run, step=2)
+    assert second.export_dir == export / "step-000002" and final.export_dir == export
+    assert not torch.equal(final.artifact.rows["text_encoder"], second.artifact.rows["text_encoder"])
+    with pytest.raises(RelgenError, match="no export of step 3; this run has step-000002"):
+        relgen.load(run, step=3)
+
+
+def test_reversion_learned_embeds_bin_imports_and_generates(tmp_path, capsys):
+    from relgen.generate import GenerationOptions, generate_from_run
+
+    vector = torch.randn(32, generator=torch.Generator().manual_seed(0))
+    official = tmp_path / "learned_embeds.bin"
+    torch.save({"<R>": vector}, official)
+    out = tmp_path / "imported"
+    assert import_main(["method=reversion", f"file={official}", "backbone=tiny_sd15", f"run_dir={out}"]) == 0
+    loaded = relgen.load(out)
+    assert loaded.method == "reversion" and torch.equal(loaded.artifact.rows["text_encoder"][0], vector)
+    assert "| dataset | none (imported from" in (out / "export" / "README.md").read_text()
+    (grid,) = generate_from_run(str(out), ["cat <R> stone"], GenerationOptions(num_images=1, steps=2))
+    assert grid.name == "reversion-tiny_sd15-prompts.png"
+
+    # the width of another backbone: one line naming the file, nothing written
+    wide = tmp_path / "wide.bin"
+    torch.save({"<R>": torch.zeros(768)}, wide)
+    line = _one_error(capsys, import_main(["method=reversion", f"file={wide}", "backbone=tiny_sd15",
+                                           f"run_dir={tmp_path / 'no'}"]))
+    assert str(wide) in line and "768-wide" in line and "32-wide" in line
+    assert not (tmp_path / "no").exists()
+    # an existing run folder is refused
+    line = _one_error(capsys, import_main(["method=reversion", f"file={official}", "backbone=tiny_sd15",
+                                           f"run_dir={out}"]))
+    assert "already holds files" in line
+
+
+def test_rrnet_gat_imports_with_its_words(tmp_path, capsys):
+    from relgen.methods.rrnet.artifact import RRNetArtifact
+    from relgen.methods.rrnet.gnn import RelationGAT
+
+    torch.manual_seed(0)
+    gnn = RelationGAT(32, 32, hidden=512, heads=2)
+    official = tmp_path / "gat_above"
+    torch.save(gnn.state_dict(), official)
+    out = tmp_path / "imported"
+    code = import_main(["method=rrnet", f"file={official}", "backbone=tiny_sd21", f"run_dir={out}", "A=circle",
+                        "R=above", "B=square", "ARB=a circle is above a square", "BRA=a square is above a circle"])
+    assert code == 0, capsys.readouterr().err
+    loaded = relgen.load(out)
+    assert (loaded.artifact.relation["A"], loaded.artifact.relation["R"]) == ("circle", "above")
+    assert loaded.artifact.sample_prompts() == ["a circle is above a square", "a square is above a circle"]
+    theirs = RRNetArtifact.from_official(official, width=32).gnn.state_dict()
+    ours = loaded.artifact.gnn.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # a file of the wrong kind: one line naming it
+    wrong = tmp_path / "learned_embeds.bin"
+    torch.save({"<R>": torch.zeros(32)}, wrong)
+    line = _one_error(capsys, import_main(["method=rrnet", f"file={wrong}", "backbone=tiny_sd21",
+                                           f"run_dir={tmp_path / 'no'}"]))
+    assert str(wrong) in line and not (tmp_path / "no").exists()
+
+
+def test_relationbooth_lora_and_ms_adapter_import(tmp_path, capsys):
+    from relgen.methods.relationbooth.convert import _read_adapter_file
+
+    run = short_run(tmp_path / "trained", "method=relationbooth", "method.cal_max_side_fraction=0.5",
+                    "trainer.max_steps=1")
+    export = run / "export"
+    adapter = tmp_path / "ms_adapter.bin"  # MS-Diffusion's layout: nested dicts, torch.save
+    torch.save(dict(_read_adapter_file(export / "image_branch.safetensors")), adapter)
+    lora = export / "pytorch_lora_weights.safetensors"
+    encoder = f"method.image_encoder={export / 'image_encoder'}"
+    heads = "method.resampler_heads=4"  # the tiny branch's (method.tiny.resampler_heads)
+
+    both = tmp_path / "dreamrelation"
+    assert import_main(["method=relationbooth", f"file={lora}", f"method.ms_adapter={adapter}", encoder, heads,
+                        "backbone=tiny_sdxl", f"run_dir={both}"]) == 0, capsys.readouterr().err
+    assert (both / "export" / "pytorch_lora_weights.safetensors").read_bytes() == lora.read_bytes()
+    a, b = load_file(str(both / "export" / "image_branch.safetensors")), load_file(str(export / "image_branch.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert relgen.load(both).artifact.lora_file == both / "export" / "pytorch_lora_weights.safetensors"
+    assert "alone is not the whole model" in (both / "export" / "README.md").read_text()
+
+    branch_only = tmp_path / "ms_diffusion"
+    assert import_main(["method=relationbooth", f"file={adapter}", encoder, heads, "backbone=tiny_sdxl",
+                        f"run_dir={branch_only}"]) == 0, capsys.readouterr().err
+    art = relgen.load(branch_only).artifact
+    assert art.lora_file is None and art.adapter_file == branch_only / "export" / "image_branch.safetensors"
+    # the LoRA without its branch, and an adapter for another UNet width: one line each
+    line = _one_error(capsys, import_main(["method=relationbooth", f"file={lora}", "backbone=tiny_sdxl",
+                                           f"run_dir={tmp_path / 'no'}"]))
+    assert str(lora) in line and "method.ms_adapter=" in line
+    line = _one_error(capsys, import_main(["method=relationbooth", f"file={adapter}", encoder, heads, "backbone=tiny_sd15",
+                                           f"run_dir={tmp_path / 'no'}"]))
+    assert str(adapter) in line and "64-wide" in line and "32-wide" in line
+    assert not (tmp_path / "no").exists()
