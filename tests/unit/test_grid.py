@@ -73,16 +73,23 @@ def test_label_counts_must_match():
 
 
 def test_relworld_method_grid_is_labelled_with_conditions_prompts_and_seeds(relworld_script):
+    from relgen.relworld import bench
+    from relgen.relworld.detector import Reading
+
     methods = relworld_script("methods")
-    prompts = [methods.Prompt(("red", "circle"), "above", ("blue", "square"), "a red circle above a blue square")]
-    conds = [methods.Condition("written word", "written"), methods.Condition("ReVersion token", "token")]
-    task = methods.TaskResult("inversion", prompts, conds,
-                              images={"written word": [[_solid("red"), _solid("red")]],
-                                      "ReVersion token": [[_solid("blue"), _solid("blue")]]})
-    grid = methods.task_grid(task, seeds=2, first_seed=5)
-    assert grid.size[0] == 160 + 2 * 128 and grid.size[1] > 2 * 128  # 64 px cells enlarged, header band on top
+    prompts = [bench.Prompt(("circle", "red"), "above", ("square", "blue"), "a red circle above a blue square")]
+    conds = [bench.Condition("written word", "written"), bench.Condition("ReVersion token", "relation_token")]
+    task = bench.TaskResult("inversion", prompts, conds,
+                            images={"written word": [[[_solid("red"), _solid("red")]]],
+                                    "ReVersion token": [[[_solid("blue"), _solid("blue")]]]})
+    right, wrong = Reading("above", object(), object(), "above"), Reading("above", None, None, None)
+    task.readings = {"written word": {"strict": [[[wrong, wrong]]]}, "ReVersion token": {"strict": [[[right, right]]]}}
+    grid = methods.task_grid(task, bench.Settings(seed=5, samples=2, grid_seeds=2, grid_prompts=1))
+    assert grid.size[0] == 160 + 2 * 128 and grid.size[1] > 2 * 128  # 64 px cells enlarged, title and header on top
     y0 = grid.size[1] - 2 * 128
     assert grid.getpixel((160 + 10, y0 + 10)) == (255, 0, 0) and grid.getpixel((160 + 138, y0 + 138)) == (0, 0, 255)
+    # the verdicts along each image's bottom edge: red bar (wrong) under the written word, green under the token
+    assert grid.getpixel((160 + 10, y0 + 126)) == (210, 40, 40) and grid.getpixel((160 + 138, y0 + 126)) == (40, 170, 60)
     assert _dark_pixels(grid, (0, y0, 160, y0 + 128)) > 30  # "a red circle ... seed 5"
 
 
@@ -101,7 +108,7 @@ def test_a_log_key_that_first_appears_later_reaches_metrics_csv(tmp_path):
 
     from relgen.train.loop import _MetricsWriter
 
-    writer = _MetricsWriter(tmp_path, tensorboard=False)
+    writer = _MetricsWriter(tmp_path)
     writer.write(1, {"loss": 0.5})
     writer.write(2, {"loss": 0.25, "grad_norm": 1.5})
     writer.write(3, {"loss": 0.125})
