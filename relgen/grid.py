@@ -32,6 +32,17 @@ def default_font(size: int = FONT_SIZE) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+#: Letters PIL's default font has no glyph for, spelt out so a label never shows a box.
+_SPELT = {"λ": "lambda", "≥": ">=", "≤": "<=", "×": "x", "γ": "gamma"}
+
+
+def drawable(text: str) -> str:
+    """``text`` with the letters of :data:`_SPELT` spelt out (``λ = 0.6`` -> ``lambda = 0.6``)."""
+    for letter, spelt in _SPELT.items():
+        text = text.replace(letter, spelt)
+    return text
+
+
 def wrap_text(text: str, font: ImageFont.ImageFont, width: int, max_lines: Optional[int] = None) -> list[str]:
     """Break ``text`` into lines no wider than ``width`` pixels (words longer than a line are cut).
 
@@ -40,7 +51,7 @@ def wrap_text(text: str, font: ImageFont.ImageFont, width: int, max_lines: Optio
     """
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
     lines: list[str] = []
-    for paragraph in str(text).split("\n"):
+    for paragraph in drawable(str(text)).split("\n"):
         line = ""
         for word in paragraph.split(" "):
             candidate = f"{line} {word}" if line else word

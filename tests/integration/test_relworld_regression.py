@@ -1,21 +1,20 @@
 """Each method still has its effect on the relworld model (the benchmark's short version).
 
-``benchmarks/relworld/regression.json`` holds the short version's settings and, per method,
-the effect (method minus its baseline) measured with three seeds and the margin set from their
-spread (mean - 2 sd). This test reruns the short version with the first seed and fails when a
-method's effect falls below its margin: a change that breaks a method shows here. Checks whose
-calibrated margin is not above zero (no reliable effect in the short run) are recorded in the
-file but not enforced.
+``benchmarks/relworld/regression.json`` holds the short version's settings and, per claim of
+the benchmark (method against the baseline that could beat it, strict reading), the effect
+measured with three seeds and the margin set from their spread (mean - 2 sd). This test reruns
+the short version with the first seed and fails when a claim's effect falls below its margin: a
+change that breaks a method shows here. Claims whose calibrated margin is not above zero (no
+reliable effect in the short run) are recorded in the file but not enforced.
 Recalibrate after changing the model or the short settings:
 ``python benchmarks/relworld/methods.py --calibrate 0,1,2``.
 """
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from relgen.relworld import bench
 from relgen.relworld import model as rb
 
 
@@ -26,19 +25,20 @@ def methods(relworld_script):
 
 @pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld/weights/ is not built")
 def test_each_method_beats_its_baseline_by_its_margin(methods, tmp_path):
+    import json
+
     reg = json.loads(methods.REGRESSION_FILE.read_text())
     short = {k: (list(v) if isinstance(v, tuple) else v) for k, v in methods.SHORT.items()}
     assert reg["settings"] == short, "the short settings changed: recalibrate regression.json"
-    assert [tuple(c[k] for k in ("task", "method", "baseline", "reading", "metric")) for c in reg["checks"]] \
-        == list(methods.CHECKS), "the checks changed: recalibrate regression.json"
+    assert [c["claim"] for c in reg["checks"]] == list(methods.CHECKS), "the checks changed: recalibrate"
     for c in reg["checks"]:  # the file is consistent with its own numbers
         mean = sum(c["effects"]) / len(c["effects"])
         assert abs(c["mean"] - mean) < 1e-9 and c["enforced"] == (c["margin"] > 0)
     if not any(c["enforced"] for c in reg["checks"]):
-        pytest.skip("no method showed a reliable effect in the calibration of regression.json (every margin "
+        pytest.skip("no claim showed a reliable effect in the calibration of regression.json (every margin "
                     "<= 0): nothing to enforce until the relworld model is retrained and recalibrated")
     seed = reg["seeds"][0]
-    s = methods.Settings(**methods.SHORT, seed=seed, train_seed=seed)
-    tasks = {t.name: t for t in methods.run(s, list(methods.TASKS), tmp_path)}
-    failures = methods.regression_failures(reg, tasks)
+    s = bench.Settings(**methods.SHORT, seed=seed, train_seeds=(seed,))
+    claims = bench.claims(bench.run(s, list(bench.TASKS), tmp_path), s)
+    failures = methods.regression_failures(reg, claims)
     assert not failures, "\n".join(failures)

@@ -63,6 +63,7 @@ def test_wrapping_keeps_lines_within_the_width_and_marks_a_cut():
     cut = wrap_text("a long prompt with a great many words about a cat painted on a stone wall", font, 100, 2)
     assert len(cut) == 2 and cut[-1].endswith("…")
     assert wrap_text("line one\nseed 3", font, 150) == ["line one", "seed 3"]
+    assert wrap_text("RRNet λ = 0.6", font, 150) == ["RRNet lambda = 0.6"]  # no glyph box for λ
 
 
 def test_label_counts_must_match():
