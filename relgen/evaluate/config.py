@@ -207,3 +207,77 @@ def as_object(node: Any, schema: type) -> Any:
         return schema()
     merged = OmegaConf.merge(OmegaConf.structured(schema), node)
     return OmegaConf.to_object(merged)
+
+
+#: The words of ReVersion's benchmark relations, for CLIP and the judge (which cannot read
+#: the learned token): the relation names of the ReVersion paper's benchmark, written out.
+REVERSION_RELATION_WORDS: dict[str, str] = {
+    "painted_on": "painted on",
+    "carved_by": "carved by",
+    "shake_hands": "shaking hands with",
+    "hug": "hugging",
+    "back2back": "back to back with",
+    "inside": "inside",
+    "on": "on",
+    "hanging_from": "hanging from",
+    "wrapped_in": "wrapped in",
+    "ride_on": "riding on",
+}
+
+
+@dataclass
+class EvaluateConfig:
+    """``python -m relgen.evaluate``: what to score, on which conditions, with which metrics.
+
+    Attributes:
+        run_dir: A finished run (its ``export/``); the method's condition(s) and, with
+            ``include_base``, the base model's are generated from it.
+        baseline: ``base`` (the base model) or another run's folder (e.g. textual inversion);
+            every other condition is compared with it. ``None``: ``base`` (RRNet: λ = 0).
+        include_base: Also generate the base model's images.
+        lambdas: RRNet: one condition per λ (``None``: the run's grid, ``method.grid_scales``).
+        images_dir: Score existing images instead: ``<images_dir>/<condition>/<prompt id
+            slug>/<seed>.png`` (the layout the harness writes to its cache).
+        prompts: ``reversion_benchmark``, ``rrnet_pairs`` or a prompt file (JSON).
+        relation: ``reversion_benchmark``: only this relation.
+        limit: Keep the first N prompts (per relation for ``reversion_benchmark``).
+        metrics: Metric names (``python -m relgen.list`` does not list these; see
+            :mod:`relgen.evaluate.metrics`).
+        num_images: Seeds per prompt when ``seeds`` is not given: ``seed .. seed+num_images-1``.
+        seeds: The seeds, shared by every condition.
+        steps, guidance, scheduler: The sampler (``None``: the run's sample settings, then the
+            backbone's).
+        batch_size: Images per generation call.
+        out_dir: Report folder (default ``<run_dir>/eval/<prompt set>-<timestamp>``).
+        cache: Reuse generated images and scores of earlier evaluations.
+        grid_rows: Rows (prompt x seed) per grid image.
+        resamples: Bootstrap resamples.
+        relation_words: Words of each ReVersion benchmark relation.
+    """
+
+    run_dir: Optional[str] = None
+    baseline: Optional[str] = None
+    include_base: bool = True
+    lambdas: Optional[list[float]] = None
+    images_dir: Optional[str] = None
+    prompts: str = "reversion_benchmark"
+    relation: Optional[str] = None
+    limit: Optional[int] = None
+    metrics: list[str] = field(default_factory=lambda: ["clip_t", "clip_r"])
+    num_images: int = 4
+    seed: int = 0
+    seeds: Optional[list[int]] = None
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
+    scheduler: Optional[str] = None
+    batch_size: int = 4
+    out_dir: Optional[str] = None
+    output_root: str = "outputs"
+    cache: bool = True
+    grid_rows: int = 24
+    resamples: int = 10_000
+    relation_words: dict[str, str] = field(default_factory=lambda: dict(REVERSION_RELATION_WORDS))
+    eval: EvalModelsConfig = field(default_factory=EvalModelsConfig)
+
+
+_store.store(name="evaluate_schema", node=EvaluateConfig)
