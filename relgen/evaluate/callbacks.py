@@ -31,7 +31,11 @@ def comparison(sweep_dir: Path) -> tuple[dict[str, Any], str]:
             for output in info["outputs"]:
                 if (metric, output) not in columns and info["per_image"]:
                     columns.append((metric, output))
-    lines = ["# Evaluation sweep: comparison", "", f"{len(jobs)} job(s) in `{sweep_dir}`.", "",
+    common = set.intersection(*(set(j["overrides"]) for j in jobs)) if jobs else set()
+    for job in jobs:  # the overrides that tell the jobs apart
+        job["varying"] = [o for o in job["overrides"] if o not in common]
+    lines = ["# Evaluation sweep: comparison", "", f"{len(jobs)} job(s) in `{sweep_dir}`; shared overrides: "
+             f"`{' '.join(sorted(common))}`.", "",
              "| job | overrides | condition | " + " | ".join(f"{m}.{o}" for m, o in columns) + " |",
              "|---" * (len(columns) + 3) + "|"]
     rows = []
@@ -46,7 +50,7 @@ def comparison(sweep_dir: Path) -> tuple[dict[str, Any], str]:
                 cells.append("–" if not est or not est["n"] else
                              f"{k * est['value']:.1f} [{k * est['ci95'][0]:.1f}, {k * est['ci95'][1]:.1f}]")
             rows.append({"job": job["job"], "condition": cond["name"], "cells": cells})
-            lines.append(f"| {job['job']} | {' '.join(job['overrides'])} | {cond['name']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {job['job']} | {' '.join(job['varying'])} | {cond['name']} | " + " | ".join(cells) + " |")
     lines += ["", "## Claims", ""]
     for job in jobs:
         for name, claim in job["results"]["claims"].items():

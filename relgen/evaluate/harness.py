@@ -192,12 +192,27 @@ def _condition_text(prompt: EvalPrompt, condition: Condition) -> str:
     artifact gets its own token where the prompt has ``{}``."""
     if condition.kind == "base":
         return prompt.readable
-    token = getattr(condition.loaded.artifact, "token", None) or "<R>"
-    return prompt.text.format(token) if "{}" in prompt.text else prompt.text
+    token = getattr(condition.loaded.artifact, "token", None)
+    if "{}" not in prompt.text:
+        return prompt.text
+    return prompt.text.format(token) if token else prompt.readable  # no token: the relation written out
 
 
-def _image_key(ev: Evaluation, condition: Condition, text: str, seed: int) -> str:
-    return _digest({"v": CACHE_VERSION, "run": condition.identity, "options": condition.options, "prompt": text,
+def _prompt_options(condition: Condition, prompt: EvalPrompt, text: str) -> dict:
+    """Generation options of one prompt: RRNet builds its graph from the prompt's subject,
+    relation and object words; they are the prompt's own unless the run's relation words are
+    all in the text (then the artifact orders them itself, as in training)."""
+    options = dict(condition.options)
+    relation = getattr(condition.loaded.artifact, "relation", None) if condition.kind == "run" else None
+    if isinstance(relation, dict) and condition.loaded.method == "rrnet":
+        words = [relation.get(k) for k in ("A", "R", "B")]
+        if not all(w and w.lower() in text.lower() for w in words):
+            options.update(A=prompt.a, R=prompt.predicate, B=prompt.b)
+    return options
+
+
+def _image_key(ev: Evaluation, condition: Condition, text: str, seed: int, options: dict) -> str:
+    return _digest({"v": CACHE_VERSION, "run": condition.identity, "options": options, "prompt": text,
                     "seed": seed, "sampler": ev.sampler})
 
 
@@ -232,7 +247,8 @@ def generate_images(ev: Evaluation, cache_dir: Path, device: Any, progress: bool
                     bar.update(1)
                 continue
             text = _condition_text(prompt, condition)
-            keys = {seed: _image_key(ev, condition, text, seed) for seed in ev.seeds}
+            options = _prompt_options(condition, prompt, text)
+            keys = {seed: _image_key(ev, condition, text, seed, options) for seed in ev.seeds}
             paths = {seed: images_dir / f"{keys[seed]}.png" for seed in ev.seeds}
             missing = [s for s in ev.seeds if not (ev.cfg.cache and paths[s].is_file())]
             if missing:
@@ -241,7 +257,7 @@ def generate_images(ev: Evaluation, cache_dir: Path, device: Any, progress: bool
                 for run in _contiguous(missing):
                     opts = GenerationOptions(seed=run[0], num_images=len(run), steps=ev.sampler.get("steps"),
                                              guidance=ev.sampler.get("guidance"), batch_size=ev.cfg.batch_size,
-                                             method_options=dict(condition.options))
+                                             method_options=options)
                     from relgen.generate import _save_png, render
 
                     rows = render(pipe, artifact, [text], opts, backbones[_backbone_key(condition)][0].cfg)
