@@ -8,8 +8,9 @@
 2. each condition's images are generated through :func:`relgen.generate.render` (the one
    inference path) with the same seeds and sampler, or read from the folder; generated images
    are cached under ``<run_dir>/eval/cache/images`` by (run, condition, prompt, seed, sampler);
-3. each metric scores every image; scores are cached by (image, prompt, metric model and
-   settings), so a rerun or a sweep only computes what is new;
+3. each metric scores every image; scores are cached (one SQLite file per metric model and
+   settings, keyed by image content and prompt), so a rerun or a sweep only computes what is
+   new;
 4. :mod:`relgen.evaluate.report` writes ``report.md``, ``results.json`` and the labelled grids
    into a temporary folder that is renamed into place at the end: a failed evaluation leaves
    no report that looks complete.
@@ -314,32 +315,98 @@ def _folder_image(folder: Path, prompt: EvalPrompt, seed: int) -> Path:
 # --------------------------------------------------------------------------------- scoring
 
 
-def _score_key(metric_identity: str, sample: Sample) -> str:
-    if sample.path is not None and sample.path.is_file():
-        image = hashlib.sha256(sample.path.read_bytes()).hexdigest()[:20]
-    else:
-        image = hashlib.sha256(sample.image.tobytes()).hexdigest()[:20]
-    return _digest({"v": CACHE_VERSION, "metric": metric_identity, "image": image, "prompt": asdict(sample.prompt)})
+def _sample_digest(sample: Sample, memo: dict) -> str:
+    """Content hash of a sample's image and prompt (computed once per sample)."""
+    key = id(sample)
+    if key not in memo:
+        if sample.path is not None and sample.path.is_file():
+            image = hashlib.sha256(sample.path.read_bytes()).hexdigest()[:20]
+        else:
+            image = hashlib.sha256(sample.image.tobytes()).hexdigest()[:20]
+        pkey = ("prompt", id(sample.prompt))
+        if pkey not in memo:
+            memo[pkey] = (sample.prompt, _digest(asdict(sample.prompt)))
+        memo[key] = (sample, f"{image}-{memo[pkey][1]}")  # holding the object keeps its id() unique
+    return memo[key][1]
 
 
-def score_all(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = True) -> None:
-    """Fill ``ev.scores`` / ``ev.set_scores`` for every metric and condition (cached)."""
+class ScoreCache:
+    """Per-image scores of one metric model and settings, in one SQLite file (written a chunk
+    per transaction, so a crash loses at most the chunk being scored; concurrent sweep jobs
+    wait for each other's writes).
+
+    Args:
+        path: The database file.
+    """
+
+    def __init__(self, path: Path):
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), timeout=60)
+        # a cache: write-ahead log without a sync per transaction (an application crash loses
+        # nothing committed; a power cut may lose the last chunks, which are then rescored)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for at in range(0, len(keys), 500):
+            part = keys[at:at + 500]
+            rows = self.db.execute(f"SELECT key, value FROM scores WHERE key IN ({','.join('?' * len(part))})", part)
+            found.update(rows.fetchall())
+        return found
+
+    def put_many(self, items: list[tuple[str, str]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO scores (key, value) VALUES (?, ?)", items)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+_CACHES: dict[str, ScoreCache] = {}
+
+
+def score_cache(path: Path) -> ScoreCache:
+    """The open :class:`ScoreCache` at ``path`` (one connection per file for the process:
+    opening a database costs tens of milliseconds)."""
+    key = str(path.resolve())
+    if key not in _CACHES:
+        _CACHES[key] = ScoreCache(path)
+    return _CACHES[key]
+
+
+def _score_key(metric_identity: str, sample: Sample, memo: dict) -> str:
+    return hashlib.sha256(f"{CACHE_VERSION}|{metric_identity}|{_sample_digest(sample, memo)}".encode()).hexdigest()[:24]
+
+
+def score_all(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = True,
+              metrics: Optional[dict[str, Any]] = None) -> None:
+    """Fill ``ev.scores`` / ``ev.set_scores`` for every metric and condition (cached).
+
+    Args:
+        metrics: Already built metrics by name (default: built from ``ev.cfg.eval``).
+    """
     from tqdm.auto import tqdm
 
     from relgen.evaluate.metrics import build_metric
 
     scores_dir = cache_dir / "scores"
+    memo: dict = {}
     for name in ev.cfg.metrics:
-        metric = build_metric(name, ev.cfg.eval, device)
+        metric = (metrics or {}).get(name) or build_metric(name, ev.cfg.eval, device)
         identity = metric.identity()
         ev.metric_info[name] = {"model": getattr(metric.cfg, "pretrained", None), "identity": identity,
                                 "outputs": dict(metric.outputs), "per_image": metric.per_image}
         folder = scores_dir / identity
         folder.mkdir(parents=True, exist_ok=True)
+        store = score_cache(folder / "scores.sqlite") if metric.per_image else None
         start = time.perf_counter()
         for condition in ev.conditions:
             samples = ev.samples[condition.name]
-            keys = [_score_key(identity, s) for s in samples]
+            keys = [_score_key(identity, s, memo) for s in samples]
             if not metric.per_image:
                 path = folder / f"set-{_digest(keys)}.json"
                 if ev.cfg.cache and path.is_file():
@@ -350,11 +417,11 @@ def score_all(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = Tru
                 ev.set_scores.setdefault(name, {})[condition.name] = values
                 continue
             results: list[Optional[ImageScore]] = [None] * len(samples)
+            found = store.get_many(keys) if ev.cfg.cache else {}
             todo = []
             for i, key in enumerate(keys):
-                path = folder / f"{key}.json"
-                if ev.cfg.cache and path.is_file():
-                    results[i] = ImageScore.from_dict(json.loads(path.read_text()))
+                if key in found:
+                    results[i] = ImageScore.from_dict(json.loads(found[key]))
                 else:
                     todo.append(i)
             chunk = 64
@@ -362,9 +429,10 @@ def score_all(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = Tru
                       leave=False) as bar:
                 for at in range(0, len(todo), chunk):
                     part = todo[at:at + chunk]
-                    for i, sc in zip(part, metric.score([samples[i] for i in part])):
+                    scored = metric.score([samples[i] for i in part])
+                    for i, sc in zip(part, scored):
                         results[i] = sc
-                        _atomic_write(folder / f"{keys[i]}.json", json.dumps(sc.as_dict()).encode())
+                    store.put_many([(keys[i], json.dumps(sc.as_dict())) for i, sc in zip(part, scored)])
                     bar.update(len(part))
             ev.scores.setdefault(name, {})[condition.name] = results  # type: ignore[assignment]
         ev.timings[name] = time.perf_counter() - start
