@@ -139,7 +139,7 @@ class FidConfig:
         features: ``inception`` (FID, Heusel et al. 2017: torchmetrics with the TF-ported
             Inception v3 of torch-fidelity) or ``dino`` (the Fréchet distance in DINOv2
             features, Stein et al. 2023, through transformers).
-        inception_weights: The Inception v3 weights file (``pt_inception-2015-12-05-*.pth``
+        inception_weights: The Inception v3 weights file (``weights-inception-2015-12-05-*.pth``
             of torch-fidelity's releases); required for ``features=inception``.
         pretrained: The DINO model for ``features=dino``.
         reference_dir: Folder of reference images (COCO val in RRNet).

@@ -63,7 +63,7 @@ def inception_metric(cfg: Any):
 
     if not cfg.inception_weights:
         raise ConfigError("eval.fid.inception_weights is not set; give the Inception v3 weights file "
-                          "(pt_inception-2015-12-05-6726825d.pth from torch-fidelity's releases), "
+                          "(weights-inception-2015-12-05-6726825d.pth from torch-fidelity's releases), "
                           "or use eval.fid.features=dino")
     if not Path(cfg.inception_weights).expanduser().is_file():
         raise ConfigError(f"eval.fid.inception_weights={cfg.inception_weights}: file not found")
