@@ -232,7 +232,7 @@ def generate_images(ev: Evaluation, cache_dir: Path, device: Any, progress: bool
     from tqdm.auto import tqdm
 
     from relgen.evaluate.images import open_rgb
-    from relgen.generate import GenerationOptions, slug
+    from relgen.generate import GenerationOptions, _save_png, render, slug
 
     images_dir = cache_dir / "images"
     backbones: dict[str, Any] = {}  # per run folder: (backbone, pipe, applied artifact or None)
@@ -259,8 +259,6 @@ def generate_images(ev: Evaluation, cache_dir: Path, device: Any, progress: bool
                     opts = GenerationOptions(seed=run[0], num_images=len(run), steps=ev.sampler.get("steps"),
                                              guidance=ev.sampler.get("guidance"), batch_size=ev.cfg.batch_size,
                                              method_options=options)
-                    from relgen.generate import _save_png, render
-
                     rows = render(pipe, artifact, [text], opts, backbones[_backbone_key(condition)][0].cfg)
                     for seed, image in zip(run, rows[0]):
                         _save_png(image, paths[seed])
@@ -447,7 +445,12 @@ def default_out_dir(ev: Evaluation) -> Path:
         return Path(cfg.out_dir).expanduser()
     root = Path(cfg.run_dir).expanduser() if cfg.run_dir else Path(cfg.images_dir).expanduser()
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    return root / "eval" / f"{ev.prompt_set}-{stamp}"
+    out = root / "eval" / f"{ev.prompt_set}-{stamp}"
+    n = 1
+    while out.exists() or out.with_name(out.name + ".partial").exists():  # two evaluations in one second
+        out = root / "eval" / f"{ev.prompt_set}-{stamp}-{n}"
+        n += 1
+    return out
 
 
 def cache_dir_for(cfg: EvaluateConfig) -> Path:

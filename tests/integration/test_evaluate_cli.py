@@ -75,6 +75,16 @@ def test_evaluate_a_run_against_the_base_model_then_rerun_from_the_cache(setup, 
     claim = res["claims"]["method_vs_base/detector_relation.relation_accuracy"]
     assert set(claim) == {"metric", "method", "baseline", "effect", "ci95", "p"}
     assert claim["effect"] == pytest.approx(claim["method"] - claim["baseline"]) and 0 <= claim["p"] <= 1
+    # the claim is stats.claim on the per-image outcomes paired by (prompt, seed)
+    from relgen.evaluate import stats
+
+    by = {(i["condition"], i["prompt"], i["seed"]): i["scores"]["detector_relation"]["values"]["relation_accuracy"]
+          for i in res["images"]}
+    pairs = sorted({(p, s) for _, p, s in by})
+    expected = stats.claim("detector_relation.relation_accuracy", [by[("method", p, s)] for p, s in pairs],
+                           [by[("base", p, s)] for p, s in pairs], [p for p, _ in pairs])
+    assert claim["method"] == pytest.approx(expected["method"]) and claim["p"] == pytest.approx(expected["p"])
+    assert claim["effect"] == pytest.approx(expected["effect"])
     tests = {c["output"]: c["test"] for c in res["comparisons"]}
     assert tests["relation_accuracy"] == "mcnemar_exact" and tests["clip_t"] == "paired_bootstrap"
     report = (out / "report.md").read_text()
