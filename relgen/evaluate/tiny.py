@@ -8,7 +8,7 @@ Tokenizers and processors are built in-process: CLIP's BPE from
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 

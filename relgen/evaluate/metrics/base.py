@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, is_dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 
@@ -98,7 +98,7 @@ def build_metric(name: str, eval_cfg: Any = None, device: Optional[torch.device]
     return cls(getattr(eval_cfg, cls.config_key), device)
 
 
-def batched(items: list, size: int) -> Callable:
+def batched(items: list, size: int) -> Iterator[list]:
     """Consecutive slices of ``items`` of at most ``size`` (at least 1)."""
     size = max(1, int(size))
     return (items[i:i + size] for i in range(0, len(items), size))
