@@ -26,3 +26,27 @@ def test_the_evaluate_config_composes_with_nested_model_groups():
             compose("evaluate", overrides=["eval.detector.threshold=high"])
         with pytest.raises(ConfigCompositionException):
             compose("evaluate", overrides=["eval.judge.temperature=0"])
+
+
+def test_named_prompt_sets():
+    from relgen.errors import ConfigError
+    from relgen.evaluate.config import REVERSION_RELATION_WORDS
+    from relgen.evaluate.prompts import reversion_benchmark, rrnet_pairs
+
+    every = reversion_benchmark(REVERSION_RELATION_WORDS)
+    assert len(every) == 10 * 100 and len({p.id for p in every}) == 1000
+    painted = reversion_benchmark(REVERSION_RELATION_WORDS, "painted_on", limit=3)
+    assert [p.text for p in painted] == ["guitar {} paper", "guitar {} canvas", "guitar {} wall"]
+    first = painted[0]
+    assert (first.readable, first.a, first.b, first.predicate, first.relation, first.twin) == (
+        "guitar painted on paper", "guitar", "paper", "painted on", "painted_on", "paper painted on guitar")
+    assert first.readable[slice(*first.predicate_span())] == "painted on"
+    with pytest.raises(ConfigError, match="'paintedon' is not a ReVersion benchmark relation"):
+        reversion_benchmark(REVERSION_RELATION_WORDS, "paintedon")
+    ab, ba = rrnet_pairs({"A": "circle", "R": "above", "B": "square", "ARB": "a circle is above a square",
+                          "BRA": "a square is above a circle"})
+    assert (ab.order, ba.order) == (0, 1) and ab.pair == ba.pair == ("a circle is above a square",
+                                                                      "a square is above a circle")
+    assert (ba.a, ba.b) == ("square", "circle")
+    with pytest.raises(ConfigError, match="rrnet_pairs needs the run's relation words"):
+        rrnet_pairs({"R": "above"})
