@@ -131,3 +131,4 @@ def test_mismatched_conditions_are_refused():
         stats.claim("x", [1, 0], [1], None)
     with pytest.raises(ValueError, match="clusters"):
         stats.cluster_bootstrap_mean([1.0, 2.0], ["a"])
+

@@ -1,0 +1,56 @@
+"""``python -m relgen.evaluate run_dir=<run> [baseline=...] [prompts=...] [metrics=[...]]``.
+
+A Hydra app with its own primary config (``conf/evaluate.yaml``); ``-m`` sweeps (e.g. over
+``run_dir=a,b``) write one comparison report at the end (:mod:`relgen.evaluate.callbacks`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+#: The file each job writes into its Hydra output folder, naming its report (read by the
+#: multirun comparison callback).
+RESULT_POINTER = "relgen_evaluate_result.json"
+
+
+def main() -> None:
+    import hydra
+
+    import relgen.cli  # noqa: F401  (quiet, offline-friendly library defaults)
+    import relgen.evaluate.config  # noqa: F401  (registers the schemas)
+
+    @hydra.main(config_path="pkg://relgen.conf", config_name="evaluate", version_base="1.3")
+    def _app(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        from relgen.cli import JobFailed, run_cli
+        from relgen.evaluate.config import EvaluateConfig
+        from relgen.evaluate.harness import evaluate
+
+        hc = HydraConfig.get()
+
+        def body() -> int:
+            schema = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluateConfig), cfg))
+            out = evaluate(schema)
+            pointer = Path(hc.runtime.output_dir) / RESULT_POINTER
+            pointer.parent.mkdir(parents=True, exist_ok=True)
+            pointer.write_text(json.dumps({"report": str(out), "overrides": list(hc.overrides.task)}))
+            print(out / "report.md")
+            return 0
+
+        code = run_cli(body)
+        if code:
+            if hc.mode.name == "MULTIRUN":
+                raise JobFailed(f"job {hc.job.num} ({hc.job.override_dirname}) failed with exit code {code}")
+            sys.exit(code)
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""The evaluation harness: generate every condition with the same seeds, score, report.
+
+:func:`evaluate` is the Python API behind ``python -m relgen.evaluate``:
+
+1. the prompt set, the seeds and the conditions are fixed first (the run's method, or one
+   condition per λ for RRNet; the base model; a baseline run; or the condition folders of an
+   existing image folder), and every metric name is checked, before any model loads;
+2. each condition's images are generated through :func:`relgen.generate.render` (the one
+   inference path) with the same seeds and sampler, or read from the folder; generated images
+   are cached under ``<run_dir>/eval/cache/images`` by (run, condition, prompt, seed, sampler);
+3. each metric scores every image; scores are cached (one SQLite file per metric model and
+   settings, keyed by image content and prompt), so a rerun or a sweep only computes what is
+   new;
+4. :mod:`relgen.evaluate.report` writes ``report.md``, ``results.json`` and the labelled grids
+   into a temporary folder that is renamed into place at the end: a failed evaluation leaves
+   no report that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from relgen.errors import ConfigError, DataError, RelgenError
+from relgen.evaluate.config import EvaluateConfig, as_object
+from relgen.evaluate.samples import EvalPrompt, ImageScore, Sample
+
+log = logging.getLogger("relgen")
+
+#: Version of the cache keys; bump when what a key covers changes.
+CACHE_VERSION = 1
+
+
+@dataclass
+class Condition:
+    """One way of making images, compared with the others on the same prompts and seeds.
+
+    Attributes:
+        name: Its label in reports ("method", "lambda=0.6", "base", "textual_inversion").
+        source: The run folder, ``"base"`` or the image folder.
+        kind: ``"run"`` (the run's artifact applied), ``"base"`` or ``"folder"``.
+        options: Generation options of the artifact (RRNet: ``{"scale": λ}``).
+        identity: What its images depend on besides prompt, seed and sampler (cache key).
+        loaded: The loaded run (``relgen.load``), for ``kind == "run"``.
+    """
+
+    name: str
+    source: str
+    kind: str
+    options: dict = field(default_factory=dict)
+    identity: str = ""
+    loaded: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        method = self.loaded.method if self.loaded is not None else None
+        return {"name": self.name, "source": self.source, "kind": self.kind, "method": method,
+                "options": self.options}
+
+
+@dataclass
+class Evaluation:
+    """Everything the report needs."""
+
+    cfg: EvaluateConfig
+    prompt_set: str
+    prompts: list[EvalPrompt]
+    seeds: list[int]
+    conditions: list[Condition]
+    baseline: Optional[str]
+    sampler: dict[str, Any]
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    scores: dict[str, dict[str, list[ImageScore]]] = field(default_factory=dict)  # metric -> condition -> per sample
+    set_scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # metric -> condition -> values
+    metric_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out_dir: Optional[Path] = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def run_identity(loaded: Any) -> str:
+    """Content hash of a run's export (weights and metadata) and backbone."""
+    from relgen.backbones.loading import weights_digest
+
+    return f"{loaded.method}-{weights_digest(loaded.run_dir / 'export')}-{_digest(loaded.meta.get('backbone'))}"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------ plan
+
+
+def _seeds(cfg: EvaluateConfig) -> list[int]:
+    if cfg.seeds:
+        seeds = [int(s) for s in cfg.seeds]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds={seeds}: every seed must be different")
+        return seeds
+    if cfg.num_images < 1:
+        raise ConfigError(f"num_images={cfg.num_images} must be >= 1")
+    return list(range(cfg.seed, cfg.seed + cfg.num_images))
+
+
+def _load_run(path: str, key: str):
+    from relgen.api import load
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{key}={path}: not a folder (give a finished run's folder)")
+    try:
+        return load(folder)
+    except RelgenError as exc:
+        raise ConfigError(f"{key}={path}: {exc}") from None
+
+
+def plan(cfg: EvaluateConfig) -> Evaluation:
+    """Fix the prompts, seeds and conditions, and check every metric name, loading no model."""
+    from relgen.evaluate.metrics import get_metric
+    from relgen.evaluate.prompts import resolve_prompts
+
+    for name in cfg.metrics:
+        get_metric(name)
+    if not cfg.metrics:
+        raise ConfigError("metrics=[] names no metric; e.g. metrics=[clip_t,vlm_relation]")
+    if cfg.run_dir is None and cfg.images_dir is None:
+        raise ConfigError("give run_dir=<a finished run> (to generate) or images_dir=<a folder of images> (to score)")
+    loaded = _load_run(cfg.run_dir, "run_dir") if cfg.run_dir else None
+    prompt_set, prompts = resolve_prompts(cfg.prompts, cfg.relation_words, loaded, cfg.relation, cfg.limit)
+    seeds = _seeds(cfg)
+    conditions: list[Condition] = []
+    baseline: Optional[str] = None
+    if cfg.images_dir:
+        folder = Path(cfg.images_dir).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"images_dir={folder}: not a folder")
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not names:
+            raise DataError(f"images_dir={folder}: no condition folders (<images_dir>/<condition>/<prompt>/<seed>.png)")
+        conditions = [Condition(n, str(folder / n), "folder") for n in names]
+        baseline = cfg.baseline if cfg.baseline in names else ("base" if "base" in names else None)
+        if cfg.baseline and cfg.baseline not in names:
+            raise ConfigError(f"baseline={cfg.baseline}: not a condition folder of images_dir; known: {names}")
+    else:
+        ident = run_identity(loaded)
+        artifact = loaded.artifact
+        if loaded.method == "rrnet":
+            lambdas = cfg.lambdas if cfg.lambdas is not None else list(getattr(artifact, "grid_scales", [artifact.scale]))
+            for lam in lambdas:
+                conditions.append(Condition(f"lambda={float(lam):g}", str(loaded.run_dir), "run", {"scale": float(lam)},
+                                            ident, loaded))
+            lambda0 = next((c.name for c in conditions if c.options["scale"] == 0.0), None)
+        else:
+            conditions.append(Condition("method", str(loaded.run_dir), "run", {}, ident, loaded))
+            lambda0 = None
+        if (cfg.include_base and lambda0 is None) or cfg.baseline == "base":
+            conditions.insert(0, Condition("base", "base", "base", {}, f"base-{_digest(loaded.meta.get('backbone'))}",
+                                           loaded))
+        if cfg.baseline and cfg.baseline != "base":
+            other = _load_run(cfg.baseline, "baseline")
+            name = other.method if other.method not in {c.name for c in conditions} else f"baseline_{other.method}"
+            conditions.append(Condition(name, str(other.run_dir), "run", {}, run_identity(other), other))
+            baseline = name
+        else:
+            baseline = lambda0 or ("base" if any(c.name == "base" for c in conditions) else None)
+    sampler = {"steps": cfg.steps, "guidance": cfg.guidance, "scheduler": cfg.scheduler}
+    if loaded is not None:
+        mcfg = loaded.meta.get("method_config") or {}
+        bcfg = loaded.meta.get("backbone") or {}
+        sampler = {"steps": cfg.steps or mcfg.get("sample_steps") or bcfg.get("inference_steps"),
+                   "guidance": cfg.guidance if cfg.guidance is not None else (
+                       mcfg.get("sample_guidance") if mcfg.get("sample_guidance") is not None else bcfg.get("guidance_scale")),
+                   "scheduler": cfg.scheduler or bcfg.get("inference_scheduler"),
+                   "resolution": bcfg.get("resolution")}
+    return Evaluation(cfg, prompt_set, prompts, seeds, conditions, baseline, sampler)
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def _condition_text(prompt: EvalPrompt, condition: Condition) -> str:
+    """What a condition renders: the base model reads the relation written out; a run's
+    artifact gets its own token where the prompt has ``{}``."""
+    if condition.kind == "base":
+        return prompt.readable
+    token = getattr(condition.loaded.artifact, "token", None)
+    if "{}" not in prompt.text:
+        return prompt.text
+    return prompt.text.format(token) if token else prompt.readable  # no token: the relation written out
+
+
+def _prompt_options(condition: Condition, prompt: EvalPrompt, text: str) -> dict:
+    """Generation options of one prompt: RRNet builds its graph from the prompt's subject,
+    relation and object words; they are the prompt's own unless the run's relation words are
+    all in the text (then the artifact orders them itself, as in training)."""
+    options = dict(condition.options)
+    relation = getattr(condition.loaded.artifact, "relation", None) if condition.kind == "run" else None
+    if isinstance(relation, dict) and condition.loaded.method == "rrnet":
+        words = [relation.get(k) for k in ("A", "R", "B")]
+        if not all(w and w.lower() in text.lower() for w in words):
+            options.update(A=prompt.a, R=prompt.predicate, B=prompt.b)
+    return options
+
+
+def _image_key(ev: Evaluation, condition: Condition, text: str, seed: int, options: dict) -> str:
+    return _digest({"v": CACHE_VERSION, "run": condition.identity, "options": options, "prompt": text,
+                    "seed": seed, "sampler": ev.sampler})
+
+
+def _contiguous(seeds: list[int]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for s in seeds:
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return runs
+
+
+def generate_images(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = True) -> None:
+    """Fill ``ev.samples``: every condition's image of every prompt and seed (cached)."""
+    from tqdm.auto import tqdm
+
+    from relgen.evaluate.images import open_rgb
+    from relgen.generate import GenerationOptions, _save_png, render, slug
+
+    images_dir = cache_dir / "images"
+    backbones: dict[str, Any] = {}  # per run folder: (backbone, pipe, applied artifact or None)
+    total = len(ev.conditions) * len(ev.prompts) * len(ev.seeds)
+    bar = tqdm(total=total, desc="images", disable=not progress, leave=False)
+    for condition in ev.conditions:
+        samples: list[Sample] = []
+        for prompt in ev.prompts:
+            if condition.kind == "folder":
+                for seed in ev.seeds:
+                    path = _folder_image(Path(condition.source), prompt, seed)
+                    samples.append(Sample(prompt, seed, condition.name, open_rgb(path), path))
+                    bar.update(1)
+                continue
+            text = _condition_text(prompt, condition)
+            options = _prompt_options(condition, prompt, text)
+            keys = {seed: _image_key(ev, condition, text, seed, options) for seed in ev.seeds}
+            paths = {seed: images_dir / f"{keys[seed]}.png" for seed in ev.seeds}
+            missing = [s for s in ev.seeds if not (ev.cfg.cache and paths[s].is_file())]
+            if missing:
+                pipe, artifact = _pipeline_for(condition, backbones, device, ev.sampler.get("scheduler"))
+                images_dir.mkdir(parents=True, exist_ok=True)
+                for run in _contiguous(missing):
+                    opts = GenerationOptions(seed=run[0], num_images=len(run), steps=ev.sampler.get("steps"),
+                                             guidance=ev.sampler.get("guidance"), batch_size=ev.cfg.batch_size,
+                                             method_options=options)
+                    rows = render(pipe, artifact, [text], opts, backbones[_backbone_key(condition)][0].cfg)
+                    for seed, image in zip(run, rows[0]):
+                        _save_png(image, paths[seed])
+            for seed in ev.seeds:
+                samples.append(Sample(prompt, seed, condition.name, open_rgb(paths[seed]), paths[seed]))
+                bar.update(1)
+        ev.samples[condition.name] = samples
+        log.debug("relgen.evaluate: %s: %d images (%s)", condition.name, len(samples), slug(condition.name))
+    bar.close()
+
+
+def _backbone_key(condition: Condition) -> str:
+    return str(condition.loaded.run_dir)
+
+
+def _pipeline_for(condition: Condition, backbones: dict, device: Any, scheduler: Optional[str] = None):
+    """The pipeline and artifact of a condition. One backbone per run folder: the base model's
+    images are drawn before the run's artifact is applied to it (a LoRA changes the UNet)."""
+    from relgen.methods.base import Artifact
+
+    key = _backbone_key(condition)
+    if key not in backbones:
+        backbone = condition.loaded.load_backbone()
+        pipe = backbone.pipeline(scheduler)
+        if device is not None and str(device) != "cpu":
+            pipe.to(device)
+        backbones[key] = [backbone, pipe, False]
+    backbone, pipe, applied = backbones[key]
+    if condition.kind == "base":
+        if applied:
+            raise RelgenError("internal: the base condition must be rendered before the run's artifact is applied")
+        return pipe, Artifact()
+    if not applied:
+        condition.loaded.apply(pipe)
+        backbones[key][2] = True
+    return pipe, condition.loaded.artifact
+
+
+def _folder_image(folder: Path, prompt: EvalPrompt, seed: int) -> Path:
+    from relgen.evaluate.images import IMAGE_SUFFIXES
+    from relgen.generate import slug
+
+    sub = folder / slug(prompt.id)
+    for name in (f"{seed:04d}", str(seed)):
+        for suffix in IMAGE_SUFFIXES:
+            if (sub / f"{name}{suffix}").is_file():
+                return sub / f"{name}{suffix}"
+    raise DataError(f"images_dir: no image for prompt '{prompt.id}' seed {seed} in condition '{folder.name}' "
+                    f"(expected {sub}/{seed:04d}.png)")
+
+
+# --------------------------------------------------------------------------------- scoring
+
+
+def _sample_digest(sample: Sample, memo: dict) -> str:
+    """Content hash of a sample's image and prompt (computed once per sample)."""
+    key = id(sample)
+    if key not in memo:
+        if sample.path is not None and sample.path.is_file():
+            image = hashlib.sha256(sample.path.read_bytes()).hexdigest()[:20]
+        else:
+            image = hashlib.sha256(sample.image.tobytes()).hexdigest()[:20]
+        pkey = ("prompt", id(sample.prompt))
+        if pkey not in memo:
+            memo[pkey] = (sample.prompt, _digest(asdict(sample.prompt)))
+        memo[key] = (sample, f"{image}-{memo[pkey][1]}")  # holding the object keeps its id() unique
+    return memo[key][1]
+
+
+class ScoreCache:
+    """Per-image scores of one metric model and settings, in one SQLite file (written a chunk
+    per transaction, so a crash loses at most the chunk being scored; concurrent sweep jobs
+    wait for each other's writes).
+
+    Args:
+        path: The database file.
+    """
+
+    def __init__(self, path: Path):
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), timeout=60)
+        # a cache: write-ahead log without a sync per transaction (an application crash loses
+        # nothing committed; a power cut may lose the last chunks, which are then rescored)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for at in range(0, len(keys), 500):
+            part = keys[at:at + 500]
+            rows = self.db.execute(f"SELECT key, value FROM scores WHERE key IN ({','.join('?' * len(part))})", part)
+            found.update(rows.fetchall())
+        return found
+
+    def put_many(self, items: list[tuple[str, str]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO scores (key, value) VALUES (?, ?)", items)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+_CACHES: dict[str, ScoreCache] = {}
+
+
+def score_cache(path: Path) -> ScoreCache:
+    """The open :class:`ScoreCache` at ``path`` (one connection per file for the process:
+    opening a database costs tens of milliseconds)."""
+    key = str(path.resolve())
+    if key not in _CACHES:
+        _CACHES[key] = ScoreCache(path)
+    return _CACHES[key]
+
+
+def _score_key(metric_identity: str, sample: Sample, memo: dict) -> str:
+    return hashlib.sha256(f"{CACHE_VERSION}|{metric_identity}|{_sample_digest(sample, memo)}".encode()).hexdigest()[:24]
+
+
+def score_all(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = True,
+              metrics: Optional[dict[str, Any]] = None) -> None:
+    """Fill ``ev.scores`` / ``ev.set_scores`` for every metric and condition (cached).
+
+    Args:
+        metrics: Already built metrics by name (default: built from ``ev.cfg.eval``).
+    """
+    from tqdm.auto import tqdm
+
+    from relgen.evaluate.metrics import build_metric
+
+    scores_dir = cache_dir / "scores"
+    memo: dict = {}
+    for name in ev.cfg.metrics:
+        metric = (metrics or {}).get(name) or build_metric(name, ev.cfg.eval, device)
+        identity = metric.identity()
+        ev.metric_info[name] = {"model": getattr(metric.cfg, "pretrained", None), "identity": identity,
+                                "outputs": dict(metric.outputs), "per_image": metric.per_image}
+        folder = scores_dir / identity
+        folder.mkdir(parents=True, exist_ok=True)
+        store = score_cache(folder / "scores.sqlite") if metric.per_image else None
+        start = time.perf_counter()
+        for condition in ev.conditions:
+            samples = ev.samples[condition.name]
+            keys = [_score_key(identity, s, memo) for s in samples]
+            if not metric.per_image:
+                path = folder / f"set-{_digest(keys)}.json"
+                if ev.cfg.cache and path.is_file():
+                    values = json.loads(path.read_text())
+                else:
+                    values = metric.score_set(samples)
+                    _atomic_write(path, json.dumps(values).encode())
+                ev.set_scores.setdefault(name, {})[condition.name] = values
+                continue
+            results: list[Optional[ImageScore]] = [None] * len(samples)
+            found = store.get_many(keys) if ev.cfg.cache else {}
+            todo = []
+            for i, key in enumerate(keys):
+                if key in found:
+                    results[i] = ImageScore.from_dict(json.loads(found[key]))
+                else:
+                    todo.append(i)
+            chunk = 64
+            with tqdm(total=len(todo), desc=f"{name} [{condition.name}]", disable=not progress or not todo,
+                      leave=False) as bar:
+                for at in range(0, len(todo), chunk):
+                    part = todo[at:at + chunk]
+                    scored = metric.score([samples[i] for i in part])
+                    for i, sc in zip(part, scored):
+                        results[i] = sc
+                    store.put_many([(keys[i], json.dumps(sc.as_dict())) for i, sc in zip(part, scored)])
+                    bar.update(len(part))
+            ev.scores.setdefault(name, {})[condition.name] = results  # type: ignore[assignment]
+        ev.timings[name] = time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------ entry
+
+
+def default_out_dir(ev: Evaluation) -> Path:
+    cfg = ev.cfg
+    if cfg.out_dir:
+        return Path(cfg.out_dir).expanduser()
+    root = Path(cfg.run_dir).expanduser() if cfg.run_dir else Path(cfg.images_dir).expanduser()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = root / "eval" / f"{ev.prompt_set}-{stamp}"
+    n = 1
+    while out.exists() or out.with_name(out.name + ".partial").exists():  # two evaluations in one second
+        out = root / "eval" / f"{ev.prompt_set}-{stamp}-{n}"
+        n += 1
+    return out
+
+
+def cache_dir_for(cfg: EvaluateConfig) -> Path:
+    root = Path(cfg.run_dir).expanduser() if cfg.run_dir else Path(cfg.images_dir).expanduser()
+    return root / "eval" / "cache"
+
+
+def evaluate(cfg: Any = None, progress: bool = True, **overrides) -> Path:
+    """Generate (or read), score and report; returns the report folder.
+
+    Args:
+        cfg: An :class:`~relgen.evaluate.config.EvaluateConfig`, a dict or a DictConfig
+            (``None``: the defaults), updated with ``overrides``
+            (``evaluate(run_dir="outputs/...", metrics=["clip_t"])``).
+        progress: Show progress bars.
+    """
+    from omegaconf import OmegaConf
+
+    from relgen.evaluate.loading import resolve_device
+    from relgen.evaluate.report import write_report
+
+    if overrides:
+        base = OmegaConf.structured(as_object(cfg, EvaluateConfig))
+        cfg = OmegaConf.to_object(OmegaConf.merge(base, overrides))
+    cfg = as_object(cfg, EvaluateConfig)
+    start = time.perf_counter()
+    ev = plan(cfg)
+    device = resolve_device(cfg.eval.device)
+    out = default_out_dir(ev)
+    if out.exists():
+        raise ConfigError(f"out_dir={out} exists; give another out_dir= (reports are never overwritten)")
+    cache = cache_dir_for(cfg)
+    t = time.perf_counter()
+    generate_images(ev, cache, device, progress)
+    ev.timings["generation"] = time.perf_counter() - t
+    score_all(ev, cache, device, progress)
+    ev.timings["total"] = time.perf_counter() - start
+    ev.out_dir = out
+    write_report(ev, out)
+    return out
+
+
+__all__ = ["Condition", "Evaluation", "evaluate", "generate_images", "plan", "score_all"]

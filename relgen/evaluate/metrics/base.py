@@ -1,0 +1,104 @@
+"""The metric interface and the metric registry.
+
+A metric scores a list of :class:`~relgen.evaluate.samples.Sample` and returns one
+:class:`~relgen.evaluate.samples.ImageScore` per image (per-image metrics), or one set of values
+per condition (set metrics such as FID). Its ``outputs`` name what it reports and whether each
+is a rate (0/1 per image: Wilson or cluster-bootstrap interval, McNemar between conditions) or
+a score (cluster-bootstrap interval, paired bootstrap between conditions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, is_dataclass
+from typing import Any, ClassVar, Iterator, Optional
+
+import torch
+
+from relgen.errors import ConfigError
+from relgen.evaluate.samples import ImageScore, Sample
+
+RATE = "rate"
+SCORE = "score"
+
+
+class Metric:
+    """Base class of every metric.
+
+    Subclasses set ``name``, ``outputs`` and ``config_key`` (the ``eval.<key>`` node they read)
+    and implement :meth:`score` (per-image) or :meth:`score_set` (``per_image = False``).
+
+    Args:
+        cfg: The metric's config node (a schema instance).
+        device: Where its model runs.
+    """
+
+    name: ClassVar[str] = ""
+    outputs: ClassVar[dict[str, str]] = {}
+    config_key: ClassVar[str] = ""
+    per_image: ClassVar[bool] = True
+
+    def __init__(self, cfg: Any, device: Optional[torch.device] = None):
+        self.cfg = cfg
+        self.device = device or torch.device("cpu")
+
+    def identity(self) -> str:
+        """What the cached scores depend on: the metric, its model and its settings."""
+        settings = asdict(self.cfg) if is_dataclass(self.cfg) else dict(self.cfg or {})
+        settings.pop("batch_size", None)  # batching does not change a score
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return f"{self.name}-{digest}"
+
+    def score(self, samples: list[Sample]) -> list[ImageScore]:
+        """One :class:`ImageScore` per sample, in order."""
+        raise NotImplementedError
+
+    def score_set(self, samples: list[Sample]) -> dict[str, float]:
+        """Values over a whole condition (set metrics only)."""
+        raise NotImplementedError
+
+
+_METRICS: dict[str, type[Metric]] = {}
+
+
+def register_metric(cls: type[Metric]) -> type[Metric]:
+    """Class decorator: make ``cls`` available as ``metrics=[<cls.name>]``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a metric needs a name")
+    _METRICS[cls.name] = cls
+    return cls
+
+
+def _builtins() -> None:
+    # imported explicitly, so a built-in name can never be "not registered"
+    from relgen.evaluate.metrics import clip, detector, dino, fid, relworld, vlm  # noqa: F401
+
+
+def list_metrics() -> list[str]:
+    _builtins()
+    return sorted(_METRICS)
+
+
+def get_metric(name: str) -> type[Metric]:
+    _builtins()
+    if name not in _METRICS:
+        raise ConfigError(f"metrics: unknown metric '{name}'; known: {sorted(_METRICS)}")
+    return _METRICS[name]
+
+
+def build_metric(name: str, eval_cfg: Any = None, device: Optional[torch.device] = None) -> Metric:
+    """The metric ``name`` configured from the ``eval`` node (defaults when ``None``)."""
+    from relgen.evaluate.config import EvalModelsConfig, as_object
+    from relgen.evaluate.loading import resolve_device
+
+    cls = get_metric(name)
+    eval_cfg = as_object(eval_cfg, EvalModelsConfig)
+    device = device or resolve_device(eval_cfg.device)
+    return cls(getattr(eval_cfg, cls.config_key), device)
+
+
+def batched(items: list, size: int) -> Iterator[list]:
+    """Consecutive slices of ``items`` of at most ``size`` (at least 1)."""
+    size = max(1, int(size))
+    return (items[i:i + size] for i in range(0, len(items), size))

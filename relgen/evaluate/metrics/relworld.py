@@ -1,0 +1,91 @@
+"""relworld's exact detector as a metric of the harness.
+
+Per image it reports exactly what :meth:`relgen.relworld.detector.Detector.read` decides for
+the prompt's objects and relation: ``relation_accuracy`` (both objects present and the relation
+holds) and ``object_accuracy`` (both present). ``direction_accuracy`` (both images of an
+object-swapped pair drawn with the same seed right) is computed over pairs by
+:func:`direction_flags`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from relgen.errors import DataError
+from relgen.evaluate.metrics.base import RATE, Metric, register_metric
+from relgen.evaluate.samples import EvalPrompt, ImageScore, Sample
+
+
+def relworld_prompt(a: tuple[str, str], relation: str, b: tuple[str, str], order: int = 0,
+                    spec: Any = None, text: Optional[str] = None, pair_index: int = 0) -> EvalPrompt:
+    """An :class:`EvalPrompt` for the relworld prompt "A <relation> B".
+
+    Args:
+        a: ``(shape, colour)`` of A.
+        relation: Relation key.
+        b: ``(shape, colour)`` of B.
+        order: 0 for the pair's "A r B", 1 when this is the swapped prompt.
+        spec: The world (its phrasings).
+        text: What the generator renders (default: the readable prompt).
+        pair_index: Distinguishes pairs of the same objects rendered with other words.
+    """
+    from relgen.relworld import world as rw
+
+    spec = spec or rw.WorldSpec()
+    readable = rw.prompt(a, relation, b, spec)
+    twin = rw.prompt(b, relation, a, spec)
+    return EvalPrompt(id=f"{readable}#{pair_index}", text=text or readable, readable=readable, a=rw.object_name(a),
+                      b=rw.object_name(b), predicate=spec.phrases[relation][0], relation=relation, swapped=twin,
+                      order=order, objects={"a": list(a), "b": list(b)})
+
+
+@register_metric
+class Relworld(Metric):
+    """relworld's exact detector: relation and object accuracy per image."""
+
+    name = "relworld"
+    outputs = {"relation_accuracy": RATE, "object_accuracy": RATE}
+    config_key = "relworld"
+
+    def __init__(self, cfg: Any, device=None, spec: Any = None):
+        super().__init__(cfg, device)
+        from relgen.relworld.detector import Detector, DetectorConfig
+
+        self.detector = Detector(spec, DetectorConfig(colour_tolerance=cfg.colour_tolerance, match_shape=cfg.match_shape))
+
+    def score(self, samples: list[Sample]) -> list[ImageScore]:
+        out = []
+        for s in samples:
+            if not s.prompt.objects:
+                raise DataError(f"prompt '{s.prompt.id}': metric relworld needs the prompt's objects "
+                                "({'a': [shape, colour], 'b': [shape, colour]}); it scores relworld prompts only")
+            a, b = tuple(s.prompt.objects["a"]), tuple(s.prompt.objects["b"])
+            reading = self.detector.read(np.asarray(s.image.convert("RGB")), a, s.prompt.relation, b)
+            boxes = []
+            for label, det in ((s.prompt.a, reading.a), (s.prompt.b, reading.b)):
+                if det is not None:
+                    rows, cols = np.nonzero(det.mask)
+                    boxes.append((label, (float(cols.min()), float(rows.min()), float(cols.max() + 1),
+                                          float(rows.max() + 1)), reading.relation_ok))
+            verdict = reading.geometry or ("A missing" if reading.a is None else "B missing")
+            out.append(ImageScore({"relation_accuracy": float(reading.relation_ok),
+                                   "object_accuracy": float(reading.both_present)}, verdict, boxes,
+                                  {"geometry": reading.geometry}))
+        return out
+
+
+def direction_flags(samples: list[Sample], scores: list[ImageScore]) -> tuple[list[bool], list[str]]:
+    """Direction accuracy per object-swapped pair: both prompts of the pair, same seed and
+    condition, right. Returns ``(flags, cluster)`` with the pair's "A r B" prompt as cluster."""
+    found: dict[tuple, dict[int, bool]] = {}
+    for s, sc in zip(samples, scores):
+        key = (s.condition, s.prompt.pair, s.seed)
+        found.setdefault(key, {})[s.prompt.order] = bool(sc.values.get("relation_accuracy"))
+    flags, clusters = [], []
+    for (condition, pair, seed), by_order in sorted(found.items(), key=lambda kv: str(kv[0])):
+        if set(by_order) == {0, 1}:
+            flags.append(by_order[0] and by_order[1])
+            clusters.append(pair[0])
+    return flags, clusters
