@@ -35,6 +35,56 @@ class JobFailed(RuntimeError):
     """A sweep job that stopped with a user error (already printed)."""
 
 
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - Hydra < 1.1
+    _HydraCallback = object
+
+
+class RunFolderCallback(_HydraCallback):
+    """Hydra callback: notes, before Hydra creates it, that this process makes the run folder.
+
+    :func:`relgen.run.run_training` removes a folder it (or Hydra, for it) created when the run
+    stops before training (dry runs, refused runs); a folder that existed is never removed.
+    """
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        from relgen.rundir import note_created
+
+        path = OmegaConf.select(config, "hydra.run.dir")
+        if path is not None and not os.path.exists(str(path)):
+            note_created(str(path))
+
+
+def _hydra_record(cfg, hc) -> Callable:
+    """Writes Hydra's ``.hydra/`` record (config, hydra config, overrides) into a run folder,
+    once the run's checks have passed (Hydra itself is told not to: ``hydra.output_subdir: null``)."""
+
+    def write(run_dir) -> None:
+        from pathlib import Path
+
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        folder = Path(run_dir) / ".hydra"
+        folder.mkdir(exist_ok=True)
+        OmegaConf.save(cfg, folder / "config.yaml")
+        OmegaConf.save(HydraConfig.instance().cfg, folder / "hydra.yaml")
+        OmegaConf.save(hc.overrides.task, folder / "overrides.yaml")
+
+    return write
+
+
+def _run_dir_given(hc) -> bool:
+    """Whether ``hydra.run.dir`` was set on the command line."""
+    for override in hc.overrides.hydra:
+        if str(override).lstrip("+~").split("=", 1)[0] == "hydra.run.dir":
+            return True
+    return False
+
+
 def train_main() -> None:
     """``python -m relgen method=<m> backbone=<b> dataset=<d> [trainer=...]``."""
     import hydra
@@ -45,12 +95,19 @@ def train_main() -> None:
     def _app(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
 
+        from relgen.rundir import note_created
         from relgen.run import run_training
 
         hc = HydraConfig.get()
-        code = run_cli(lambda: run_training(cfg, hc.runtime.output_dir))
+        run_dir = hc.runtime.output_dir
+        multirun = hc.mode.name == "MULTIRUN"
+        if multirun and not os.listdir(run_dir):
+            note_created(run_dir)  # the job folder Hydra just made for this job
+        default_run_dir = not multirun and not _run_dir_given(hc)
+        code = run_cli(lambda: run_training(cfg, run_dir, default_run_dir=default_run_dir,
+                                            write_extra=_hydra_record(cfg, hc)))
         if code:
-            if hc.mode.name == "MULTIRUN":
+            if multirun:
                 # An ordinary exception: Hydra records this job as failed and runs the others.
                 raise JobFailed(f"job {hc.job.num} ({hc.job.override_dirname}) failed with exit code {code}")
             sys.exit(code)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -128,6 +128,16 @@ class RunConfig:
 
 
 _store = ConfigStore.instance()
+
+
+def _run_name() -> str:
+    from relgen.rundir import run_name
+
+    return run_name()
+
+
+# ``${relgen_run_name:}``: the default run folder name (cached: one name per composed config).
+OmegaConf.register_new_resolver("relgen_run_name", _run_name, use_cache=True, replace=True)
 
 
 def register_schema(group: str, name: str, node: type) -> None:
