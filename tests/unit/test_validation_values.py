@@ -44,11 +44,41 @@ BAD = [
 ]
 
 
+@pytest.fixture(scope="module")
+def base_cfg():
+    return compose(*TI)
+
+
+def _with(cfg, override: str):
+    """``cfg`` with the command-line style ``key=value`` pairs of ``override`` applied (a copy)."""
+    import copy
+
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = copy.deepcopy(cfg)
+    for item in override.split():
+        key, value = item.lstrip("+").split("=", 1)
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, yaml_value(value), force_add=item.startswith("+"))
+    return cfg
+
+
+def yaml_value(text: str):
+    import yaml
+
+    return {"nan": float("nan"), "inf": float("inf")}.get(text, yaml.safe_load(text))
+
+
 @pytest.mark.parametrize("override,message", BAD, ids=[b[0] for b in BAD])
-def test_each_bad_value_is_one_line_naming_its_key(override, message):
+def test_each_bad_value_is_one_line_naming_its_key(base_cfg, override, message):
     with pytest.raises(ConfigError, match=message) as info:
-        validate(compose(*TI, *override.split()))
+        validate(_with(base_cfg, override))
     assert "\n" not in str(info.value)
+
+
+def test_bad_values_are_caught_as_the_command_line_composes_them():
+    with pytest.raises(ConfigError, match=r"method.lr=nan: must be a finite number"):
+        validate(compose(*TI, "method.lr=nan"))
 
 
 def test_rrnet_and_relationbooth_weights_are_checked_too():
@@ -63,7 +93,7 @@ def test_resolution_off_64_warns_and_defaults_pass(caplog):
         assert validate(compose(f"method={method}")) == []
     for preset in ("reversion_paper", "rrnet_paper", "relationbooth_paper"):
         assert validate(compose(f"experiment={preset}")) == []
-    warnings = validate(compose(*TI, "method.resolution=72"))
+    warnings = validate(_with(compose(*TI), "method.resolution=72"))
     assert warnings == ["method.resolution=72 is not a multiple of 64: the UNet's feature maps do not halve "
                         "evenly at every level; prefer 64"]
 
