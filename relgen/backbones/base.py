@@ -281,9 +281,11 @@ class Backbone:
         for slot in self.slots:
             tok, enc = slot.tokenizer, slot.encoder
             for token in tokens:
-                if token in tok.get_vocab():
-                    raise ConfigError(f"placeholder token '{token}' is already in the {slot.key} "
-                                      "vocabulary; choose another (e.g. '<R1>')")
+                reason = placeholder_conflict(tok, token)
+                if reason:
+                    raise ConfigError(f"placeholder token '{token}' {reason} in the {slot.key} tokenizer, so "
+                                      "training it would change an existing word; choose a new string "
+                                      "(e.g. '<R1>')")
             init_id = None
             if initializer is not None:
                 init_ids = tok.encode(initializer, add_special_tokens=False)
@@ -362,3 +364,19 @@ def fix_eos_token_id(encoder, tokenizer) -> None:
 def cache_root(cache_dir: Optional[str] = None) -> Path:
     root = cache_dir or os.environ.get("RELGEN_CACHE") or os.path.join(Path.home(), ".cache", "relgen")
     return Path(root).expanduser()
+
+
+def placeholder_conflict(tokenizer, token: str) -> Optional[str]:
+    """Why ``token`` is not new to ``tokenizer`` (``None`` when it is).
+
+    A string is new only if the tokenizer, as it is, neither holds it as a token nor reads it
+    as one existing token: CLIP reads ``and`` as the word token ``and</w>``, and an added token
+    ``and`` would then also capture every "and" inside other words ("band", "android").
+    """
+    if token in tokenizer.get_vocab():
+        return "is already a token"
+    pieces = tokenizer.tokenize(token)
+    unk = getattr(tokenizer, "unk_token", None)
+    if len(pieces) == 1 and pieces[0] != unk and pieces[0] in tokenizer.get_vocab():
+        return f"already reads as the existing token '{pieces[0]}'"
+    return None

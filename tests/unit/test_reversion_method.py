@@ -276,6 +276,9 @@ def test_relation_token_already_in_vocabulary_is_refused():
         ReVersion(cfg.method, bb, open_dataset(cfg.dataset).load())
     with pytest.raises(ConfigError, match=r"method.placeholder_token='!' is already a token"):
         make_method("tiny_sd15", "method.placeholder_token='!'")
+    with pytest.raises(ConfigError, match=r"method.placeholder_token='and' already reads as the existing "
+                                          r"token 'and</w>' of the backbone's text_encoder tokenizer"):
+        make_method("tiny_sd15", "method.placeholder_token=and")
 
 
 def test_multi_token_initializer_is_refused():

@@ -190,10 +190,13 @@ def check_relation_token(backbone, token: str, initializer: Optional[str]) -> No
     Raises:
         ConfigError: naming ``method.placeholder_token`` or ``method.initializer_token``.
     """
+    from relgen.backbones.base import placeholder_conflict
+
     for slot in backbone.slots:
         tok = slot.tokenizer
-        if token in tok.get_vocab():
-            raise ConfigError(f"method.placeholder_token='{token}' is already a token of the backbone's "
+        reason = placeholder_conflict(tok, token)
+        if reason:
+            raise ConfigError(f"method.placeholder_token='{token}' {reason} of the backbone's "
                               f"{slot.key} tokenizer, so training it would change an existing word; "
                               "choose a new string, e.g. method.placeholder_token='<R1>'")
         if initializer is not None:
