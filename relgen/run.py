@@ -7,6 +7,7 @@ minutes it takes to load SDXL. ``dry_run=true`` stops after those checks.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -259,11 +260,16 @@ def _log_to_file(path: Path) -> logging.Handler:
 
 
 def export_run(cfg: DictConfig, run_dir: Path, method) -> Path:
-    """Write ``export/`` (artifact files + ``relgen.json``) atomically."""
+    """Write ``export/`` (artifact files + ``relgen.json``) atomically.
+
+    The new export is written beside the old one and the two are swapped in one step, so a
+    process killed at any moment leaves either the old export or the new one, never neither.
+    """
     import relgen
 
     final = run_dir / "export"
-    tmp = run_dir / f".export.tmp"
+    _recover_export(run_dir)
+    tmp = run_dir / f".export.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files = method.export(tmp)
@@ -278,6 +284,60 @@ def export_run(cfg: DictConfig, run_dir: Path, method) -> Path:
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     (tmp / "relgen.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    _sync_tree(tmp)
+    if not final.exists():
+        tmp.rename(final)
+    elif exchange_paths(tmp, final):
+        shutil.rmtree(tmp)  # now the old export
+    else:
+        # No atomic exchange on this system: move the old one aside first; a kill between the two
+        # renames leaves it at .export.old-*, which the next export (or resume) puts back.
+        old = run_dir / f".export.old-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
     return final
+
+
+def _recover_export(run_dir: Path) -> None:
+    """Put back an export moved aside by a replace that was killed half-way; drop stale temporaries."""
+    final = run_dir / "export"
+    olds = sorted(run_dir.glob(".export.old-*"))
+    if not final.exists() and olds:
+        olds.pop().rename(final)
+    for stale in [*olds, *run_dir.glob(".export.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # kernel or filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every file of ``folder`` so a rename never publishes unwritten data."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -152,3 +152,41 @@ def test_resume_latest_without_a_run_dir_continues_the_newest_run(tmp_path, caps
         run_training(compose(*args, f"output_root={tmp_path / 'empty'}", "resume=latest"),
                      tmp_path / "empty" / "x", default_run_dir=True)
     assert not (tmp_path / "empty").exists()
+
+
+def test_exchange_swaps_two_folders_in_one_step(tmp_path):
+    from relgen.run import exchange_paths
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("new")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "f").write_text("old")
+    assert exchange_paths(tmp_path / "a", tmp_path / "b")  # Linux renameat2(RENAME_EXCHANGE)
+    assert (tmp_path / "b" / "f").read_text() == "new" and (tmp_path / "a" / "f").read_text() == "old"
+
+
+def test_a_failed_re_export_keeps_the_old_export(tmp_path, monkeypatch):
+    from relgen.run import export_run
+
+    assert run_training(compose(*TI), tmp_path) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()}
+
+    class Broken:
+        def export(self, folder):
+            (folder / "learned_embeds.safetensors").write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        export_run(compose(*TI), tmp_path, Broken())
+    assert {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()} == before
+
+    class Good:
+        def export(self, folder):
+            (folder / "learned_embeds.safetensors").write_bytes(b"new")
+            return [folder / "learned_embeds.safetensors"]
+
+    # a replace killed between moving the old export aside and renaming the new one in
+    (tmp_path / "export").rename(tmp_path / ".export.old-1")
+    export_run(compose(*TI), tmp_path, Good())
+    assert (tmp_path / "export" / "learned_embeds.safetensors").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []
