@@ -86,6 +86,13 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     check_data = getattr(method_cls, "check_data", None)
     if check_data is not None:  # optional hook: method checks that need the data, not weights
         check_data(cfg.method, data)
+    from relgen.data.images import check_images, image_paths
+    from relgen.validation import training_resolution
+
+    # Headers only for a real run (its first step decodes everything anyway); a dry run decodes
+    # every image, so a truncated or mislabelled file fails it rather than step 1.
+    for line in check_images(image_paths(data), training_resolution(cfg)[1], decode=cfg.dry_run):
+        log.warning("relgen: warning: %s", line)
     if cfg.dry_run:
         print(f"relgen: dry run ok: method={cfg.method.name} backbone={cfg.backbone.name} "
               f"dataset={cfg.dataset.name} ({dataset.describe(data)}); no weights were loaded")
