@@ -42,6 +42,10 @@ def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone
     steps = opts.steps or backbone_cfg.inference_steps
     guidance = opts.guidance if opts.guidance is not None else backbone_cfg.guidance_scale
     size = backbone_cfg.resolution
+    from relgen.backbones.base import warn_if_truncated
+
+    if getattr(pipe, "tokenizer", None) is not None:  # the text encoders read only the first 77 tokens
+        warn_if_truncated(pipe.tokenizer, prompts, stacklevel=3)
     rows = []
     for prompt in prompts:
         images = []

@@ -158,14 +158,8 @@ class Backbone:
         out = []
         for i, slot in enumerate(self.slots):
             tok = slot.tokenizer
-            full = tok(prompts, padding=False, truncation=False).input_ids
             if warn and i == 0:
-                for prompt, ids in zip(prompts, full):
-                    if len(ids) > tok.model_max_length:
-                        kept = tok.decode(ids[1:tok.model_max_length - 1])
-                        warnings.warn(f"prompt is longer than {tok.model_max_length} tokens and was "
-                                      f"cut after: '{kept}' (dropped {len(ids) - tok.model_max_length} "
-                                      f"tokens): '{prompt}'", stacklevel=2)
+                warn_if_truncated(tok, prompts, stacklevel=3)
             ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
                       truncation=True, return_tensors="pt").input_ids
             out.append(ids.to(self.device))
@@ -380,3 +374,14 @@ def placeholder_conflict(tokenizer, token: str) -> Optional[str]:
     if len(pieces) == 1 and pieces[0] != unk and pieces[0] in tokenizer.get_vocab():
         return f"already reads as the existing token '{pieces[0]}'"
     return None
+
+
+def warn_if_truncated(tokenizer, prompts: list[str], stacklevel: int = 2) -> None:
+    """Warn, per prompt longer than the tokenizer's limit, with what is kept and dropped."""
+    full = tokenizer(list(prompts), padding=False, truncation=False).input_ids
+    limit = tokenizer.model_max_length
+    for prompt, ids in zip(prompts, full):
+        if len(ids) > limit:
+            kept = tokenizer.decode(ids[1:limit - 1])
+            warnings.warn(f"prompt is longer than {limit} tokens and was cut after: '{kept}' (dropped "
+                          f"{len(ids) - limit} tokens): '{prompt}'", stacklevel=stacklevel)

@@ -58,3 +58,31 @@ def test_the_dry_run_decodes_every_image(tmp_path, kind, broken):
     with pytest.raises(DataError, match=r"1\.jpg: cannot be read as an image"):
         run_training(compose("dataset=reversion_folder", f"dataset.root={root}", "dry_run=true"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_template_whose_token_falls_past_77_tokens_is_refused(tmp_path):
+    root = tmp_path / "rel"
+    root.mkdir()
+    Image.new("RGB", (64, 64), "red").save(root / "0.png")
+    long = "a cat " * 40 + "{} a stone"
+    (root / "text.json").write_text(json.dumps({"0.png": ["cat {} stone", long]}))
+    with pytest.raises(DataError, match=r"text\.json: template 'a cat a cat .*' of 0\.png puts <R> at token 81, "
+                                        r"past the text_encoder tokenizer's limit of 77 tokens"):
+        run_training(compose("dataset=reversion_folder", f"dataset.root={root}", "trainer=debug",
+                             "method=reversion"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_generate_warns_on_a_truncated_prompt():
+    from conftest import load_tiny
+    from relgen.generate import GenerationOptions, render
+
+    bb = load_tiny("tiny_sd15")
+
+    class Plain:
+        def pipeline_inputs(self, pipe, prompts):
+            return {"prompt": prompts}
+
+    with pytest.warns(UserWarning, match=r"prompt is longer than 77 tokens and was cut after: 'a dog a dog"):
+        rows = render(bb.pipeline(), Plain(), ["a dog " * 50], GenerationOptions(num_images=1, steps=1), bb.cfg)
+    assert len(rows) == 1 and rows[0][0].size == (64, 64)

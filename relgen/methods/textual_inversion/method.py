@@ -36,6 +36,7 @@ class TextualInversion(Method):
         self.embeds.attach()
         self.resolution = cfg.resolution or backbone.resolution
         self.items = list(data.items)
+        check_templates_fit(backbone, self.items, self.token, self.embeds.token_ids)
         # Exemplar latents are encoded once (and cached on disk); the step only samples them.
         self.latent_dists = latent_dists(backbone, [it.image for it in self.items], self.resolution)
 
@@ -174,3 +175,33 @@ class TokenArtifact(Artifact):
 
     def sample_prompts(self) -> list[str]:
         return self.prompts
+
+
+def check_templates_fit(backbone, items, token: str, token_ids: list[list[int]]) -> None:
+    """Refuse a caption template whose placeholder falls past a tokenizer's length limit.
+
+    The text encoders read the first ``model_max_length`` tokens (BOS, 75 tokens, EOS for CLIP):
+    a placeholder beyond them is cut off, receives no gradient and cannot be learned.
+
+    Raises:
+        DataError: naming the image and the template.
+    """
+    from relgen.errors import DataError
+
+    seen: set[str] = set()
+    for item in items:
+        for template in item.templates:
+            if template in seen:
+                continue
+            seen.add(template)
+            caption = template.format(token)
+            for slot, ids in zip(backbone.slots, token_ids):
+                tok = slot.tokenizer
+                full = tok(caption, padding=False, truncation=False).input_ids
+                last = tok.model_max_length - 1  # the EOS slot after truncation
+                where = [i for i, t in enumerate(full) if t in ids]
+                if where and min(where) >= last:
+                    raise DataError(f"{item.image.parent / 'text.json'}: template {template!r} of {item.image.name} "
+                                    f"puts {token} at token {min(where)}, past "
+                                    f"the {slot.key} tokenizer's limit of {tok.model_max_length} tokens, so it "
+                                    "would be cut off and never learned; shorten the template or move {} earlier")
