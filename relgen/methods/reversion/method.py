@@ -175,7 +175,9 @@ class ReVersion(TextualInversion):
             mcfg.setdefault("placeholder_token", ReVersionConfig.placeholder_token)
             meta["method_config"] = mcfg
             art = TokenArtifact.from_file(path, meta)
-            return ReVersionArtifact(art.token, art.rows, art.prompts, art.method, lowercase)
+            loaded = ReVersionArtifact(art.token, art.rows, art.prompts, art.method, lowercase)
+            loaded.source = path
+            return loaded
         return import_official_embeds(path, lowercase_prompts=lowercase)
 
     def live_artifact(self) -> "ReVersionArtifact":

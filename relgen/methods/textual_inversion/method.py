@@ -8,7 +8,7 @@ placeholder token. Loss: the denoising MSE against the backbone's target (epsilo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +128,7 @@ class TokenArtifact(Artifact):
         self.rows = rows
         self.prompts = prompts
         self.method = method
+        self.source: Optional[Path] = None  # the file the rows were read from, named in errors
 
     @classmethod
     def from_file(cls, path: Path, meta: dict) -> "TokenArtifact":
@@ -144,7 +145,9 @@ class TokenArtifact(Artifact):
             (name, value), = tensors.items()
             token = name
             rows = {"text_encoder": value.reshape(1, -1)}
-        return cls(token, rows, list(meta.get("method_config", {}).get("sample_prompts") or []), meta["method"])
+        artifact = cls(token, rows, list(meta.get("method_config", {}).get("sample_prompts") or []), meta["method"])
+        artifact.source = path
+        return artifact
 
     def apply(self, pipe) -> None:
         """Add the token to the pipeline's tokenizer(s) and write its rows (idempotent)."""
@@ -155,13 +158,14 @@ class TokenArtifact(Artifact):
             pairs = [("clip_l", pipe.tokenizer, pipe.text_encoder),
                      ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)]
         for key, tok, enc in pairs:
+            where = f"{self.source}: " if self.source is not None else ""
             if key not in self.rows:
-                raise RelgenError(f"the artifact has rows for {sorted(self.rows)} but the pipeline needs "
+                raise RelgenError(f"{where}the artifact has rows for {sorted(self.rows)} but the pipeline needs "
                                   f"'{key}'; it was trained on another backbone family")
             row = self.rows[key][0]
             width = enc.get_input_embeddings().weight.shape[1]
             if row.shape[0] != width:
-                raise RelgenError(f"token {self.token}: learned row is {row.shape[0]}-wide but the pipeline's "
+                raise RelgenError(f"{where}token {self.token}: learned row is {row.shape[0]}-wide but the pipeline's "
                                   f"{key} embeds {width}-wide; use a pipeline of the backbone it was trained on")
             if self.token not in tok.get_vocab():
                 tok.add_tokens([self.token])
