@@ -90,9 +90,15 @@ def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions,
 
 
 def _save_png(image, path: Path) -> None:
+    from relgen.errors import write_error
+
     tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    try:
+        image.save(tmp, format="PNG")
+        tmp.replace(path)
+    except OSError as exc:  # no half-written PNG is left behind
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path, "image grid") from None
 
 
 def slug(text: str, limit: int = 80) -> str:

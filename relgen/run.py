@@ -253,9 +253,15 @@ def preflight(cfg: DictConfig, run_dir: Path) -> Optional[Resume]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    from relgen.errors import write_error
+
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path, "run config") from None
 
 
 def _log_to_file(path: Path) -> logging.Handler:
@@ -272,12 +278,22 @@ def export_run(cfg: DictConfig, run_dir: Path, method) -> Path:
     The new export is written beside the old one and the two are swapped in one step, so a
     process killed at any moment leaves either the old export or the new one, never neither.
     """
-    import relgen
-
     final = run_dir / "export"
     _recover_export(run_dir)
     tmp = run_dir / f".export.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return _export_into(cfg, run_dir, method, tmp, final)
+    except OSError as exc:  # the old export (if any) is untouched until the final swap
+        shutil.rmtree(tmp, ignore_errors=True)
+        from relgen.errors import write_error
+
+        raise write_error(exc, final, "export") from None
+
+
+def _export_into(cfg: DictConfig, run_dir: Path, method, tmp: Path, final: Path) -> Path:
+    import relgen
+
     tmp.mkdir(parents=True)
     files = method.export(tmp)
     meta: dict[str, Any] = {

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from relgen.errors import RelgenError
+from relgen.errors import RelgenError, write_error
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -83,9 +83,13 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], config_ya
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    (tmp / "config.yaml").write_text(config_yaml)
-    _write_payload(tmp / "state.pt", payload)
+    try:
+        tmp.mkdir()
+        (tmp / "config.yaml").write_text(config_yaml)
+        _write_payload(tmp / "state.pt", payload)
+    except OSError as exc:  # a full disk: the previous checkpoint stays the newest complete one
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(exc, final, f"checkpoint of step {step}") from None
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.rename(tmp, final)

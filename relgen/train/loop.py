@@ -271,6 +271,12 @@ def _fmt(v) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    from relgen.errors import write_error
+
     tmp = Path(path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path, "summary") from None

@@ -176,7 +176,7 @@ def test_a_failed_re_export_keeps_the_old_export(tmp_path, monkeypatch):
             (folder / "learned_embeds.safetensors").write_bytes(b"half")
             raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(RelgenError, match=r"export: cannot write the export \(No space left on device\)"):
         export_run(compose(*TI), tmp_path, Broken())
     assert {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()} == before
 
