@@ -57,3 +57,29 @@ def test_a_second_run_in_a_busy_folder_stops_at_once(tmp_path):
     assert first.returncode == 0, err[-2000:]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
     assert (run_dir / "export" / "learned_embeds.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_zero_names_and_locks_one_folder(tmp_path):
+    """Two gloo processes, default run name: one folder (rank 0's), and a folder locked by
+    another process refuses the whole launch naming that process."""
+    from conftest import load_tiny
+    from relgen.rundir import RunLock
+
+    load_tiny("tiny_sd15")  # built once here: two ranks building it into one cache at once race
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "relgen",
+                *ARGS, "trainer.cpu=true", "trainer.max_steps=1"]
+    proc = subprocess.run([*torchrun, f"output_root={tmp_path / 'out'}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "out" / "textual_inversion" / "tiny_sd15" / "shapes_reversion").iterdir())
+    assert len(runs) == 1, runs  # the other rank's own default folder is gone again
+    assert json.loads((runs[0] / "summary.json").read_text())["num_processes"] == 2
+
+    busy = tmp_path / "busy"
+    with RunLock(busy):
+        import os
+
+        proc = subprocess.run([*torchrun, f"hydra.run.dir={busy}"], capture_output=True, text=True, timeout=600)
+        assert proc.returncode != 0
+        assert f"relgen: error: {busy}: in use by another relgen run (pid {os.getpid()})" in proc.stderr
+    assert sorted(p.name for p in busy.iterdir()) == [".lock"]
