@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -156,6 +156,16 @@ def compose_run(*overrides: str):
         return compose("config", overrides=list(overrides))
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+def _run_name() -> str:
+    from relgen.rundir import run_name
+
+    return run_name()
+
+
+# ``${relgen_run_name:}``: the default run folder name (cached: one name per composed config).
+OmegaConf.register_new_resolver("relgen_run_name", _run_name, use_cache=True, replace=True)
 
 
 def register_schema(group: str, name: str, node: type) -> None:

@@ -11,7 +11,9 @@ final export.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import sys
 import time
@@ -38,13 +40,27 @@ def export_run(cfg: DictConfig, run_dir: Path, method, *, step: Optional[int] = 
         dataset: How the card names the data (default: the dataset option's name).
         command: The command that made the weights (default: this process's command line).
     """
-    import relgen
-
     run_dir = Path(run_dir)
     root = run_dir / "export"
     target = root if final else root / f"{STEP_PREFIX}{int(step):06d}"
-    tmp = run_dir / f".export-{target.name}.tmp"
+    _recover_export(run_dir)
+    tmp = run_dir / f".export.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return _export_into(cfg, run_dir, method, tmp, root, target, final, step, dataset, command)
+    except OSError as exc:  # the old export (if any) is untouched until the final swap
+        shutil.rmtree(tmp, ignore_errors=True)
+        from relgen.errors import write_error
+
+        raise write_error(exc, target, "export") from None
+
+
+def _export_into(cfg: DictConfig, run_dir: Path, method, tmp: Path, root: Path, target: Path, final: bool,
+                 step: Optional[int], dataset: Optional[str], command: Optional[str]) -> Path:
+    """Write the export into ``tmp``, then publish it at ``target`` in one step: the old one and
+    the new one are swapped, so a process killed at any moment leaves one of them, never none."""
+    import relgen
+
     tmp.mkdir(parents=True)
     files = method.export(tmp)
     meta: dict[str, Any] = {
@@ -64,10 +80,20 @@ def export_run(cfg: DictConfig, run_dir: Path, method, *, step: Optional[int] = 
     if final and root.is_dir():  # keep the intermediate exports inside the new export/
         for sub in root.glob(f"{STEP_PREFIX}*"):
             if sub.is_dir():
-                sub.rename(tmp / sub.name)
-    shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(sub, tmp / sub.name)
+    _sync_tree(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(target)
+    if not target.exists():
+        tmp.rename(target)
+    elif exchange_paths(tmp, target):
+        shutil.rmtree(tmp)  # now the old export
+    else:
+        # No atomic exchange on this system: move the old one aside first; a kill between the two
+        # renames leaves it at .export.old-*, which the next export (or resume) puts back.
+        old = run_dir / f".export.old-{os.getpid()}"
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old)
     return target
 
 
@@ -128,3 +154,47 @@ def _generic_usage(meta: dict) -> str:
 
 
 __all__ = ["CARD_FILE", "META_FILE", "export_run", "model_card"]
+
+
+def _recover_export(run_dir: Path) -> None:
+    """Put back an export moved aside by a replace that was killed half-way; drop stale temporaries."""
+    final = run_dir / "export"
+    olds = sorted(run_dir.glob(".export.old-*"))
+    if not final.exists() and olds:
+        olds.pop().rename(final)
+    for stale in [*olds, *run_dir.glob(".export.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # kernel or filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every file of ``folder`` so a rename never publishes unwritten data."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

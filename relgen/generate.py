@@ -82,6 +82,10 @@ def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone
     steps = opts.steps or backbone_cfg.inference_steps
     guidance = opts.guidance if opts.guidance is not None else backbone_cfg.guidance_scale
     size = backbone_cfg.resolution
+    from relgen.backbones.base import warn_if_truncated
+
+    if getattr(pipe, "tokenizer", None) is not None:  # the text encoders read only the first 77 tokens
+        warn_if_truncated(pipe.tokenizer, prompts, stacklevel=3)
     rows = []
     bar = tqdm(total=len(prompts) * opts.num_images, desc="images", unit="img", disable=not progress,
                dynamic_ncols=True)
@@ -126,9 +130,15 @@ def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions,
 
 
 def _save_png(image, path: Path) -> None:
+    from relgen.errors import write_error
+
     tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    try:
+        image.save(tmp, format="PNG")
+        tmp.replace(path)
+    except OSError as exc:  # no half-written PNG is left behind
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path, "image grid") from None
 
 
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}

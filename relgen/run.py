@@ -8,24 +8,73 @@ minutes it takes to load SDXL. ``dry_run=true`` stops after those checks.
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from relgen.errors import ConfigError
-from relgen.export import export_run  # noqa: F401  (also imported from here)
+from relgen.export import exchange_paths, export_run  # noqa: F401  (also imported from here)
 
 log = logging.getLogger("relgen")
 
 
-def run_training(cfg: DictConfig, run_dir: str) -> int:
+def run_training(cfg: DictConfig, run_dir: str | Path, *, default_run_dir: bool = False,
+                 write_extra: Optional[Callable[[Path], None]] = None) -> int:
+    """Check, then train ``cfg`` in ``run_dir``; returns the exit status (0).
+
+    Args:
+        cfg: the composed run config.
+        run_dir: the run folder. A folder this process creates (here, or Hydra before the call,
+            see :func:`relgen.rundir.note_created`) is removed again when the run stops before
+            its first training step: dry runs and refused runs leave nothing behind.
+        default_run_dir: ``run_dir`` is the default, time-stamped name (no ``hydra.run.dir`` was
+            given): ``resume=latest`` then continues the newest run of the same method, backbone
+            and dataset under ``output_root``.
+        write_extra: writes more files into the run folder once every check has passed (the
+            command line writes Hydra's ``.hydra/`` record there).
+    """
+    from relgen import rundir
+
+    state = _RunState(Path(run_dir))
+    given = state.run_dir
+    if not given.exists():
+        rundir.note_created(given)
+    try:
+        _run(cfg, state, default_run_dir, write_extra)
+        return 0
+    finally:
+        if state.log_handler is not None:
+            logging.getLogger().removeHandler(state.log_handler)
+            state.log_handler.close()
+        if state.lock is not None:
+            state.lock.release()
+        # a folder made for this run goes again unless training began in it
+        for path in {given, state.run_dir}:
+            if path != state.run_dir or not state.started:
+                rundir.remove_if_created(path)
+
+
+@dataclass
+class _RunState:
+    """What :func:`run_training` must undo or keep when the run ends, however it ends."""
+
+    run_dir: Path
+    started: bool = False  # the first training step began: from then on the folder stays
+    lock: Optional[Any] = None
+    log_handler: Optional[logging.Handler] = None
+
+
+def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra) -> None:
     from relgen.data.registry import open_dataset
     from relgen.methods.base import check_capabilities
     from relgen.registry import get_backbone, get_method
     from relgen.validation import validate
 
-    run_dir = Path(run_dir)
     validate(cfg)  # every value a user can get wrong, before anything loads or is written
+    apply_dataset_resolution(cfg)
     method_cls = get_method(cfg.method.name)
     dataset = open_dataset(cfg.dataset, cfg.cache_dir)
     check_capabilities(method_cls, cfg.backbone.family, dataset.format, dataset.provides,
@@ -34,10 +83,17 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
     check_data = getattr(method_cls, "check_data", None)
     if check_data is not None:  # optional hook: method checks that need the data, not weights
         check_data(cfg.method, data)
+    from relgen.data.images import check_images, image_paths
+    from relgen.validation import training_resolution
+
+    # Headers only for a real run (its first step decodes everything anyway); a dry run decodes
+    # every image, so a truncated or mislabelled file fails it rather than step 1.
+    for line in check_images(image_paths(data), training_resolution(cfg)[1], decode=cfg.dry_run):
+        log.warning("relgen: warning: %s", line)
     if cfg.dry_run:
         print(f"relgen: dry run ok: method={cfg.method.name} backbone={cfg.backbone.name} "
               f"dataset={cfg.dataset.name} ({dataset.describe(data)}); no weights were loaded")
-        return 0
+        return
 
     import torch
     from accelerate import Accelerator
@@ -49,11 +105,18 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
     # trackers of trainer.report_to; TensorBoard writes under <run>/tensorboard
     acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu,
                       log_with=list(cfg.trainer.report_to) or None,
-                      project_config=ProjectConfiguration(project_dir=str(run_dir),
-                                                          logging_dir=str(run_dir / "tensorboard")))
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                      project_config=ProjectConfiguration(project_dir=str(state.run_dir),
+                                                          logging_dir=str(state.run_dir / "tensorboard")))
+    main = acc.is_main_process
+    # Every check that can refuse the run comes before the first write.
+    run_dir, state.lock = claim_run_dir(cfg, state.run_dir, default_run_dir, acc)
+    state.run_dir = run_dir
+    resume = preflight(cfg, run_dir)
+    if main:
+        _write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if write_extra is not None:
+            write_extra(run_dir)
+        state.log_handler = _log_to_file(run_dir / "train.log")
     torch.manual_seed(cfg.seed)
     what = f"tiny random weights ({cfg.backbone.tiny})" if cfg.backbone.tiny else cfg.backbone.pretrained
     log.info("relgen: loading backbone %s from %s (%s)", cfg.backbone.name, what, cfg.backbone.dtype)
@@ -62,14 +125,12 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
         backbone.unet.enable_gradient_checkpointing()
     method = method_cls(cfg.method, backbone, data)
     trainer = Trainer(cfg, run_dir, acc, backbone, method)
-    if cfg.resume:
-        trainer.resume(cfg.resume)
-    elif acc.is_main_process and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
-        raise ConfigError(f"{run_dir}: already holds checkpoints; pass resume=latest to continue it "
-                          "or choose a new hydra.run.dir")
+    if resume is not None:
+        trainer.resume(resume.path, resume.state)
+    state.started = True
     result = trainer.train()
-    if not acc.is_main_process:
-        return 0
+    if not main:
+        return
 
     with trainer.averaged_weights():  # the EMA of the trained tensors when trainer.ema_decay is on
         export_dir = export_run(cfg, run_dir, method, step=trainer.step)
@@ -85,9 +146,134 @@ def run_training(cfg: DictConfig, run_dir: str) -> int:
         "samples": str(samples) if samples else None,
         "checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.csv"),
     }
+    if resume is not None:
+        summary["resumed_from"] = str(resume.path)
+        summary["resumed_at_step"] = resume.step
+        summary["changed_on_resume"] = {k: {"checkpoint": a, "now": b} for k, (a, b) in resume.applied.items()}
     write_json(run_dir / "summary.json", summary)
-    print(f"relgen: trained {cfg.method.name} on {cfg.backbone.name} for {trainer.step} steps")
+    what = (f"trained {cfg.method.name} on {cfg.backbone.name} for {trainer.step} steps" if resume is None else
+            f"trained {cfg.method.name} on {cfg.backbone.name} from step {resume.step} to {trainer.step}")
+    print(f"relgen: {what}")
     for key in ("run_dir", "export", "samples", "checkpoints", "metrics"):
         if summary[key]:
             print(f"  {key:12s} {summary[key]}")
-    return 0
+
+
+def apply_dataset_resolution(cfg: DictConfig) -> None:
+    """``dataset.resolution`` sets the training resolution of a method that takes one.
+
+    Precedence: ``method.resolution``, then ``dataset.resolution``, then the backbone's
+    native one (the method reads ``method.resolution or backbone.resolution``).
+    """
+    res = cfg.dataset.get("resolution")
+    if res is None:
+        return
+    if "resolution" not in cfg.method:
+        raise ConfigError(f"dataset.resolution={res}: method {cfg.method.name} has no training resolution "
+                          "to set; remove dataset.resolution")
+    if cfg.method.resolution is None:
+        cfg.method.resolution = res
+
+
+def claim_run_dir(cfg: DictConfig, run_dir: Path, default_run_dir: bool, acc) -> tuple[Path, Optional[Any]]:
+    """The folder this run works in, and (on rank 0 only) its held :class:`relgen.rundir.RunLock`.
+
+    The folder is ``run_dir``, or for ``resume=latest`` without an explicit ``hydra.run.dir``
+    the newest earlier run of the same method, backbone and dataset under ``output_root``.
+    Under several processes rank 0 decides and owns it: it alone takes the lock, and every
+    process gets rank 0's folder.
+
+    Raises:
+        ConfigError: another live process holds the folder (its pid named), or ``resume=latest``
+            found no earlier run.
+    """
+    from relgen import rundir
+
+    if cfg.resume == "latest" and default_run_dir and acc.is_main_process:
+        root = Path(cfg.output_root)
+        found = rundir.find_latest_run(root, cfg.method.name, cfg.backbone.name, cfg.dataset.name,
+                                       exclude=run_dir)
+        if found is None:
+            raise ConfigError(f"resume=latest: no earlier run of method={cfg.method.name} "
+                              f"backbone={cfg.backbone.name} dataset={cfg.dataset.name} with checkpoints under "
+                              f"{root / cfg.method.name / cfg.backbone.name / cfg.dataset.name}; start without "
+                              "resume= or give hydra.run.dir= of the run to continue")
+        print(f"relgen: resume=latest continues {found} (the newest run of method={cfg.method.name} "
+              f"backbone={cfg.backbone.name} dataset={cfg.dataset.name} under {root})")
+        run_dir = found
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        run_dir = Path(broadcast_object_list([str(run_dir)], from_process=0)[0])
+    lock = rundir.RunLock(run_dir).acquire() if acc.is_main_process else None
+    return run_dir, lock
+
+
+class Resume:
+    """A checked resume: the checkpoint, its loaded state and the applied config changes."""
+
+    def __init__(self, path: Path, state: dict[str, Any], applied: dict[str, tuple[Any, Any]]) -> None:
+        self.path = path
+        self.state = state
+        self.applied = applied
+        self.step = int(state["step"])
+
+
+def preflight(cfg: DictConfig, run_dir: Path) -> Optional[Resume]:
+    """Every check that can refuse a run in an existing folder; nothing is written here.
+
+    Returns the resume to perform (``None`` for a fresh run).
+
+    Raises:
+        ConfigError: the folder already holds checkpoints and no ``resume=`` was given; the
+            checkpoint is of another method or backbone; the config changes a key the saved
+            state depends on (all such keys listed); or there is nothing left to train.
+    """
+    from relgen.train import checkpoint as ckpt
+    from relgen.train.drift import compare
+    from relgen.train.loop import resolved_max_steps
+
+    if not cfg.resume:
+        if ckpt.checkpoint_dirs(run_dir):
+            raise ConfigError(f"{run_dir}: already holds checkpoints; pass resume=latest to continue it "
+                              "or choose a new hydra.run.dir")
+        return None
+    path = ckpt.find_checkpoint(run_dir, cfg.resume)
+    state = ckpt.load_checkpoint(path)
+    ckpt.check_same_run(state, cfg.method.name, cfg.backbone.name, path)
+    saved_cfg = path / "config.yaml"
+    applied: dict[str, tuple[Any, Any]] = {}
+    if saved_cfg.is_file():
+        drift = compare(OmegaConf.load(saved_cfg), cfg)
+        if drift.refused:
+            changes = ", ".join(f"{k} (unclassed)" if k in drift.unclassed else k for k in drift.refused)
+            raise ConfigError(f"{path}: cannot resume with changed {changes}: the checkpoint's state depends "
+                              f"on them; put them back as in {saved_cfg}, or start a new run")
+        applied = drift.applied
+    step, max_steps = int(state["step"]), resolved_max_steps(cfg)
+    if max_steps <= step:
+        raise ConfigError(f"{path}: the checkpoint is at step {step} and max_steps is {max_steps}: nothing to "
+                          f"train; raise trainer.max_steps (or method.max_steps) above {step} to continue")
+    for key, (before, after) in applied.items():
+        log.info("resume: %s changed from %r to %r; applied from step %d", key, before, after, step + 1)
+    return Resume(path, state, applied)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    from relgen.errors import write_error
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path, "run config") from None
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    """Also write the run's log lines to ``path`` (appending, so a resume continues the file)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler

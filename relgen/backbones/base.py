@@ -158,14 +158,8 @@ class Backbone:
         out = []
         for i, slot in enumerate(self.slots):
             tok = slot.tokenizer
-            full = tok(prompts, padding=False, truncation=False).input_ids
             if warn and i == 0:
-                for prompt, ids in zip(prompts, full):
-                    if len(ids) > tok.model_max_length:
-                        kept = tok.decode(ids[1:tok.model_max_length - 1])
-                        warnings.warn(f"prompt is longer than {tok.model_max_length} tokens and was "
-                                      f"cut after: '{kept}' (dropped {len(ids) - tok.model_max_length} "
-                                      f"tokens): '{prompt}'", stacklevel=2)
+                warn_if_truncated(tok, prompts, stacklevel=3)
             ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
                       truncation=True, return_tensors="pt").input_ids
             out.append(ids.to(self.device))
@@ -281,9 +275,11 @@ class Backbone:
         for slot in self.slots:
             tok, enc = slot.tokenizer, slot.encoder
             for token in tokens:
-                if token in tok.get_vocab():
-                    raise ConfigError(f"placeholder token '{token}' is already in the {slot.key} "
-                                      "vocabulary; choose another (e.g. '<R1>')")
+                reason = placeholder_conflict(tok, token)
+                if reason:
+                    raise ConfigError(f"placeholder token '{token}' {reason} in the {slot.key} tokenizer, so "
+                                      "training it would change an existing word; choose a new string "
+                                      "(e.g. '<R1>')")
             init_id = None
             if initializer is not None:
                 init_ids = tok.encode(initializer, add_special_tokens=False)
@@ -362,3 +358,30 @@ def fix_eos_token_id(encoder, tokenizer) -> None:
 def cache_root(cache_dir: Optional[str] = None) -> Path:
     root = cache_dir or os.environ.get("RELGEN_CACHE") or os.path.join(Path.home(), ".cache", "relgen")
     return Path(root).expanduser()
+
+
+def placeholder_conflict(tokenizer, token: str) -> Optional[str]:
+    """Why ``token`` is not new to ``tokenizer`` (``None`` when it is).
+
+    A string is new only if the tokenizer, as it is, neither holds it as a token nor reads it
+    as one existing token: CLIP reads ``and`` as the word token ``and</w>``, and an added token
+    ``and`` would then also capture every "and" inside other words ("band", "android").
+    """
+    if token in tokenizer.get_vocab():
+        return "is already a token"
+    pieces = tokenizer.tokenize(token)
+    unk = getattr(tokenizer, "unk_token", None)
+    if len(pieces) == 1 and pieces[0] != unk and pieces[0] in tokenizer.get_vocab():
+        return f"already reads as the existing token '{pieces[0]}'"
+    return None
+
+
+def warn_if_truncated(tokenizer, prompts: list[str], stacklevel: int = 2) -> None:
+    """Warn, per prompt longer than the tokenizer's limit, with what is kept and dropped."""
+    full = tokenizer(list(prompts), padding=False, truncation=False).input_ids
+    limit = tokenizer.model_max_length
+    for prompt, ids in zip(prompts, full):
+        if len(ids) > limit:
+            kept = tokenizer.decode(ids[1:limit - 1])
+            warnings.warn(f"prompt is longer than {limit} tokens and was cut after: '{kept}' (dropped "
+                          f"{len(ids) - limit} tokens): '{prompt}'", stacklevel=stacklevel)

@@ -121,6 +121,11 @@ class TensorCache:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            from relgen.errors import write_error
+
+            raise write_error(exc, path, "cache entry") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -7,9 +7,11 @@ target size without preserving the aspect ratio (no crop, no flip), and scale th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -104,11 +106,83 @@ def open_rgb(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
+            mode, fmt = image.mode, image.format
+            if mode.startswith("I;16") or (mode == "I" and fmt == "PNG"):
+                # 16-bit grey: PIL's convert("RGB") clips every value above 255 to white;
+                # scale the full 16-bit range to 8 bits instead.
+                grey = np.asarray(image).astype(np.float64) * (255.0 / 65535.0)
+                grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+                return Image.fromarray(grey, mode="L").convert("RGB")
+            if mode in ("I", "F"):
+                raise DataError(f"{path}: a {'32-bit integer' if mode == 'I' else 'floating-point'} "
+                                f"{fmt or ''} image has no defined 8-bit colour range; save it as an 8- or "
+                                "16-bit PNG or a JPEG")
             return image.convert("RGB")
+    except DataError:
+        raise
     except Exception as exc:  # PIL raises many types (OSError, ValueError, SyntaxError, ...)
         raise DataError(
             f"{path}: cannot be read as an image ({one_line(exc)}); replace or remove it"
         ) from exc
+
+
+def image_paths(data: Any) -> list[Path]:
+    """Every image file a dataset object refers to (dataclasses, lists, tuples, dicts of paths)."""
+    found: dict[str, Path] = {}
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, Path):
+            if is_image_file(obj):
+                found.setdefault(str(obj), obj)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            for f in dataclasses.fields(obj):
+                walk(getattr(obj, f.name))
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                walk(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                walk(item)
+
+    walk(data)
+    return list(found.values())
+
+
+#: An image this many times smaller or larger than the training resolution, or this far from
+#: square, is reported before training (it is stretched or scaled to the training size).
+EXTREME_SCALE = 8.0
+EXTREME_ASPECT = 4.0
+
+
+def check_images(paths: Sequence[Path], resolution: int, decode: bool) -> list[str]:
+    """Warnings for images far from ``resolution`` or from square; ``decode``: also decode each
+    one fully (a truncated JPEG, a text file named ``.jpg`` or a 0-byte PNG raises here).
+
+    Raises:
+        DataError: naming the first file that cannot be read.
+    """
+    warnings = []
+    for path in paths:
+        if decode:
+            open_rgb(path)
+        try:
+            with Image.open(path) as image:  # the header only
+                width, height = image.size
+        except Exception as exc:
+            raise DataError(f"{path}: cannot be read as an image ({one_line(exc)}); replace or remove it") from exc
+        short, long = max(1, min(width, height)), max(width, height)
+        what = []
+        if long / short >= EXTREME_ASPECT:
+            what.append(f"stretched from a {long / short:.0f}:1 aspect ratio")
+        if resolution / short >= EXTREME_SCALE:
+            what.append(f"upscaled {resolution / short:.0f}x")
+        if long / resolution >= EXTREME_SCALE:
+            what.append(f"downscaled {long / resolution:.0f}x")
+        if what:
+            warnings.append(f"{path}: {width}x{height} is far from the training size {resolution}x{resolution}; "
+                            f"it is resized to {resolution}x{resolution} ({', '.join(what)}); crop or resize "
+                            "it yourself if that is not what you want")
+    return warnings
 
 
 def load_image(

@@ -318,6 +318,18 @@ def _read_rrnet_relation(folder: Path) -> RRNetRelation:
                     "words, so use them verbatim in both prompts"
                 )
 
+    # RRNet learns the difference between the two orders of two different objects: with A = B,
+    # or one prompt for both orders, the positive and the negative term are the same sample.
+    if values["A"].casefold() == values["B"].casefold():
+        raise DataError(f"{index}: A and B are both {values['A']!r}; RRNet learns the order of two "
+                        "different objects, so name two different ones")
+    if " ".join(values["ARB"].casefold().split()) == " ".join(values["BRA"].casefold().split()):
+        raise DataError(f"{index}: ARB and BRA are the same prompt {values['ARB']!r}; BRA must be the "
+                        "object-swapped prompt (B R A), or RRNet's positive and negative terms cancel")
+    if values["ARB_dir"] == values["BRA_dir"]:
+        raise DataError(f"{index}: ARB_dir and BRA_dir are the same folder {values['ARB_dir']!r}; the two "
+                        "orders need their own images")
+
     images: dict[str, list[Path]] = {}
     for key, dir_key in (("A", "A"), ("B", "B"), ("ARB", "ARB_dir"), ("BRA", "BRA_dir")):
         sub = folder / values[dir_key]

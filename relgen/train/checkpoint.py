@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from relgen.errors import RelgenError
+from relgen.errors import RelgenError, write_error
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -53,6 +53,21 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in ``obj`` (nested dicts/lists) holding NaN or inf."""
+    bad: list[str] = []
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            bad.append(prefix or "tensor")
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            bad.extend(nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            bad.extend(nonfinite_tensors(value, f"{prefix}[{i}]"))
+    return bad
+
+
 def _write_payload(path: Path, payload: dict[str, Any]) -> None:
     with open(path, "wb") as f:
         torch.save(payload, f)
@@ -68,19 +83,40 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], config_ya
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    (tmp / "config.yaml").write_text(config_yaml)
-    _write_payload(tmp / "state.pt", payload)
+    try:
+        tmp.mkdir()
+        (tmp / "config.yaml").write_text(config_yaml)
+        _write_payload(tmp / "state.pt", payload)
+    except OSError as exc:  # a full disk: the previous checkpoint stays the newest complete one
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(exc, final, f"checkpoint of step {step}") from None
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(root)
     for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".step-*.tmp-*"):  # leftovers of killed writes
-        if stale != tmp:
+    for stale in root.glob(".step-*.tmp-*"):  # leftovers of killed writes, never a live writer's
+        if stale != tmp and not _writer_alive(stale):
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process named by a ``.step-N.tmp-<pid>`` folder is still running."""
+    try:
+        pid = int(tmp.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -44,6 +44,11 @@ def effective_lr(mcfg, num_processes: int) -> float:
     return mcfg.lr
 
 
+def resolved_max_steps(cfg: DictConfig) -> int:
+    """``trainer.max_steps`` when set, else ``method.max_steps``."""
+    return int(cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.method.max_steps)
+
+
 class Trainer:
     """Runs ``method`` for ``max_steps`` optimizer steps in ``run_dir``."""
 
@@ -54,7 +59,7 @@ class Trainer:
         self.backbone = backbone
         self.method = method
         mcfg, tcfg = cfg.method, cfg.trainer
-        self.max_steps = tcfg.max_steps if tcfg.max_steps is not None else mcfg.max_steps
+        self.max_steps = resolved_max_steps(cfg)
         self.checkpoint_every = tcfg.checkpoint_every or mcfg.checkpoint_every
         self.grad_accum = mcfg.grad_accum
 
@@ -71,6 +76,9 @@ class Trainer:
 
         self.lr_scheduler = get_scheduler(mcfg.lr_scheduler, optimizer, num_warmup_steps=mcfg.lr_warmup_steps,
                                           num_training_steps=self.max_steps)
+        # This config's optimizer hyper-parameters (base rates included): a resume loads the
+        # checkpoint's optimizer state and then puts these back, so a changed value is applied.
+        self._hparams = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]
         self.optimizer = accelerator.prepare(optimizer)
         # One generator for all of a step's randomness; ranks draw different streams.
         self.generator = torch.Generator().manual_seed(cfg.seed + 1000003 * accelerator.process_index)
@@ -99,9 +107,16 @@ class Trainer:
                 "lr_scheduler": self.lr_scheduler.state_dict(), "rng": ckpt.rng_state(self.generator),
                 **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
-    def resume(self, resume: str) -> None:
-        path = ckpt.find_checkpoint(self.run_dir, resume)
-        state = ckpt.load_checkpoint(path)
+    def resume(self, path: Path, state: Optional[dict[str, Any]] = None) -> None:
+        """Continue from the checkpoint ``path`` (``state``: its already loaded ``state.pt``).
+
+        The method state, optimizer moments, schedule step and RNG states come from the
+        checkpoint; the optimizer's hyper-parameters and base learning rates come from this
+        run's config, so a changed ``method.lr`` or ``max_steps`` takes effect from the next
+        step while the schedule keeps its position (see :mod:`relgen.train.drift`).
+        """
+        if state is None:
+            state = ckpt.load_checkpoint(path)
         ckpt.check_same_run(state, self.cfg.method.name, self.cfg.backbone.name, path)
         self.method.load_state_dict(state["method_state"])
         self.optimizer.optimizer.load_state_dict(state["optimizer"])
@@ -113,14 +128,33 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         ckpt.restore_rng_state(state["rng"], self.generator)
         self.step = int(state["step"])
+        self._apply_hparams()
         if self.acc.is_main_process:
             _truncate_metrics(self.run_dir / "metrics.csv", self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
+    def _apply_hparams(self) -> None:
+        """Put this config's hyper-parameters back after loading an optimizer and schedule state."""
+        groups = self.optimizer.optimizer.param_groups
+        for group, hparams in zip(groups, self._hparams):
+            group.update(hparams)
+        sched = self.lr_scheduler
+        sched.base_lrs = [h["initial_lr"] for h in self._hparams]
+        # The rate at the schedule's current step, as LambdaLR.step() computes it.
+        rates = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, rate in zip(groups, rates):
+            group["lr"] = rate
+        sched._last_lr = rates
+
     def save(self) -> Optional[Path]:
         if not self.acc.is_main_process:
             return None
-        return ckpt.save_checkpoint(self.run_dir, self.step, self.state(), self.config_yaml,
+        state = self.state()
+        bad = ckpt.nonfinite_tensors(state["method_state"])
+        if bad:  # never write a checkpoint that cannot be trained on
+            raise RelgenError(f"step {self.step}: {bad[0]} holds non-finite values; not writing a checkpoint; "
+                              f"{self._last_good()}; lower method.lr or check the data")
+        return ckpt.save_checkpoint(self.run_dir, self.step, state, self.config_yaml,
                                     keep=self.cfg.trainer.keep_checkpoints)
 
     # ------------------------------------------------------------------ loop
@@ -171,10 +205,8 @@ class Trainer:
             with self.acc.autocast():
                 out = self.method.training_step(batch, ctx)
             if not torch.isfinite(out.loss):
-                last = ckpt.checkpoint_dirs(self.run_dir)
-                where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
                 raise RelgenError(f"step {self.step + 1}: the loss is {out.loss.item()} (not finite); "
-                                  f"stopping, {where}; lower method.lr or check the data")
+                                  f"stopping, {self._last_good()}; lower method.lr or check the data")
             self.acc.backward(out.loss / self.grad_accum)
             for k, v in {"loss": out.loss.item(), **out.logs}.items():
                 step_logs[k] = step_logs.get(k, 0.0) + float(v) / self.grad_accum
@@ -194,16 +226,35 @@ class Trainer:
             self.ema.step(self.params)
             self.check_ema()
         self.step += 1
+        # The loss can be finite while the update was not (an inf rate, an overflowing moment):
+        # check what is trained, so that no later checkpoint or export holds NaN or inf.
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not bool(torch.isfinite(p.detach()).all()):
+                    name = group.get("name") or "a trained parameter"
+                    raise RelgenError(f"step {self.step}: {name} ({tuple(p.shape)}) is not finite after the "
+                                      f"optimizer step; stopping, {self._last_good()}; lower method.lr "
+                                      "or set method.max_grad_norm")
         step_logs["lr"] = self.lr_scheduler.get_last_lr()[0]
         return step_logs
+
+    def _last_good(self) -> str:
+        """Names the newest checkpoint whose trained tensors are all finite."""
+        for path in reversed(ckpt.checkpoint_dirs(self.run_dir)):
+            try:
+                state = ckpt.load_checkpoint(path)
+            except RelgenError:
+                continue
+            if not ckpt.nonfinite_tensors(state.get("method_state", {})):
+                return f"the last good checkpoint is {path} (resume=latest continues from it)"
+        return "no checkpoint was written yet"
 
     def check_ema(self) -> None:
         """The NaN guard of the EMA: stop when an averaged tensor is no longer finite."""
         if all(bool(torch.isfinite(p).all()) for p in self.ema.shadow_params):
             return
-        last = ckpt.checkpoint_dirs(self.run_dir)
-        where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
-        raise RelgenError(f"step {self.step + 1}: the EMA of the trained tensors is not finite; stopping, {where}; "
+        raise RelgenError(f"step {self.step + 1}: the EMA of the trained tensors is not finite; stopping, "
+                          f"{self._last_good()}; "
                           "lower method.lr or check the data")
 
     @contextmanager
@@ -332,6 +383,12 @@ def _fmt(v) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    from relgen.errors import write_error
+
     tmp = Path(path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path, "summary") from None

@@ -153,13 +153,17 @@ def test_sweep_failing_job_does_not_stop_the_others(tmp_path):
     proc = run_relgen("-m", "trainer=debug", "trainer.max_steps=1", "dataset=reversion_folder,shapes_reversion",
                       f"hydra.sweep.dir={tmp_path}", timeout=900)
     # job 0 (reversion_folder without root) fails, job 1 still runs; the sweep reports failure
-    assert proc.returncode != 0
-    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert proc.returncode == 2
     suffix = ",trainer.max_steps=1,trainer=debug"  # every job folder is named by its overrides
-    assert jobs == ["dataset=reversion_folder" + suffix, "dataset=shapes_reversion" + suffix], jobs
-    assert (tmp_path / jobs[1] / "export" / "learned_embeds.safetensors").exists()
-    assert not (tmp_path / jobs[0] / "export").exists()
-    assert "dataset.root" in proc.stderr
+    # the failed job stopped before training: its folder is gone again
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["dataset=shapes_reversion" + suffix], jobs
+    assert (tmp_path / jobs[0] / "export" / "learned_embeds.safetensors").exists()
+    # the job's own one-line error, one line for the sweep, and no traceback
+    assert "relgen: error: dataset reversion_folder: set dataset.root= to the dataset folder" in proc.stderr
+    assert (f"relgen: sweep: 1 of 2 jobs failed: #0 dataset=reversion_folder{suffix} (exit 2)"
+            in proc.stderr.splitlines())
+    assert "Traceback" not in proc.stderr and "JobFailed" not in proc.stderr
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):

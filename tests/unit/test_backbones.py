@@ -75,10 +75,26 @@ def test_placeholder_token_keeps_pooled_output_on_eos():
 
 def test_placeholder_errors():
     bb = load_tiny("tiny_sd15")
-    with pytest.raises(ConfigError, match="already in the text_encoder vocabulary"):
+    with pytest.raises(ConfigError, match="'cat</w>' is already a token in the text_encoder tokenizer"):
         bb.add_placeholder_tokens(["cat</w>"], "and")
+    # a plain word reads as its word token; added, it would also capture "and" inside "band"
+    with pytest.raises(ConfigError, match="'and' already reads as the existing token 'and</w>' in the "
+                                          "text_encoder tokenizer"):
+        bb.add_placeholder_tokens(["and"], "and")
     with pytest.raises(ConfigError, match="must be a single token"):
         bb.add_placeholder_tokens(["<X>"], "zebracorn")
+
+
+def test_placeholder_must_be_new_to_both_sdxl_tokenizers():
+    from relgen.backbones.base import placeholder_conflict
+
+    bb = load_tiny("tiny_sdxl")
+    for slot in bb.slots:
+        assert placeholder_conflict(slot.tokenizer, "and") == "already reads as the existing token 'and</w>'"
+        assert placeholder_conflict(slot.tokenizer, "AND") == "already reads as the existing token 'and</w>'"
+        assert placeholder_conflict(slot.tokenizer, "<R>") is None
+    with pytest.raises(ConfigError, match=r"'and' already reads as .* in the clip_l tokenizer"):
+        bb.add_placeholder_tokens(["and"], "and")
 
 
 def test_save_pretrained_round_trip_through_real_loader(tmp_path):

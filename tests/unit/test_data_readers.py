@@ -290,6 +290,20 @@ def test_rrnet_prompt_missing_word(rrnet_root, field, prompt, word):
     _raises(lambda: read_rrnet_folder(rrnet_root), "index.json", f"'{field}'", f"'{word}'")
 
 
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"B": "circle", "ARB": "a circle is above a circle", "BRA": "a circle is above the circle"},
+         ["A and B are both 'circle'"]),
+        ({"BRA": "A circle is  above a square"}, ["ARB and BRA are the same prompt"]),
+        ({"BRA_dir": "a circle is above a square"}, ["ARB_dir and BRA_dir are the same folder"]),
+    ],
+)
+def test_rrnet_data_that_cannot_teach_is_refused(rrnet_root, changes, words):
+    _edit_index(rrnet_root, **changes)
+    _raises(lambda: read_rrnet_folder(rrnet_root), "index.json", *words)
+
+
 def test_rrnet_image_folder_missing(rrnet_root):
     shutil.rmtree(rrnet_root / "a square is above a circle")
     _raises(lambda: read_rrnet_folder(rrnet_root), "a square is above a circle", "'BRA'",

@@ -1,5 +1,6 @@
 """The reversion method: steering loss wiring, trained rows, import/export, prompt handling."""
 
+import re
 import warnings
 
 import pytest
@@ -276,6 +277,9 @@ def test_relation_token_already_in_vocabulary_is_refused():
         ReVersion(cfg.method, bb, open_dataset(cfg.dataset).load())
     with pytest.raises(ConfigError, match=r"method.placeholder_token='!' is already a token"):
         make_method("tiny_sd15", "method.placeholder_token='!'")
+    with pytest.raises(ConfigError, match=r"method.placeholder_token='and' already reads as the existing "
+                                          r"token 'and</w>' of the backbone's text_encoder tokenizer"):
+        make_method("tiny_sd15", "method.placeholder_token=and")
 
 
 def test_multi_token_initializer_is_refused():
@@ -402,3 +406,17 @@ def test_official_import_rejects_malformed_files(tmp_path, content, match):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(RelgenError, match="file not found"):
         import_official_embeds(tmp_path / "missing.bin")
+
+
+def test_an_official_file_of_the_wrong_width_names_the_file(tmp_path):
+    from relgen.methods.reversion.importer import import_official_embeds
+
+    path = tmp_path / "learned_embeds.bin"
+    torch.save({"<R>": torch.ones(768)}, path)  # SD 1.5's width; the tiny encoder is 32 wide
+    art = import_official_embeds(path)
+    from relgen.backbones.loading import load_backbone
+
+    pipe = load_backbone(compose("backbone=tiny_sd15").backbone).pipeline()
+    with pytest.raises(RelgenError, match=rf"^{re.escape(str(path))}: token <R>: learned row is 768-wide but the "
+                                          r"pipeline's text_encoder embeds 32-wide"):
+        art.apply(pipe)

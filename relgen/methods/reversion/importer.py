@@ -65,4 +65,6 @@ def import_official_embeds(path, lowercase_prompts: bool = True):
     if not torch.isfinite(vector).all():
         raise RelgenError(f"{path}: the vector for {token!r} holds NaN or infinite values")
     rows = {"text_encoder": vector.detach().float().reshape(1, -1).clone()}  # (1, D)
-    return ReVersionArtifact(token, rows, [], "reversion", lowercase_prompts)
+    artifact = ReVersionArtifact(token, rows, [], "reversion", lowercase_prompts)
+    artifact.source = path
+    return artifact

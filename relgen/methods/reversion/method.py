@@ -176,7 +176,9 @@ class ReVersion(TextualInversion):
             mcfg.setdefault("placeholder_token", ReVersionConfig.placeholder_token)
             meta["method_config"] = mcfg
             art = TokenArtifact.from_file(path, meta)
-            return ReVersionArtifact(art.token, art.rows, art.prompts, art.method, lowercase)
+            loaded = ReVersionArtifact(art.token, art.rows, art.prompts, art.method, lowercase)
+            loaded.source = path
+            return loaded
         return import_official_embeds(path, lowercase_prompts=lowercase)
 
     def live_artifact(self) -> "ReVersionArtifact":
@@ -191,10 +193,13 @@ def check_relation_token(backbone, token: str, initializer: Optional[str]) -> No
     Raises:
         ConfigError: naming ``method.placeholder_token`` or ``method.initializer_token``.
     """
+    from relgen.backbones.base import placeholder_conflict
+
     for slot in backbone.slots:
         tok = slot.tokenizer
-        if token in tok.get_vocab():
-            raise ConfigError(f"method.placeholder_token='{token}' is already a token of the backbone's "
+        reason = placeholder_conflict(tok, token)
+        if reason:
+            raise ConfigError(f"method.placeholder_token='{token}' {reason} of the backbone's "
                               f"{slot.key} tokenizer, so training it would change an existing word; "
                               "choose a new string, e.g. method.placeholder_token='<R1>'")
         if initializer is not None:

@@ -8,7 +8,7 @@ placeholder token. Loss: the denoising MSE against the backbone's target (epsilo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -35,6 +35,7 @@ class TextualInversion(Method):
         self.embeds.attach()
         self.resolution = cfg.resolution or backbone.resolution
         self.items = list(data.items)
+        check_templates_fit(backbone, self.items, self.token, self.embeds.token_ids)
         # Exemplar latents are encoded once (and cached on disk); the step only samples them.
         self.latent_dists = latent_dists(backbone, [it.image for it in self.items], self.resolution)
 
@@ -144,6 +145,7 @@ class TokenArtifact(Artifact):
         self.rows = rows
         self.prompts = prompts
         self.method = method
+        self.source: Optional[Path] = None  # the file the rows were read from, named in errors
 
     @classmethod
     def from_file(cls, path: Path, meta: dict) -> "TokenArtifact":
@@ -160,7 +162,9 @@ class TokenArtifact(Artifact):
             (name, value), = tensors.items()
             token = name
             rows = {"text_encoder": value.reshape(1, -1)}
-        return cls(token, rows, list(meta.get("method_config", {}).get("sample_prompts") or []), meta["method"])
+        artifact = cls(token, rows, list(meta.get("method_config", {}).get("sample_prompts") or []), meta["method"])
+        artifact.source = path
+        return artifact
 
     def apply(self, pipe) -> None:
         """Add the token to the pipeline's tokenizer(s) and write its rows (idempotent)."""
@@ -171,13 +175,14 @@ class TokenArtifact(Artifact):
             pairs = [("clip_l", pipe.tokenizer, pipe.text_encoder),
                      ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)]
         for key, tok, enc in pairs:
+            where = f"{self.source}: " if self.source is not None else ""
             if key not in self.rows:
-                raise RelgenError(f"the artifact has rows for {sorted(self.rows)} but the pipeline needs "
+                raise RelgenError(f"{where}the artifact has rows for {sorted(self.rows)} but the pipeline needs "
                                   f"'{key}'; it was trained on another backbone family")
             row = self.rows[key][0]
             width = enc.get_input_embeddings().weight.shape[1]
             if row.shape[0] != width:
-                raise RelgenError(f"token {self.token}: learned row is {row.shape[0]}-wide but the pipeline's "
+                raise RelgenError(f"{where}token {self.token}: learned row is {row.shape[0]}-wide but the pipeline's "
                                   f"{key} embeds {width}-wide; use a pipeline of the backbone it was trained on")
             if self.token not in tok.get_vocab():
                 tok.add_tokens([self.token])
@@ -191,3 +196,33 @@ class TokenArtifact(Artifact):
 
     def sample_prompts(self) -> list[str]:
         return self.prompts
+
+
+def check_templates_fit(backbone, items, token: str, token_ids: list[list[int]]) -> None:
+    """Refuse a caption template whose placeholder falls past a tokenizer's length limit.
+
+    The text encoders read the first ``model_max_length`` tokens (BOS, 75 tokens, EOS for CLIP):
+    a placeholder beyond them is cut off, receives no gradient and cannot be learned.
+
+    Raises:
+        DataError: naming the image and the template.
+    """
+    from relgen.errors import DataError
+
+    seen: set[str] = set()
+    for item in items:
+        for template in item.templates:
+            if template in seen:
+                continue
+            seen.add(template)
+            caption = template.format(token)
+            for slot, ids in zip(backbone.slots, token_ids):
+                tok = slot.tokenizer
+                full = tok(caption, padding=False, truncation=False).input_ids
+                last = tok.model_max_length - 1  # the EOS slot after truncation
+                where = [i for i, t in enumerate(full) if t in ids]
+                if where and min(where) >= last:
+                    raise DataError(f"{item.image.parent / 'text.json'}: template {template!r} of {item.image.name} "
+                                    f"puts {token} at token {min(where)}, past "
+                                    f"the {slot.key} tokenizer's limit of {tok.model_max_length} tokens, so it "
+                                    "would be cut off and never learned; shorten the template or move {} earlier")

@@ -1,0 +1,157 @@
+"""What a resumed run may change: every config key is in exactly one of two lists.
+
+Resuming compares the new run's resolved config with the one saved in the checkpoint:
+
+* :data:`REFUSE` — a change that makes the saved state invalid or its meaning different (the
+  method, backbone, data, the shape or initialisation of what is trained, the optimizer
+  family, EMA on/off). The resume stops with one line listing every differing key.
+* :data:`APPLY` — a change it is legitimate to continue with (steps, learning rate, loss
+  weights, cadences, logging, generation defaults). It takes effect from the next step and
+  is logged and written to ``summary.json``.
+
+A key is classed by its own dotted name or by a dotted ancestor (``experiment``,
+``method.tiny``). A key found in neither list is refused when it changes (the safe default);
+``tests/unit/test_resume_drift.py`` enumerates every key of every built-in schema and fails
+on one that is not classed, so a new key gets classed when it is added. Keys that exist only
+in newer versions (or are added by an extension) may be listed before they exist: a listed
+key absent from one of the two configs is not compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+#: Changes that invalidate the saved state: a resume that changes one is refused.
+REFUSE: frozenset[str] = frozenset({
+    "seed",
+    # the backbone: which weights, which structure, which target
+    "backbone.name", "backbone.family", "backbone.pretrained", "backbone.revision", "backbone.variant",
+    "backbone.single_file_config", "backbone.tiny", "backbone.tiny_seed", "backbone.prediction_type",
+    "backbone.resolution",
+    # the data
+    "dataset.name", "dataset.root", "dataset.seed", "dataset.size", "dataset.relations",
+    "dataset.num_images", "dataset.num_items", "dataset.resolution",
+    # what is trained, its shape and initialisation
+    "method.name", "method.resolution", "method.placeholder_token", "method.initializer_token",
+    "method.relation", "method.hidden_size", "method.num_heads", "method.eot_self_loops",
+    "method.object_template", "method.adjust_pooled",
+    "method.rank", "method.lora_alpha", "method.lora_init", "method.lora_seed", "method.lora_targets",
+    "method.image_encoder", "method.clipself_checkpoint", "method.ms_adapter", "method.branch_seed",
+    "method.scale", "method.num_dummy_tokens", "method.tokens_per_entity", "method.resampler_dim",
+    "method.resampler_depth", "method.resampler_dim_head", "method.resampler_heads",
+    "method.resampler_ff_mult", "method.fourier_freqs", "method.fourier_temperature", "method.mask_bias",
+    "method.reference_resize", "method.clip_mean", "method.clip_std", "method.local_grid",
+    "method.local_image_size", "method.local_tokens_train", "method.tiny",
+    # training crops are drawn once, at setup, from these
+    "method.crop_p", "method.crop_scale", "method.num_crops", "method.crop_seed",
+    # the optimizer's state only fits the optimizer that wrote it
+    "method.optimizer", "method.optimizer_args",
+})
+
+#: Refused only when switched on or off (``None``/0 ↔ a value); a new value is applied.
+REFUSE_WHEN_TOGGLED: frozenset[str] = frozenset({"trainer.ema_decay"})
+
+#: Applied keys that differ on every resume by nature; not logged.
+SILENT: frozenset[str] = frozenset({"resume", "dry_run"})
+
+#: Changes a resumed run applies from its next step (and logs).
+APPLY: frozenset[str] = frozenset({
+    "output_root", "cache_dir", "resume", "dry_run", "experiment",
+    # generation defaults
+    "backbone.dtype", "backbone.vae_dtype", "backbone.inference_scheduler", "backbone.inference_steps",
+    "backbone.guidance_scale",
+    # the recipe: steps, rates, optimizer hyper-parameters (new base rates, the schedule's step kept)
+    "method.lr", "method.scale_lr", "method.weight_decay", "method.adam_beta1", "method.adam_beta2",
+    "method.adam_epsilon", "method.batch_size", "method.grad_accum", "method.max_steps",
+    "method.lr_scheduler", "method.lr_warmup_steps", "method.max_grad_norm", "method.checkpoint_every",
+    "method.timestep_sampler", "method.focal_alpha",
+    # loss weights and their schedules
+    "method.denoise_loss_weight", "method.steer_loss_weight", "method.num_positives", "method.temperature",
+    "method.train_scale", "method.noise_weight", "method.pos_weight", "method.neg_weight", "method.neg_clamp",
+    "method.kp_weight", "method.kp_max_timestep", "method.calibration", "method.cal_weight",
+    "method.cal_max_side_fraction",
+    # sampling and generation
+    "method.sample_prompts", "method.sample_seed", "method.sample_steps", "method.sample_guidance",
+    "method.num_sample_prompts", "method.lowercase_prompts", "method.inference_scale", "method.grid_scales",
+    "method.negative_prompt", "method.default_box_y", "method.local_tokens_inference", "method.export_kohya",
+    # where and how things run
+    "method.cache_text", "method.gnn_device",
+    "trainer.mixed_precision", "trainer.cpu", "trainer.max_steps", "trainer.checkpoint_every",
+    "trainer.keep_checkpoints", "trainer.sample_every", "trainer.sample_at_end", "trainer.num_samples",
+    "trainer.log_every", "trainer.tensorboard", "trainer.progress", "trainer.gradient_checkpointing",
+    "trainer.cache_latents",
+    # loop-wide loss options
+    "trainer.snr_gamma", "trainer.noise_offset", "trainer.input_perturbation", "trainer.report_to",
+})
+
+
+@dataclass
+class Drift:
+    """The differences between a checkpoint's config and the resuming run's.
+
+    Attributes:
+        refused: dotted keys whose change is refused (listed in :data:`REFUSE`, toggled
+            :data:`REFUSE_WHEN_TOGGLED` keys, or not classed at all).
+        applied: dotted key → (checkpoint's value, new value) for the changes applied.
+        unclassed: the refused keys that are in neither list.
+    """
+
+    refused: list[str] = field(default_factory=list)
+    applied: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    unclassed: list[str] = field(default_factory=list)
+
+
+def classify(key: str) -> str:
+    """``"refuse"``, ``"toggle"``, ``"apply"`` or ``"unclassed"`` for a dotted key."""
+    parts = key.split(".")
+    for depth in range(len(parts), 0, -1):
+        name = ".".join(parts[:depth])
+        if name in REFUSE:
+            return "refuse"
+        if name in REFUSE_WHEN_TOGGLED:
+            return "toggle"
+        if name in APPLY:
+            return "apply"
+    return "unclassed"
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaf keys of a config (lists are leaves), resolved."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    out: dict[str, Any] = {}
+    for key, value in (cfg or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _off(value: Any) -> bool:
+    return value is None or value == 0 or value is False
+
+
+def compare(saved: Any, new: Any) -> Drift:
+    """Class every difference between the checkpoint's config ``saved`` and the new one."""
+    old_keys, new_keys = flatten(saved), flatten(new)
+    drift = Drift()
+    for key in sorted(old_keys.keys() & new_keys.keys()):
+        before, after = old_keys[key], new_keys[key]
+        if before == after or key in SILENT:
+            continue
+        kind = classify(key)
+        if kind == "apply" or (kind == "toggle" and _off(before) == _off(after)):
+            drift.applied[key] = (before, after)
+        else:
+            drift.refused.append(key)
+            if kind == "unclassed":
+                drift.unclassed.append(key)
+    return drift
+
+
+__all__ = ["APPLY", "REFUSE", "REFUSE_WHEN_TOGGLED", "SILENT", "Drift", "classify", "compare", "flatten"]
