@@ -27,6 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 #: Changes that invalidate the saved state: a resume that changes one is refused.
 REFUSE: frozenset[str] = frozenset({
     "seed",
+    # what the method trains on and how (a resumed state was made under the old rule)
+    "method.box_far_edge", "method.cal_layer_rule", "method.cal_max_queries", "method.edit_rows",
+    "method.image_resample",
     # the backbone: which weights, which structure, which target
     "backbone.name", "backbone.family", "backbone.pretrained", "backbone.revision", "backbone.variant",
     "backbone.single_file_config", "backbone.tiny", "backbone.tiny_seed", "backbone.prediction_type",
@@ -59,7 +62,7 @@ SILENT: frozenset[str] = frozenset({"resume", "dry_run"})
 
 #: Changes a resumed run applies from its next step (and logs).
 APPLY: frozenset[str] = frozenset({
-    "output_root", "cache_dir", "resume", "dry_run", "experiment",
+    "output_root", "cache_dir", "resume", "dry_run", "experiment", "method.export_every",
     # generation defaults
     "backbone.dtype", "backbone.vae_dtype", "backbone.inference_scheduler", "backbone.inference_steps",
     "backbone.guidance_scale",

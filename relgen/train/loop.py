@@ -78,7 +78,10 @@ class Trainer:
                                           num_training_steps=self.max_steps)
         # This config's optimizer hyper-parameters (base rates included): a resume loads the
         # checkpoint's optimizer state and then puts these back, so a changed value is applied.
-        self._hparams = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]
+        # Only keys the config sets: optimizers such as Prodigy also keep running state in their
+        # groups (its step-size estimate "d"), which must come from the checkpoint.
+        from_config = {"initial_lr", "betas", "eps", "weight_decay", *(mcfg.optimizer_args or {})}
+        self._hparams = [{k: v for k, v in g.items() if k in from_config} for g in optimizer.param_groups]
         self.optimizer = accelerator.prepare(optimizer)
         # One generator for all of a step's randomness; ranks draw different streams.
         self.generator = torch.Generator().manual_seed(cfg.seed + 1000003 * accelerator.process_index)

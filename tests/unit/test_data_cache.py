@@ -103,7 +103,9 @@ def test_failed_write_leaves_no_entry_and_no_temp_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(cache_module.os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="disk full"):
+    from relgen.errors import WriteError
+
+    with pytest.raises(WriteError, match=r"\.safetensors: cannot write the cache entry \(disk full\)"):
         cache.put(key, {"x": torch.ones(3)})
     assert cache.get(key) is None
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

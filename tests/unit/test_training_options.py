@@ -13,6 +13,7 @@ from conftest import compose
 from relgen.errors import ConfigError
 from relgen.methods.base import Method, StepContext, StepOutput
 from relgen.train.losses import denoising_loss, make_weighting, min_snr_weights, snr
+from relgen.train import checkpoint as ckpt
 from relgen.train.noise import draw_noise
 
 TI = ["method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
@@ -335,7 +336,7 @@ def test_resume_is_bitwise_with_each_option(tmp_path, option):
     first.save()
     first.run_step()  # a step that is lost (the crash), and must be redone the same way
     resumed, method = _toy_trainer(tmp_path / "resumed", *OPTIONS[option])
-    resumed.resume("latest")
+    resumed.resume(ckpt.find_checkpoint(tmp_path / "resumed", "latest"))
     assert resumed.step == 2
     for _ in range(2):
         resumed.run_step()

@@ -88,11 +88,19 @@ def test_rrnet_and_relationbooth_weights_are_checked_too():
         validate(compose("method=relationbooth", "method.clip_mean=[0.5,inf,0.5]"))
 
 
-def test_resolution_off_64_warns_and_defaults_pass(caplog):
+def test_resolution_off_64_warns_and_defaults_pass(caplog, tmp_path):
     for method in ("textual_inversion", "reversion", "rrnet", "relationbooth"):
         assert validate(compose(f"method={method}")) == []
-    for preset in ("reversion_paper", "rrnet_paper", "relationbooth_paper"):
-        assert validate(compose(f"experiment={preset}")) == []
+    weights = tmp_path / "weights"  # the presets name hub weights this machine does not have
+    weights.mkdir()
+    (weights / "model_index.json").write_text("{}")
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text("{}")
+    for preset, extra in (("reversion_paper", []), ("rrnet_paper", []),
+                          ("relationbooth_paper", [f"method.image_encoder={encoder}",
+                                                   f"method.clipself_checkpoint={weights / 'model_index.json'}"])):
+        assert validate(compose(f"experiment={preset}", f"backbone.pretrained={weights}", *extra)) == []
     warnings = validate(_with(compose(*TI), "method.resolution=72"))
     assert warnings == ["method.resolution=72 is not a multiple of 64: the UNet's feature maps do not halve "
                         "evenly at every level; prefer 64"]
