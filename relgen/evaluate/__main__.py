@@ -27,7 +27,7 @@ def main() -> None:
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import OmegaConf
 
-        from relgen.cli import JobFailed, run_cli
+        from relgen.cli import record_job, run_cli
         from relgen.evaluate.config import EvaluateConfig
         from relgen.evaluate.harness import evaluate
 
@@ -43,9 +43,10 @@ def main() -> None:
             return 0
 
         code = run_cli(body)
-        if code:
-            if hc.mode.name == "MULTIRUN":
-                raise JobFailed(f"job {hc.job.num} ({hc.job.override_dirname}) failed with exit code {code}")
+        if hc.mode.name == "MULTIRUN":
+            # the other jobs still run; the sweep reports every failure once at its end
+            record_job(hc.sweep.dir, hc.job.num, hc.job.override_dirname, code)
+        elif code:
             sys.exit(code)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

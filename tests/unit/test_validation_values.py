@@ -21,7 +21,7 @@ BAD = [
     ("trainer.max_steps=-2", r"trainer.max_steps=-2: must be an integer >= 1 or null"),
     ("trainer.checkpoint_every=0", r"trainer.checkpoint_every=0: must be an integer >= 1 or null"),
     ("method.checkpoint_every=0", r"method.checkpoint_every=0: must be an integer >= 1"),
-    ("trainer.sample_every=0", r"trainer.sample_every=0: must be an integer >= 1 or null"),
+    ("trainer.sample_every=-1", r"trainer.sample_every=-1: must be an integer >= 0 or null"),
     ("trainer.log_every=0", r"trainer.log_every=0: must be an integer >= 1"),
     ("trainer.keep_checkpoints=-1", r"trainer.keep_checkpoints=-1: must be an integer >= 0"),
     ("trainer.num_samples=0", r"trainer.num_samples=0: must be an integer >= 1"),
