@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import compose
 from relgen.errors import WriteError
 from relgen.run import run_training
+from relgen.testing import compose
 from relgen.train import checkpoint as ckpt
 
 TI = ["method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",

@@ -3,9 +3,9 @@ the accepted range; ``dataset.resolution`` sets the training resolution."""
 
 import pytest
 
-from conftest import compose
 from relgen.errors import ConfigError
 from relgen.run import run_training
+from relgen.testing import compose
 from relgen.validation import validate
 
 TI = ["method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
