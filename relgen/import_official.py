@@ -76,6 +76,20 @@ def unet_cross_attention_dim(bcfg, cache_dir: Optional[str] = None) -> Optional[
     return int(json.loads(path.read_text())["cross_attention_dim"])
 
 
+def unet_skeleton(bcfg, cache_dir: Optional[str] = None):
+    """The backbone's UNet built from its ``config.json`` on the ``meta`` device (no weights are read),
+    to check an artifact's keys and shapes against; ``None`` when the config is not on disk."""
+    folder = _config_folder(bcfg, cache_dir)
+    path = folder / "unet" / "config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(path.parent)))
+
+
 def _config_folder(bcfg, cache_dir: Optional[str]) -> Optional[Path]:
     from relgen.backbones.loading import materialize_tiny, resolve_pretrained
 
@@ -129,9 +143,12 @@ def _rrnet(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
         art = RRNetArtifact.from_official(file, width=width, hidden=m.hidden_size, heads=m.num_heads,
                                           scale=m.inference_scale, **words)
     except RelgenError as exc:
-        if str(file) in str(exc):
-            raise
-        raise RelgenError(f"{file}: {exc}") from exc
+        message = str(exc) if str(file) in str(exc) else f"{file}: {exc}"
+        got = _rrnet_input_width(file)
+        if got is not None and got != width:  # the network's width follows the text encoders it was trained on
+            message += (f"; the file's network takes {got}-wide text features and backbone {cfg.backbone.name}'s are "
+                        f"{width}-wide: import it with the backbone it was trained on (RRNet's release: sd21_base)")
+        raise RelgenError(message) from exc
     relation = {"format": FORMAT, "version": FORMAT_VERSION, "relation": m.relation or words.get("R"),
                 **{k: words.get(k) for k in WORDS}, "in_dim": width, "out_dim": width, "hidden": m.hidden_size,
                 "heads": m.num_heads, "eot_self_loops": False, "node_widths": widths or [width],
@@ -147,13 +164,26 @@ def _rrnet(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
     return export
 
 
+def _rrnet_input_width(file: Path) -> Optional[int]:
+    """The input width of a ``gat_<R>`` file's first graph layer (``None`` if it cannot be read)."""
+    import torch
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        return int(state["conv1.mods.link_oe.fc.weight"].shape[1])
+    except Exception:  # noqa: BLE001 - only a hint for an error that is already being raised
+        return None
+
+
 def _relationbooth(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
     from safetensors.torch import load_file, save_file
 
     from relgen.methods.relationbooth.artifact import BRANCH_FILE, LORA_FILE, SPEC_FILE, RelationBoothArtifact
-    from relgen.methods.relationbooth.convert import _read_adapter_file
+    from relgen.methods.relationbooth.convert import (_read_adapter_file, check_adapter_fits_unet,
+                                                      check_adapter_layout, check_lora_fits_unet, load_ms_adapter)
 
     m = cfg.method
+    unet = unet_skeleton(cfg.backbone, cfg.cache_dir)
     if file.suffix == ".safetensors":  # DreamRelation's LoRA, on top of MS-Diffusion's branch
         try:
             lora = load_file(str(file))
@@ -166,29 +196,32 @@ def _relationbooth(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]
             raise ConfigError(f"{file}: DreamRelation's LoRA runs on MS-Diffusion's image branch; add "
                               "method.ms_adapter=<path of ms_adapter.bin>")
         lora_file, adapter_file = file, Path(m.ms_adapter).expanduser()
-        cond = unet_cross_attention_dim(cfg.backbone, cfg.cache_dir)
-        key = next((k for k in sorted(lora) if "attn2.to_k" in k and "lora_A" in k), None)
-        if cond is not None and key is not None and lora[key].shape[1] != cond:
-            raise RelgenError(f"{file}: the LoRA's cross-attention input is {lora[key].shape[1]}-wide but backbone "
-                              f"{cfg.backbone.name}'s UNet takes {cond}-wide text; import it with its SDXL backbone")
+        if not adapter_file.is_file():
+            raise ConfigError(f"method.ms_adapter={adapter_file}: file not found (give MS-Diffusion's ms_adapter.bin)")
+        if unet is not None:
+            check_lora_fits_unet(lora, unet, str(file))
     else:
         lora_file, adapter_file = None, file
     raw = _read_adapter_file(adapter_file)
-    missing = [k for k in ("image_proj", "ms_adapter", "dummy_image_tokens") if k not in raw]
-    if missing:
-        raise RelgenError(f"{adapter_file}: not an MS-Diffusion adapter (missing {missing}); give ms_adapter.bin")
+    check_adapter_layout(raw, str(adapter_file))
     cond = unet_cross_attention_dim(cfg.backbone, cfg.cache_dir)
     dummy = raw["dummy_image_tokens"]
     if cond is not None and dummy.shape[-1] != cond:
         raise RelgenError(f"{adapter_file}: its image tokens are {dummy.shape[-1]}-wide but backbone "
                           f"{cfg.backbone.name}'s UNet takes {cond}-wide conditioning")
+    if unet is not None:  # the per-processor image key/value weights, as apply() will load them
+        check_adapter_fits_unet(load_ms_adapter(raw, list(unet.attn_processors), source=str(adapter_file)), unet,
+                                str(adapter_file))
     art = RelationBoothArtifact.from_official(lora_file or adapter_file, adapter_file, m.image_encoder,
                                               m.clipself_checkpoint, m.resampler_heads, m.scale,
                                               {"negative_prompt": m.negative_prompt,
                                                "default_box_y": list(m.default_box_y)})
 
     def export(out: Path) -> list[Path]:
-        flat = {f"{group}.{k}": v.contiguous() for group in ("image_proj", "ms_adapter") for k, v in raw[group].items()}
+        # DreamRelation's copy prefixes the resampler's keys with "resampler."; the export holds MS-Diffusion's names
+        proj = {k[len("resampler."):] if k.startswith("resampler.") else k: v for k, v in raw["image_proj"].items()}
+        flat = {f"image_proj.{k}": v.contiguous() for k, v in proj.items()}
+        flat.update({f"ms_adapter.{k}": v.contiguous() for k, v in raw["ms_adapter"].items()})
         flat["dummy_image_tokens"] = dummy.contiguous()
         save_file(flat, str(out / BRANCH_FILE), metadata={"format": "ms_adapter"})
         files = [out / BRANCH_FILE]

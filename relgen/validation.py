@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from relgen.errors import ConfigError
+from relgen.errors import ConfigError, RelgenError
 
 log = logging.getLogger("relgen")
 
@@ -158,14 +158,36 @@ def check_resolution(cfg: DictConfig) -> list[str]:
         raise ConfigError(f"method.resolution={method_res} and dataset.resolution={data_res} disagree; "
                           "set only one of them")
     warnings = []
+    factor = None
     for key, value in (("backbone.resolution", cfg.backbone.resolution), training_resolution(cfg)):
         if value < VAE_FACTOR or value % VAE_FACTOR:
             raise ConfigError(f"{key}={value}: must be a positive multiple of {VAE_FACTOR} (the VAE's "
                               "down-sampling factor), e.g. 512")
-        if value % UNET_FACTOR and key != "backbone.resolution":
-            warnings.append(f"{key}={value} is not a multiple of {UNET_FACTOR}: the UNet's feature maps do "
-                            f"not halve evenly at every level; prefer {max(UNET_FACTOR, value // UNET_FACTOR * UNET_FACTOR)}")
+        if key == "backbone.resolution":
+            continue
+        factor = factor or unet_down_factor(cfg.backbone)
+        if value % factor:
+            warnings.append(f"{key}={value} is not a multiple of {factor}: the UNet's feature maps do "
+                            f"not halve evenly at every level; prefer {max(factor, value // factor * factor)}")
     return warnings
+
+
+def unet_down_factor(bcfg: DictConfig) -> int:
+    """The image side by which every UNet level stays whole: 8 x 2^(levels - 1), read from the UNet's
+    ``config.json`` (``block_out_channels``) when ``backbone.pretrained`` is a local diffusers folder,
+    else :data:`UNET_FACTOR`. Reads one small file; no weights."""
+    import json
+
+    from relgen.backbones.loading import resolve_pretrained
+
+    if bcfg.get("tiny") or not bcfg.get("pretrained"):
+        return UNET_FACTOR
+    try:
+        path = Path(resolve_pretrained(bcfg)).expanduser() / "unet" / "config.json"
+        levels = len(json.loads(path.read_text())["block_out_channels"])
+    except (RelgenError, OSError, ValueError, KeyError, TypeError):  # a hub id, or no readable config
+        return UNET_FACTOR
+    return VAE_FACTOR * 2 ** (levels - 1) if levels >= 1 else UNET_FACTOR
 
 
 def check_optimizer(cfg: DictConfig) -> Optional[list[str]]:

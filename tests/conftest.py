@@ -56,8 +56,8 @@ if "RELGEN_CACHE" not in os.environ:
     os.environ["RELGEN_CACHE"] = tempfile.mkdtemp(prefix="relgen-test-cache-")
 
 
-# The helpers a plugin author uses too live in the package (relgen.testing); tests import
-# them from here or from there.
+# The helpers a plugin author uses too live in the package (relgen.testing), and the tests
+# import them from there; they stay importable from here for code that still does.
 from relgen.testing import compose, load_tiny, run_relgen, short_run, synthetic_data  # noqa: E402,F401
 
 

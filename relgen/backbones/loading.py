@@ -137,6 +137,30 @@ def _missing_weights(cfg: BackboneConfig, source: str, exc: Exception) -> Relgen
         "is network access, or set backbone.pretrained=/path/to/diffusers-folder or /path/to/model.safetensors")
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _unreadable(cfg: BackboneConfig, subfolder: Path, what: str, exc: Exception) -> RelgenError:
+    """One line naming the file of a local diffusers folder that could not be read."""
+    named = getattr(exc, "filename", None)
+    files = sorted(p for p in subfolder.glob("*") if p.suffix in (".safetensors", ".bin", ".json", ".txt"))
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin")]
+    if named:
+        path = Path(named)
+    elif not subfolder.is_dir():
+        return RelgenError(f"backbone {cfg.name}: {subfolder} is missing (the {what} of the diffusers folder); "
+                           "point backbone.pretrained at a complete save_pretrained folder")
+    elif len(weights) == 1:
+        path = weights[0]
+    else:
+        path = subfolder
+    return RelgenError(f"backbone {cfg.name}: {path}: cannot read the {what} ({_first_line(exc)}); the file is "
+                       "truncated, damaged or unreadable: copy it again, or point backbone.pretrained at a "
+                       "good diffusers folder")
+
+
 def _load_folder(cfg: BackboneConfig, source: str) -> dict:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -147,19 +171,27 @@ def _load_folder(cfg: BackboneConfig, source: str) -> dict:
                           "point backbone.pretrained at the folder that save_pretrained wrote")
     src = str(local) if local.exists() else source
     kw = dict(revision=cfg.revision) if not local.exists() and cfg.revision else {}
-    try:
-        tok_kw = dict(kw)
-        tokenizers = [CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **tok_kw)]
-        encoders = [CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kw)]
-        if cfg.family == "sdxl":
-            tokenizers.append(CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **tok_kw))
-            encoders.append(CLIPTextModelWithProjection.from_pretrained(src, subfolder="text_encoder_2", **kw))
-        variant = dict(variant=cfg.variant) if cfg.variant else {}
-        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw, **variant)
-        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", **kw, **variant)
-        scheduler_config = dict(DDPMScheduler.load_config(src, subfolder="scheduler", **kw))
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise _missing_weights(cfg, source, exc) from exc
+    folder = local if local.exists() else None
+
+    def part(subfolder: str, what: str, load):
+        try:
+            return load(src, subfolder=subfolder, **kw)
+        except Exception as exc:  # noqa: BLE001 - safetensors, torch and the hub each raise their own types
+            if folder is not None:  # a local folder: name the file that could not be read
+                raise _unreadable(cfg, folder / subfolder, what, exc) from exc
+            if isinstance(exc, (OSError, ValueError)):
+                raise _missing_weights(cfg, source, exc) from exc
+            raise
+
+    tokenizers = [part("tokenizer", "tokenizer", CLIPTokenizer.from_pretrained)]
+    encoders = [part("text_encoder", "text encoder", CLIPTextModel.from_pretrained)]
+    if cfg.family == "sdxl":
+        tokenizers.append(part("tokenizer_2", "second tokenizer", CLIPTokenizer.from_pretrained))
+        encoders.append(part("text_encoder_2", "second text encoder", CLIPTextModelWithProjection.from_pretrained))
+    variant = dict(variant=cfg.variant) if cfg.variant else {}
+    unet = part("unet", "UNet", lambda *a, **k: UNet2DConditionModel.from_pretrained(*a, **k, **variant))
+    vae = part("vae", "VAE", lambda *a, **k: AutoencoderKL.from_pretrained(*a, **k, **variant))
+    scheduler_config = dict(part("scheduler", "scheduler config", DDPMScheduler.load_config))
     return dict(tokenizers=tokenizers, text_encoders=encoders, unet=unet, vae=vae,
                 noise_scheduler=_training_scheduler(scheduler_config), scheduler_config=scheduler_config)
 

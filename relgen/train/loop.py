@@ -19,6 +19,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -332,23 +333,42 @@ class _MetricsWriter:
                 self.fields = next(csv.reader(f), None)
 
     def write(self, step: int, logs: dict[str, float]) -> None:
-        if self.fields is None:
-            self.fields = ["step"] + sorted(logs)
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(self.fields)
-        new = sorted(set(logs) - set(self.fields))
-        if new:  # a key first logged after step 1: widen the header, earlier rows get empty cells
-            with open(self.path, newline="") as f:
-                rows = list(csv.reader(f))[1:]
-            self.fields = self.fields + new
-            tmp = self.path.with_suffix(".csv.tmp")
+        """Append the row of ``step``; a failed write leaves the file as it was and is one line."""
+        from relgen.errors import write_error
+
+        fields = self.fields
+        try:
+            if fields is None or set(logs) - set(fields):
+                # a new header (the first row, or a key first logged after step 1: earlier rows get
+                # empty cells), written whole to a temporary file and renamed over the old one
+                rows = []
+                if fields is not None:
+                    with open(self.path, newline="") as f:
+                        rows = list(csv.reader(f))[1:]
+                fields = (fields or ["step"]) + sorted(set(logs) - set(fields or ["step"]))
+                self._replace([fields] + [row + [""] * (len(fields) - len(row)) for row in rows])
+                self.fields = fields
+            size = self.path.stat().st_size
+            try:
+                with open(self.path, "a", newline="") as f:
+                    csv.writer(f).writerow([step] + [_fmt(logs.get(k)) for k in fields[1:]])
+            except OSError:
+                try:  # no half row for a resume to read
+                    os.truncate(self.path, size)
+                except OSError:
+                    pass
+                raise
+        except OSError as exc:
+            raise write_error(exc, self.path, f"metrics row of step {step}") from exc
+
+    def _replace(self, rows: list[list]) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        try:
             with open(tmp, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(self.fields)
-                writer.writerows(row + [""] * (len(self.fields) - len(row)) for row in rows)
+                csv.writer(f).writerows(rows)
             tmp.replace(self.path)
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([step] + [_fmt(logs.get(k)) for k in self.fields[1:]])
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def close(self) -> None:
         pass

@@ -6,7 +6,7 @@ Run with ``pytest -m gpu`` on a machine with CUDA; deselected by default.
 import pytest
 import torch
 
-from conftest import compose
+from relgen.testing import compose
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA accelerator")]

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import run_relgen
+from relgen.testing import run_relgen
 
 FIXTURE_PLUGIN = Path(__file__).resolve().parents[1] / "fixtures" / "relgen_demo_plugin"
 

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_relgen
 from relgen.errors import ConfigError, DataError
 from relgen.evaluate import tiny
 from relgen.evaluate.harness import evaluate
+from relgen.testing import run_relgen
 
 PROMPTS = {"name": "shapes", "prompts": [
     {"text": "red circle {} blue square", "readable": "red circle above blue square", "a": "red circle",
@@ -26,8 +26,8 @@ WORDS = ["red", "circle", "blue", "square", "above"]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from conftest import compose
     from relgen.run import run_training
+    from relgen.testing import compose
 
     root = tmp_path_factory.mktemp("evaluate")
     assert run_training(compose("trainer=debug", "trainer.sample_at_end=false"), str(root / "run")) == 0

@@ -93,6 +93,19 @@ def test_rrnet_gat_imports_with_its_words(tmp_path, capsys):
     line = _one_error(capsys, import_main(["method=rrnet", f"file={wrong}", "backbone=tiny_sd21",
                                            f"run_dir={tmp_path / 'no'}"]))
     assert str(wrong) in line and not (tmp_path / "no").exists()
+    # a network of another width (SD 2.1-base's 1024 here 64) and one with other key names
+    wide = tmp_path / "gat_wide"
+    torch.save(RelationGAT(64, 64, hidden=512, heads=2).state_dict(), wide)
+    line = _one_error(capsys, import_main(["method=rrnet", f"file={wide}", "backbone=tiny_sd21",
+                                           f"run_dir={tmp_path / 'no'}"]))
+    assert line.startswith(f"relgen: error: {wide}: key 'conv1.mods.link_oe.fc.weight' has shape (1024, 64)")
+    assert "takes 64-wide text features and backbone tiny_sd21's are 32-wide" in line
+    renamed = tmp_path / "gat_renamed"
+    torch.save({k.replace("conv1.", "layer1."): v for k, v in gnn.state_dict().items()}, renamed)
+    line = _one_error(capsys, import_main(["method=rrnet", f"file={renamed}", "backbone=tiny_sd21",
+                                           f"run_dir={tmp_path / 'no'}"]))
+    assert line.startswith(f"relgen: error: {renamed}: missing key 'conv1.")
+    assert "-wide" not in line and not (tmp_path / "no").exists()
 
 
 def test_relationbooth_lora_and_ms_adapter_import(tmp_path, capsys):
@@ -102,7 +115,10 @@ def test_relationbooth_lora_and_ms_adapter_import(tmp_path, capsys):
                     "trainer.max_steps=1")
     export = run / "export"
     adapter = tmp_path / "ms_adapter.bin"  # MS-Diffusion's layout: nested dicts, torch.save
-    torch.save(dict(_read_adapter_file(export / "image_branch.safetensors")), adapter)
+    official = dict(_read_adapter_file(export / "image_branch.safetensors"))
+    # as DreamRelation's copy saves them: the resampler's keys prefixed with "resampler."
+    official["image_proj"] = {f"resampler.{k}": v for k, v in official["image_proj"].items()}
+    torch.save(official, adapter)
     lora = export / "pytorch_lora_weights.safetensors"
     encoder = f"method.image_encoder={export / 'image_encoder'}"
     heads = "method.resampler_heads=4"  # the tiny branch's (method.tiny.resampler_heads)
@@ -129,3 +145,53 @@ def test_relationbooth_lora_and_ms_adapter_import(tmp_path, capsys):
                                            f"run_dir={tmp_path / 'no'}"]))
     assert str(adapter) in line and "64-wide" in line and "32-wide" in line
     assert not (tmp_path / "no").exists()
+
+    # wrongly shaped files of both kinds: one line naming the file (and the key), nothing written
+    from safetensors.torch import save_file
+
+    def adapter_with(name, edit):
+        raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in official.items()}
+        edit(raw)
+        torch.save(raw, tmp_path / name)
+        return tmp_path / name
+
+    proc_key = sorted(official["ms_adapter"])[0]  # e.g. "1.to_k_ip.weight"
+    cases = {
+        adapter_with("narrow_proc.bin", lambda r: r["ms_adapter"].update({proc_key: torch.zeros(64, 8)})):
+            f"key 'ms_adapter.{proc_key}' has shape (64, 8) but",
+        adapter_with("bad_resampler.bin", lambda r: r["image_proj"].update(
+            {"resampler.proj_out.weight": torch.zeros(64, 8)})):
+            "image_proj (resampler) weights do not fit together (size mismatch for proj_out.weight",
+        adapter_with("flat_dummy.bin", lambda r: r.update(dummy_image_tokens=torch.zeros(4, 64))):
+            "'dummy_image_tokens' is (4, 64); expected (1, num_dummy_tokens, cross_attention_dim)",
+        adapter_with("tensor_proj.bin", lambda r: r.update(image_proj=torch.zeros(3))):
+            "'image_proj' is a Tensor, not a state dict of tensors",
+    }
+    for path, message in cases.items():
+        line = _one_error(capsys, import_main(["method=relationbooth", f"file={path}", encoder, heads,
+                                               "backbone=tiny_sdxl", f"run_dir={tmp_path / 'no'}"]))
+        assert line.startswith(f"relgen: error: {path}: ") and message in line, line
+    official_lora = load_file(str(lora))
+    up = next(k for k in sorted(official_lora) if k.endswith("attn2.to_k.lora.up.weight"))
+    loras = {
+        "narrow_lora.safetensors": ({**official_lora, up: torch.zeros(8, official_lora[up].shape[1])},
+                                    f"key '{up}' has shape (8, "),
+        "renamed_lora.safetensors": ({k.replace("unet.down_blocks.", "unet.input_blocks."): v
+                                      for k, v in official_lora.items()}, "names no linear layer of the UNet"),
+    }
+    for name, (state, message) in loras.items():
+        save_file(state, str(tmp_path / name))
+        line = _one_error(capsys, import_main(["method=relationbooth", f"file={tmp_path / name}",
+                                               f"method.ms_adapter={adapter}", encoder, heads, "backbone=tiny_sdxl",
+                                               f"run_dir={tmp_path / 'no'}"]))
+        assert line.startswith(f"relgen: error: {tmp_path / name}: ") and message in line, line
+    assert not (tmp_path / "no").exists()
+    # a LoRA that gets past the import (here swapped in afterwards) still fails in one line naming it
+    from relgen.testing import load_tiny
+
+    art = relgen.load(both).artifact
+    art.lora_file = tmp_path / "narrow_lora.safetensors"
+    with pytest.raises(RelgenError) as info:
+        art.apply(load_tiny("tiny_sdxl").pipeline())
+    assert str(info.value).startswith(f"{art.lora_file}: the LoRA does not fit this pipeline's UNet (size mismatch")
+    assert "\n" not in str(info.value)

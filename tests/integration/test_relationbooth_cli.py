@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose, grid_cells, local_weights, run_relgen as _run_relgen
+from conftest import grid_cells, local_weights
 from relgen.errors import DataError
 from relgen.run import run_training
+from relgen.testing import compose, run_relgen as _run_relgen
 
 CAL = "method.cal_max_side_fraction=0.5"  # selects the tiny UNets' 4 x 4 layers
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose, grid_cells, run_relgen
+from conftest import grid_cells
+from relgen.testing import compose, run_relgen
 
 SWEEP_JOBS = [
     "method.steer_loss_weight=0,method.timestep_sampler=relation_focal,method=reversion,trainer=debug",

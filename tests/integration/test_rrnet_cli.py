@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import compose, grid_cells, run_relgen as _run_relgen
+from conftest import grid_cells
 from relgen.run import run_training
+from relgen.testing import compose, run_relgen as _run_relgen
 
 
 def run_relgen(*args: str, **kwargs):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_relgen
+from relgen.testing import run_relgen
 
 # A run that waits at its first step until the test lets it go.
 HOLDER = r'''
@@ -63,8 +63,8 @@ def test_a_second_run_in_a_busy_folder_stops_at_once(tmp_path):
 def test_under_torchrun_rank_zero_names_and_locks_one_folder(tmp_path):
     """Two gloo processes, default run name: one folder (rank 0's), and a folder locked by
     another process refuses the whole launch naming that process."""
-    from conftest import load_tiny
     from relgen.rundir import RunLock
+    from relgen.testing import load_tiny
 
     load_tiny("tiny_sd15")  # built once here: two ranks building it into one cache at once race
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "relgen",

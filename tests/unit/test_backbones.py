@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from conftest import compose, load_tiny
 from relgen.errors import ConfigError, RelgenError
+from relgen.testing import compose, load_tiny
 
 
 @pytest.mark.parametrize("name,pad_is_bang,n_enc,width", [

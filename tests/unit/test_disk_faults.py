@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import compose
 from relgen.errors import WriteError
 from relgen.run import run_training
+from relgen.testing import compose
 from relgen.train import checkpoint as ckpt
 
 TI = ["method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
@@ -21,9 +21,22 @@ def _full_disk():
     return OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_a_full_disk_at_the_third_checkpoint_then_an_exact_resume(tmp_path, monkeypatch):
-    straight, faulty = tmp_path / "straight", tmp_path / "faulty"
-    assert run_training(compose(*TI), straight) == 0
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The run without faults, for the resumed runs to be compared with."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    assert run_training(compose(*TI), run) == 0
+    return run
+
+
+def _same_export(a_run, b_run):
+    a = load_file(str(a_run / "export" / "learned_embeds.safetensors"))
+    b = load_file(str(b_run / "export" / "learned_embeds.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_full_disk_at_the_third_checkpoint_then_an_exact_resume(tmp_path, monkeypatch, straight):
+    faulty = tmp_path / "faulty"
     real = ckpt._write_payload
 
     def filling(path, payload):
@@ -43,9 +56,59 @@ def test_a_full_disk_at_the_third_checkpoint_then_an_exact_resume(tmp_path, monk
     assert ckpt.load_checkpoint(faulty / "checkpoints" / "step-000002")["step"] == 2
     monkeypatch.setattr(ckpt, "_write_payload", real)  # space freed
     assert run_training(compose(*TI, "resume=latest"), faulty) == 0
-    a = load_file(str(straight / "export" / "learned_embeds.safetensors"))
-    b = load_file(str(faulty / "export" / "learned_embeds.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _same_export(straight, faulty)
+
+
+def test_a_full_disk_at_a_metrics_row_then_an_exact_resume(tmp_path, monkeypatch, straight):
+    import builtins
+
+    from relgen.train import loop
+
+    faulty = tmp_path / "faulty"
+    appends = []
+
+    def filling(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        if str(file).endswith("metrics.csv") and mode == "a":
+            appends.append(file)
+            if len(appends) == 3:  # the row of step 3: half of it reaches the disk
+                f.write("3,0.")
+                f.close()
+                raise _full_disk()
+        return f
+
+    monkeypatch.setattr(loop, "open", filling, raising=False)
+    with pytest.raises(WriteError) as info:
+        run_training(compose(*TI), faulty)
+    assert str(info.value) == (f"{faulty / 'metrics.csv'}: cannot write the metrics row of step 3 (No space left "
+                               "on device); free some space (or choose another output_root / cache_dir), then run "
+                               "again with resume=latest")
+    rows = (faulty / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "1", "2"]  # no half row
+    assert ckpt.load_checkpoint(ckpt.checkpoint_dirs(faulty)[-1])["step"] == 2
+    monkeypatch.undo()  # space freed
+    assert run_training(compose(*TI, "resume=latest"), faulty) == 0
+    _same_export(straight, faulty)
+    assert (faulty / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+
+
+def test_a_truncated_weights_file_is_one_line_naming_it(tmp_path):
+    import shutil
+
+    from relgen.backbones.loading import load_backbone, materialize_tiny
+    from relgen.errors import RelgenError
+
+    folder = tmp_path / "tiny_sd15"
+    shutil.copytree(materialize_tiny(compose("backbone=tiny_sd15").backbone), folder)
+    weights = folder / "text_encoder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy that stopped half-way
+    with pytest.raises(RelgenError) as info:
+        load_backbone(compose("backbone=sd15", f"backbone.pretrained={folder}").backbone)
+    text = str(info.value)
+    assert text.startswith(f"backbone sd15: {weights}: cannot read the text encoder (SafetensorError: ")
+    assert text.endswith("the file is truncated, damaged or unreadable: copy it again, or point "
+                         "backbone.pretrained at a good diffusers folder")
+    assert "\n" not in text
 
 
 def test_a_full_disk_at_the_config_or_the_png_leaves_nothing_half_written(tmp_path, monkeypatch):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose
 from relgen.data.images import check_images, open_rgb
 from relgen.errors import DataError
 from relgen.run import run_training
+from relgen.testing import compose
 
 
 def test_a_16_bit_png_is_read_to_the_right_values(tmp_path):
@@ -74,8 +74,8 @@ def test_a_template_whose_token_falls_past_77_tokens_is_refused(tmp_path):
 
 
 def test_generate_warns_on_a_truncated_prompt():
-    from conftest import load_tiny
     from relgen.generate import GenerationOptions, render
+    from relgen.testing import load_tiny
 
     bb = load_tiny("tiny_sd15")
 

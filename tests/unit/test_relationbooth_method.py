@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose, load_tiny
 from relgen.errors import DataError, RelgenError
 from relgen.methods.base import StepContext
+from relgen.testing import compose, load_tiny
 
 GEN_OFF = "trainer.sample_at_end=false"
 

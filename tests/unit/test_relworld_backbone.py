@@ -14,7 +14,7 @@ from relgen.backbones.loading import load_backbone
 from relgen.relworld import world as rw
 from relgen.data._tiny_tokenizer import bytes_to_unicode
 from relgen.errors import ConfigError, RelgenError
-from conftest import compose
+from relgen.testing import compose
 
 CAPTIONS = [rw.pretraining_item(rw.WorldSpec(), 0, i)[1] for i in range(400)]
 

@@ -6,7 +6,7 @@ import pytest
 
 from relgen.data.registry import open_dataset
 from relgen.errors import ConfigError
-from conftest import compose
+from relgen.testing import compose
 
 
 def test_relworld_reversion_defaults_to_the_heldout_relation(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from conftest import compose
 from relgen.errors import ConfigError, RelgenError
 from relgen.run import run_training
+from relgen.testing import compose
 from relgen.train import checkpoint as ckpt
 from relgen.train import drift
 

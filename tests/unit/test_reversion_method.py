@@ -6,11 +6,11 @@ import warnings
 import pytest
 import torch
 
-from conftest import compose
 from relgen.errors import ConfigError, RelgenError
 from relgen.methods.base import StepContext
 from relgen.methods.reversion.losses import steering_loss
 from relgen.methods.reversion.words import excluded_token_ids
+from relgen.testing import compose
 from relgen.train.timesteps import make_timestep_sampler
 
 SAMPLE_NORM = 2.0933  # L2 norm of the published painted_on <R> vector
@@ -323,7 +323,7 @@ def wide_pipeline(width: int = 768):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from conftest import load_tiny
+    from relgen.testing import load_tiny
 
     bb = load_tiny("tiny_sd15")
     tok = bb.slots[0].tokenizer

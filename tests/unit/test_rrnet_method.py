@@ -10,7 +10,6 @@ import warnings
 import pytest
 import torch
 
-from conftest import compose, load_tiny
 from relgen.data.readers import read_rrnet_folder
 from relgen.data.registry import open_dataset
 from relgen.errors import ConfigError
@@ -18,6 +17,7 @@ from relgen.graph._dgl import import_dgl
 from relgen.methods.base import StepContext
 from relgen.methods.rrnet.artifact import RRNetArtifact, first_token_rows, rectify
 from relgen.methods.rrnet.method import RRNet, pair_loss
+from relgen.testing import compose, load_tiny
 from relgen.train.timesteps import make_timestep_sampler
 
 PAIRS = [("ARB", "BRA"), ("ARB", "A"), ("ARB", "B"), ("BRA", "B"), ("BRA", "A")]

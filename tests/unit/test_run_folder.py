@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose
 from relgen import rundir
 from relgen.errors import ConfigError, RelgenError
 from relgen.run import claim_run_dir, run_training
+from relgen.testing import compose
 from relgen.train import checkpoint as ckpt
 
 TI = ["method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import compose, load_tiny
+from relgen.testing import compose, load_tiny
 
 
 def _method(backbone_name: str, tmp_path):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import compose
 from relgen.errors import ConfigError, RelgenError
 from relgen.run import run_training
+from relgen.testing import compose
 from relgen.train import checkpoint as ckpt
 
 TI = ["method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
@@ -98,7 +98,7 @@ def slow(path, payload):
     real(path, payload)
 ck._write_payload = slow
 sys.path.insert(0, sys.argv[3])
-from conftest import compose
+from relgen.testing import compose
 from relgen.run import run_training
 run_training(compose(*sys.argv[4:]), Path(sys.argv[1]))
 '''
@@ -136,7 +136,7 @@ def test_scale_lr_counts_processes():
 
 
 def test_long_prompt_warns_with_what_was_cut():
-    from conftest import load_tiny
+    from relgen.testing import load_tiny
 
     bb = load_tiny("tiny_sd15")
     with pytest.warns(UserWarning, match=r"longer than 77 tokens and was cut"):

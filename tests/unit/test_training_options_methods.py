@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from conftest import compose
 from relgen.methods.base import StepContext
+from relgen.testing import compose
 from relgen.train.losses import make_weighting, min_snr_weights, snr
 
 #: method -> its default tiny family (conf/method/<name>.yaml)

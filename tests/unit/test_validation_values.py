@@ -3,9 +3,9 @@ the accepted range; ``dataset.resolution`` sets the training resolution."""
 
 import pytest
 
-from conftest import compose
 from relgen.errors import ConfigError
 from relgen.run import run_training
+from relgen.testing import compose
 from relgen.validation import validate
 
 TI = ["method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
@@ -104,6 +104,27 @@ def test_resolution_off_64_warns_and_defaults_pass(caplog, tmp_path):
     warnings = validate(_with(compose(*TI), "method.resolution=72"))
     assert warnings == ["method.resolution=72 is not a multiple of 64: the UNet's feature maps do not halve "
                         "evenly at every level; prefer 64"]
+
+
+def test_the_unet_down_factor_is_read_from_a_local_folder(tmp_path):
+    import json
+    import shutil
+
+    from conftest import local_weights
+
+    tiny = tmp_path / "tiny"  # two UNet levels: 8 x 2 = 16
+    shutil.copytree(local_weights("tiny_sd15"), tiny)
+    local = ["backbone=sd15", f"backbone.pretrained={tiny}"]
+    assert validate(compose(*TI, *local, "method.resolution=48")) == []
+    assert validate(compose(*TI, *local, "method.resolution=72")) == [
+        "method.resolution=72 is not a multiple of 16: the UNet's feature maps do not halve evenly at every "
+        "level; prefer 64"]
+    config = tiny / "unet" / "config.json"  # four levels, as SD 1.5's UNet: 8 x 2^3 = 64
+    unet = json.loads(config.read_text())
+    config.write_text(json.dumps(dict(unet, block_out_channels=[32, 64, 64, 64])))
+    assert validate(compose(*TI, *local, "method.resolution=48")) == [
+        "method.resolution=48 is not a multiple of 64: the UNet's feature maps do not halve evenly at every "
+        "level; prefer 64"]
 
 
 def test_an_invalid_lr_fails_before_anything_is_written(tmp_path):

@@ -116,8 +116,8 @@ class RelationBoothArtifact(Artifact):
         try:
             branch.resampler.load_state_dict(resampler, strict=True)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise RelgenError(f"{export_dir / BRANCH_FILE}: resampler weights do not fit {SPEC_FILE} ({first})") from exc
+            raise RelgenError(f"{export_dir / BRANCH_FILE}: resampler weights do not fit {SPEC_FILE} "
+                              f"({_first_detail(exc)})") from exc
         with torch.no_grad():
             branch.dummy_tokens.copy_(flat["dummy_image_tokens"])
         return cls(branch, info.get("generation", {}), info.get("samples", []), lora_file=lora_file,
@@ -145,16 +145,14 @@ class RelationBoothArtifact(Artifact):
         from relgen.methods.relationbooth.branch import (BranchSpec, branch_from_spec, load_image_encoder,
                                                          load_local_encoder)
         from relgen.methods.relationbooth.config import RELEASED_IMAGE_ENCODER, RelationBoothConfig
-        from relgen.methods.relationbooth.convert import _read_adapter_file
+        from relgen.methods.relationbooth.convert import _read_adapter_file, check_adapter_layout
 
         lora, ms_adapter = Path(lora), Path(ms_adapter)
         for path in (lora, ms_adapter):
             if not path.is_file():
                 raise RelgenError(f"{path}: not found")
         raw = _read_adapter_file(ms_adapter)  # its processors are matched to a UNet in apply()
-        for entry in ("image_proj", "dummy_image_tokens"):
-            if entry not in raw:
-                raise RelgenError(f"{ms_adapter}: missing top-level key '{entry}'")
+        check_adapter_layout(raw, str(ms_adapter))
         resampler = {(k[len("resampler."):] if k.startswith("resampler.") else k): v
                      for k, v in raw["image_proj"].items()}
         dummy = raw["dummy_image_tokens"]
@@ -178,7 +176,14 @@ class RelationBoothArtifact(Artifact):
                           reference_resize=defaults.reference_resize, clip_mean=list(defaults.clip_mean),
                           clip_std=list(defaults.clip_std))
         branch = branch_from_spec(spec, encoder, local)
-        branch.resampler.load_state_dict(resampler, strict=True)
+        try:
+            branch.resampler.load_state_dict(resampler, strict=True)
+        except RuntimeError as exc:  # a key whose shape does not follow from the others
+            raise RelgenError(f"{ms_adapter}: its image_proj (resampler) weights do not fit together "
+                              f"({_first_detail(exc)})") from exc
+        if dummy.shape[-1] != spec_resampler["output_dim"]:
+            raise RelgenError(f"{ms_adapter}: 'dummy_image_tokens' is {dummy.shape[-1]}-wide but the resampler's "
+                              f"image tokens are {spec_resampler['output_dim']}-wide")
         with torch.no_grad():
             branch.dummy_tokens.copy_(dummy)
         gen = {"negative_prompt": defaults.negative_prompt, "default_box_y": list(defaults.default_box_y),
@@ -202,8 +207,13 @@ class RelationBoothArtifact(Artifact):
         self.branch.install(unet)
         if self.lora_file is not None and ADAPTER_NAME not in (getattr(unet, "peft_config", None) or {}):
             # DreamRelation's LoRA and ours are diffusers-format files with unet.-prefixed keys
-            pipe.load_lora_weights(str(self.lora_file.parent), weight_name=self.lora_file.name,
-                                   adapter_name=ADAPTER_NAME)
+            try:
+                pipe.load_lora_weights(str(self.lora_file.parent), weight_name=self.lora_file.name,
+                                       adapter_name=ADAPTER_NAME)
+            except (RuntimeError, ValueError, KeyError) as exc:  # diffusers/peft: keys or shapes do not fit
+                raise RelgenError(f"{self.lora_file}: the LoRA does not fit this pipeline's UNet "
+                                  f"({_first_detail(exc)}); "
+                                  "use the backbone it was trained on") from exc
         self.branch.to(unet.device)
         self.branch.cast_encoders(unet.dtype)
 
@@ -306,6 +316,14 @@ class RelationBoothArtifact(Artifact):
 
     def sample_prompts(self) -> list[str]:
         return [s["prompt"] for s in self.samples]
+
+
+def _first_detail(exc: Exception) -> str:
+    """The first informative line of a ``load_state_dict`` error (its first line only names the module)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
 
 
 def resampler_sizes_from_state_dict(state: dict, heads: int, fourier_freqs: int, fourier_temperature: float,

@@ -28,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -249,6 +249,7 @@ def _read_adapter_file(path: Path) -> Mapping[str, Any]:
 def load_ms_adapter(
     path_or_state_dict: str | os.PathLike | Mapping[str, Any],
     processor_names: Sequence[str],
+    source: Optional[str] = None,
 ) -> MSAdapterWeights:
     """Split an MS-Diffusion adapter checkpoint into its parts.
 
@@ -261,6 +262,7 @@ def load_ms_adapter(
             with ``image_proj.``/``ms_adapter.``-prefixed keys, or the loaded dict itself, with
             top-level ``image_proj``, ``ms_adapter`` and ``dummy_image_tokens``.
         processor_names: ``list(unet.attn_processors)`` of the target UNet.
+        source: Name used in error messages (default: the path, or "ms_adapter state dict").
 
     Returns:
         The resampler state dict (a ``resampler.`` key prefix is stripped), per-processor weights
@@ -271,13 +273,11 @@ def load_ms_adapter(
             UNet's cross-attention processors; the message names the file and the key.
     """
     if isinstance(path_or_state_dict, Mapping):
-        source, raw = "ms_adapter state dict", path_or_state_dict
+        source, raw = source or "ms_adapter state dict", path_or_state_dict
     else:
         path = Path(path_or_state_dict)
-        source, raw = str(path), _read_adapter_file(path)
-    for entry in ("image_proj", "ms_adapter", "dummy_image_tokens"):
-        if entry not in raw:
-            raise RelgenError(f"{source}: missing top-level key '{entry}'")
+        source, raw = source or str(path), _read_adapter_file(path)
+    check_adapter_layout(raw, source)
 
     resampler = {(k[len("resampler.") :] if k.startswith("resampler.") else k): v for k, v in raw["image_proj"].items()}
 
@@ -301,3 +301,91 @@ def load_ms_adapter(
     # keep attn_processors order
     ordered = {names[i]: processors[names[i]] for i in sorted(cross)}
     return MSAdapterWeights(resampler=resampler, processors=ordered, dummy_image_tokens=raw["dummy_image_tokens"])
+
+
+def check_adapter_layout(raw: Any, source: str) -> None:
+    """Check the top level of an MS-Diffusion adapter: ``image_proj`` and ``ms_adapter`` state dicts
+    and ``dummy_image_tokens`` of shape ``(1, num_dummy_tokens, cross_attention_dim)``.
+
+    Raises:
+        RelgenError: The first entry that is missing or of the wrong kind; the message names ``source``.
+    """
+    if not isinstance(raw, Mapping):
+        raise RelgenError(f"{source}: expected MS-Diffusion's adapter dict, got a {type(raw).__name__}; "
+                          "give ms_adapter.bin")
+    for entry in ("image_proj", "ms_adapter", "dummy_image_tokens"):
+        if entry not in raw:
+            raise RelgenError(f"{source}: missing top-level key '{entry}' (not an MS-Diffusion ms_adapter.bin)")
+    for entry in ("image_proj", "ms_adapter"):
+        group = raw[entry]
+        if not isinstance(group, Mapping):
+            raise RelgenError(f"{source}: '{entry}' is a {type(group).__name__}, not a state dict of tensors")
+        bad = next((k for k, v in group.items() if not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise RelgenError(f"{source}: '{entry}.{bad}' is a {type(group[bad]).__name__}, not a tensor")
+    dummy = raw["dummy_image_tokens"]
+    if not isinstance(dummy, torch.Tensor) or dummy.ndim != 3 or dummy.shape[0] != 1:
+        shape = tuple(dummy.shape) if isinstance(dummy, torch.Tensor) else type(dummy).__name__
+        raise RelgenError(f"{source}: 'dummy_image_tokens' is {shape}; expected (1, num_dummy_tokens, "
+                          "cross_attention_dim)")
+
+
+def check_adapter_fits_unet(weights: MSAdapterWeights, unet: nn.Module, source: str) -> None:
+    """Check each processor's ``to_k_ip``/``to_v_ip`` against its attention's ``to_k``/``to_v``.
+
+    MS-Diffusion's image key/value layers have the shapes of the text ones they are initialised
+    from, so ``unet`` may be a skeleton on the ``meta`` device (no weights needed).
+
+    Raises:
+        RelgenError: The first weight whose shape does not fit; the message names ``source`` and the key.
+    """
+    names = list(unet.attn_processors)
+    for name, params in weights.processors.items():
+        attn = unet.get_submodule(name[: -len(".processor")])
+        for param, value in params.items():
+            ref = getattr(attn, param.split(".")[0].replace("_ip", "")).weight
+            if tuple(value.shape) != tuple(ref.shape):
+                raise RelgenError(f"{source}: key 'ms_adapter.{names.index(name)}.{param}' has shape "
+                                  f"{tuple(value.shape)} but '{name}' needs {tuple(ref.shape)}; the adapter is "
+                                  "for another UNet (import it with the backbone it was trained on)")
+
+
+_LORA_KEY = re.compile(r"^unet\.(.+)\.(lora\.down|lora\.up|lora_A|lora_B)\.weight$")
+
+
+def check_lora_fits_unet(state: Mapping[str, torch.Tensor], unet: nn.Module, source: str) -> None:
+    """Check a diffusers-format UNet LoRA (``unet.<module>.lora.{down,up}.weight`` or
+    ``….lora_{A,B}.weight``) key by key against ``unet`` (which may be a ``meta`` skeleton).
+
+    Other keys (alphas, kohya names) are left to diffusers' loader.
+
+    Raises:
+        RelgenError: A key names no linear layer of the UNet, or a shape does not fit it; the
+            message names ``source`` and the key.
+    """
+    ranks: dict[str, int] = {}
+    for key, value in state.items():
+        match = _LORA_KEY.match(key)
+        if match is None:
+            continue
+        module_name, part = match.groups()
+        try:
+            module = unet.get_submodule(module_name)
+        except AttributeError:
+            module = None
+        if not isinstance(module, nn.Linear):
+            raise RelgenError(f"{source}: key '{key}' names no linear layer of the UNet "
+                              f"('{module_name}'); the LoRA is for another UNet")
+        down = part in ("lora.down", "lora_A")
+        if value.ndim != 2:
+            raise RelgenError(f"{source}: key '{key}' has shape {tuple(value.shape)}; a LoRA weight is 2-D")
+        rank, width = (value.shape[0], value.shape[1]) if down else (value.shape[1], value.shape[0])
+        expected = module.in_features if down else module.out_features
+        if width != expected:
+            side = "input" if down else "output"
+            raise RelgenError(f"{source}: key '{key}' has shape {tuple(value.shape)} but '{module_name}' has "
+                              f"{expected} {side} features; the LoRA is for another UNet (import it with the "
+                              "backbone it was trained on)")
+        if ranks.setdefault(module_name, rank) != rank:
+            raise RelgenError(f"{source}: the down and up weights of '{module_name}' have different ranks "
+                              f"({ranks[module_name]} and {rank})")
