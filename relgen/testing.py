@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 #: Overrides of :func:`short_run`: two optimizer steps, no progress bar or TensorBoard, no
 #: sample grid (pass ``trainer.sample_at_end=true`` to exercise generation too).
-SHORT_RUN = ("trainer=debug", "trainer.sample_every=0", "trainer.sample_at_end=false")
+SHORT_RUN = ("trainer=debug", "trainer.sample_every=null", "trainer.sample_at_end=false")
 
 
 def compose(*overrides: str):

@@ -275,7 +275,7 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, tra
 
     overrides = [f"method={method}", "backbone=relworld", f"dataset={dataset}", f"dataset.root={root}",
                  f"seed={train_seed}", "trainer.progress=false", "trainer.sample_at_end=false",
-                 "trainer.report_to=[]", "trainer.sample_every=0", "trainer.checkpoint_every=100000", *extra]
+                 "trainer.report_to=[]", "trainer.sample_every=null", "trainer.checkpoint_every=100000", *extra]
     if s.model:
         overrides.append(f"backbone.pretrained={s.model}")
     cfg = compose_run(overrides)
