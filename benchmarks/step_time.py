@@ -51,6 +51,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 METHODS = ["textual_inversion", "reversion", "rrnet", "relationbooth"]
+#: the synthetic dataset each method trains on here (a bare run's default is the relworld one)
+DATASETS = {"textual_inversion": "shapes_reversion", "reversion": "shapes_reversion", "rrnet": "shapes_rrnet",
+            "relationbooth": "shapes_dreamrelation"}
 BACKBONES = ["sd15", "sd21", "sdxl"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -210,8 +213,8 @@ def _build(method_name: str, backbone: str, full: bool, extra=()):
     from relgen.registry import get_method
 
     torch.manual_seed(0)
-    over = [f"method={method_name}", f"backbone=tiny_{backbone}", "trainer.report_to=[]", "trainer.progress=false",
-            *extra]
+    over = [f"method={method_name}", f"backbone=tiny_{backbone}", f"dataset={DATASETS[method_name]}",
+            "trainer.report_to=[]", "trainer.progress=false", *extra]
     if full:
         over += ["backbone.resolution=256", "dataset.size=256"]
     cfg = _compose(over)

@@ -110,7 +110,7 @@ class TrainerConfig:
     checkpoint_every: Optional[int] = None  # overrides method.checkpoint_every
     keep_checkpoints: int = 2
     # a labelled grid samples/step-NNNNNN.png every N steps (diffusers' --validation_steps), so the best
-    # step can be picked; 0 or None: only the final grid
+    # step can be picked; None (null): only the final grid
     sample_every: Optional[int] = 250
     sample_at_end: bool = True
     num_samples: int = 2  # images per sample prompt in the grid

@@ -4,7 +4,8 @@
 
     backbone = load_tiny("tiny_sd15")                   # seeded random weights, SD 1.5 structure
     data = synthetic_data("shapes_reversion")           # the synthetic dataset, read and checked
-    run = short_run(tmp_path / "run", "method=myrel")   # 2 steps of the real loop, in this process
+    # 2 steps of the real loop, in this process, on a named tiny backbone and dataset
+    run = short_run(tmp_path / "run", "method=myrel", "backbone=tiny_sd15", "dataset=shapes_reversion")
 
 Everything runs offline on a CPU in seconds: tiny backbones are built from config once per
 cache folder (``$RELGEN_CACHE``), synthetic datasets are written once by content. Point
@@ -64,8 +65,10 @@ def short_run(run_dir, *overrides: str, steps: Optional[int] = None) -> Path:
 
     Uses :data:`SHORT_RUN` (two steps, no sample grids) followed by ``overrides``, so
     ``short_run(path, "method=myrel", "trainer.sample_at_end=true")`` also renders the final
-    grid. Returns the run folder, which holds ``export/``, ``checkpoints/``, ``metrics.csv``
-    and ``summary.json``.
+    grid. Name the backbone and dataset (``"backbone=tiny_sd15", "dataset=shapes_reversion"``):
+    without them a run takes its method's defaults, for the built-in methods the pretrained
+    relworld model and its data. Returns the run folder, which holds ``export/``,
+    ``checkpoints/``, ``metrics.csv`` and ``summary.json``.
     """
     from relgen.run import run_training
 

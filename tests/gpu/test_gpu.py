@@ -17,7 +17,7 @@ def test_mixed_precision_keeps_trainable_rows_fp32(tmp_path, precision, dtype):
     from relgen.run import run_training
     from relgen.train import checkpoint as ckpt
 
-    cfg = compose("method=textual_inversion", "backbone=tiny_sdxl", "trainer=debug",
+    cfg = compose("method=textual_inversion", "backbone=tiny_sdxl", "dataset=shapes_reversion", "trainer=debug",
                   f"trainer.mixed_precision={precision}", f"backbone.dtype={dtype}")
     assert run_training(cfg, tmp_path) == 0
     state = ckpt.load_checkpoint(ckpt.checkpoint_dirs(tmp_path)[-1])
@@ -46,8 +46,8 @@ def test_adamw8bit_trains_and_resumes_bitwise_on_cuda(tmp_path):
 
     from relgen.run import run_training
 
-    args = ["method=textual_inversion", "backbone=tiny_sd15", "trainer=debug", "method.batch_size=1",
-            "method.grad_accum=1", "trainer.sample_at_end=false", "method.optimizer=adamw8bit",
+    args = ["method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
+            "method.batch_size=1", "method.grad_accum=1", "trainer.sample_at_end=false", "method.optimizer=adamw8bit",
             "method.max_steps=4", "trainer.max_steps=null", "trainer.checkpoint_every=2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_training(compose(*args), straight) == 0

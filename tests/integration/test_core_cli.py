@@ -24,7 +24,7 @@ def _one_error_line(proc):
 
 def test_train_generate_and_load_into_a_diffusers_pipeline(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_relgen("trainer=debug", f"hydra.run.dir={run_dir}")
+    proc = run_relgen("backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "export" in proc.stdout and str(run_dir) in proc.stdout
     for name in ("config.yaml", "metrics.csv", "summary.json", "samples/final.png",
@@ -150,28 +150,30 @@ def test_corrupt_image_and_bad_template(tmp_path):
 
 
 def test_sweep_failing_job_does_not_stop_the_others(tmp_path):
-    proc = run_relgen("-m", "trainer=debug", "trainer.max_steps=1", "dataset=reversion_folder,shapes_reversion",
-                      f"hydra.sweep.dir={tmp_path}", timeout=900)
+    proc = run_relgen("-m", "backbone=tiny_sd15", "trainer=debug", "trainer.max_steps=1",
+                      "dataset=reversion_folder,shapes_reversion", f"hydra.sweep.dir={tmp_path}", timeout=900)
     # job 0 (reversion_folder without root) fails, job 1 still runs; the sweep reports failure
     assert proc.returncode == 2
     suffix = ",trainer.max_steps=1,trainer=debug"  # every job folder is named by its overrides
     # the failed job stopped before training: its folder is gone again
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert jobs == ["dataset=shapes_reversion" + suffix], jobs
+    assert jobs == ["backbone=tiny_sd15,dataset=shapes_reversion" + suffix], jobs
     assert (tmp_path / jobs[0] / "export" / "learned_embeds.safetensors").exists()
     # the job's own one-line error, one line for the sweep, and no traceback
     assert "relgen: error: dataset reversion_folder: set dataset.root= to the dataset folder" in proc.stderr
-    assert (f"relgen: sweep: 1 of 2 jobs failed: #0 dataset=reversion_folder{suffix} (exit 2)"
+    assert (f"relgen: sweep: 1 of 2 jobs failed: #0 backbone=tiny_sd15,dataset=reversion_folder{suffix} (exit 2)"
             in proc.stderr.splitlines())
     assert "Traceback" not in proc.stderr and "JobFailed" not in proc.stderr
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
-    proc = run_relgen("-m", "hydra/launcher=relgen_local", "hydra.launcher.n_jobs=2", "trainer=debug",
-                      "trainer.max_steps=1", "seed=1,2", f"hydra.sweep.dir={tmp_path}", timeout=900)
+    proc = run_relgen("-m", "hydra/launcher=relgen_local", "hydra.launcher.n_jobs=2", "backbone=tiny_sd15",
+                      "dataset=shapes_reversion", "trainer=debug", "trainer.max_steps=1", "seed=1,2",
+                      f"hydra.sweep.dir={tmp_path}", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("seed="))
-    assert [p.name.split(",")[0] for p in jobs] == ["seed=1", "seed=2"]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in jobs] == [f"backbone=tiny_sd15,dataset=shapes_reversion,seed={seed},trainer.max_steps=1,"
+                                      "trainer=debug" for seed in (1, 2)], [p.name for p in jobs]
     a, b = (load_file(str(p / "export" / "learned_embeds.safetensors"))["<R>"] for p in jobs)
     assert not torch.equal(a, b)  # different seeds, different draws
 
@@ -187,7 +189,8 @@ def test_third_party_plugin_through_an_entry_point(tmp_path):
     listing = run_relgen(module="relgen.list", env=env)
     assert "demo_ti" in listing.stdout and "[plugin relgen_demo]" in listing.stdout, listing.stderr
     run_dir = tmp_path / "run"
-    proc = run_relgen("method=demo_ti", "trainer=debug", f"hydra.run.dir={run_dir}", env=env)
+    proc = run_relgen("method=demo_ti", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
+                      f"hydra.run.dir={run_dir}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["method"] == "demo_ti"
     assert (run_dir / "export" / "learned_embeds.safetensors").exists()
@@ -204,7 +207,8 @@ def test_two_process_cpu_run_with_gloo(tmp_path):
     """torchrun --nproc_per_node 2 with trainer.cpu=true: accelerate's MULTI_CPU (gloo); rank 0 owns the run."""
     run_dir = tmp_path / "ddp"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "relgen",
-                           "trainer=debug", "trainer.cpu=true", f"hydra.run.dir={run_dir}"],
+                           "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug", "trainer.cpu=true",
+                           f"hydra.run.dir={run_dir}"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())

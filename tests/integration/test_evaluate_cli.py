@@ -30,7 +30,8 @@ def setup(tmp_path_factory):
     from relgen.testing import compose
 
     root = tmp_path_factory.mktemp("evaluate")
-    assert run_training(compose("trainer=debug", "trainer.sample_at_end=false"), str(root / "run")) == 0
+    assert run_training(compose("backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
+                                "trainer.sample_at_end=false"), str(root / "run")) == 0
     (root / "prompts.json").write_text(json.dumps(PROMPTS))
     models = {"clip": tiny.write_tiny_clip(root / "clip", words=WORDS),
               "owl": tiny.write_tiny_owlv2(root / "owl", words=WORDS),

@@ -23,8 +23,8 @@ def _one_error(capsys, code: int) -> str:
 
 
 def test_model_card_and_intermediate_exports_survive_checkpoint_rotation(tmp_path):
-    run = short_run(tmp_path / "run", "trainer.max_steps=4", "method.export_every=2", "trainer.keep_checkpoints=1",
-                    "method.grad_accum=1")
+    run = short_run(tmp_path / "run", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer.max_steps=4",
+                    "method.export_every=2", "trainer.keep_checkpoints=1", "method.grad_accum=1")
     export = run / "export"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004"]  # rotated
     assert sorted(p.name for p in export.glob("step-*")) == ["step-000002"]  # survived rotation and the final export
@@ -111,8 +111,8 @@ def test_rrnet_gat_imports_with_its_words(tmp_path, capsys):
 def test_relationbooth_lora_and_ms_adapter_import(tmp_path, capsys):
     from relgen.methods.relationbooth.convert import _read_adapter_file
 
-    run = short_run(tmp_path / "trained", "method=relationbooth", "method.cal_max_side_fraction=0.5",
-                    "trainer.max_steps=1")
+    run = short_run(tmp_path / "trained", "method=relationbooth", "backbone=tiny_sdxl", "dataset=shapes_dreamrelation",
+                    "method.cal_max_side_fraction=0.5", "trainer.max_steps=1")
     export = run / "export"
     adapter = tmp_path / "ms_adapter.bin"  # MS-Diffusion's layout: nested dicts, torch.save
     official = dict(_read_adapter_file(export / "image_branch.safetensors"))

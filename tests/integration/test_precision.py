@@ -16,11 +16,11 @@ from PIL import Image
 
 from relgen.testing import short_run
 
-METHODS = {  # method -> its offline backbone, plus what keeps its tiny run short
-    "textual_inversion": ("tiny_sd15",),
-    "reversion": ("tiny_sd15",),
-    "rrnet": ("tiny_sd21",),
-    "relationbooth": ("tiny_sdxl", "method.cal_max_side_fraction=0.5"),
+METHODS = {  # method -> the tiny backbone of its paper's structure, its synthetic dataset, what keeps it short
+    "textual_inversion": ("tiny_sd15", "dataset=shapes_reversion"),
+    "reversion": ("tiny_sd15", "dataset=shapes_reversion"),
+    "rrnet": ("tiny_sd21", "dataset=shapes_rrnet"),
+    "relationbooth": ("tiny_sdxl", "dataset=shapes_dreamrelation", "method.cal_max_side_fraction=0.5"),
 }
 # token methods export no sample prompts; the others render their own (ARB/BRA, dataset items)
 PROMPTS = {"textual_inversion": ["red circle <R> blue square"], "reversion": ["red circle <R> blue square"]}

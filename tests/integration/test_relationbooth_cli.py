@@ -46,7 +46,7 @@ def sdxl_run(tmp_path_factory) -> Path:
 def shapes_root() -> Path:
     from relgen.data.registry import open_dataset
 
-    handle = open_dataset(compose("method=relationbooth").dataset)
+    handle = open_dataset(compose("method=relationbooth", "dataset=shapes_dreamrelation").dataset)
     handle.load()
     return handle.root
 

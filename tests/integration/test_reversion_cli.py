@@ -11,10 +11,11 @@ from conftest import grid_cells
 from relgen.testing import compose, run_relgen
 
 SWEEP_JOBS = [
-    "method.steer_loss_weight=0,method.timestep_sampler=relation_focal,method=reversion,trainer=debug",
-    "method.steer_loss_weight=0,method.timestep_sampler=uniform,method=reversion,trainer=debug",
-    "method.steer_loss_weight=0.01,method.timestep_sampler=relation_focal,method=reversion,trainer=debug",
-    "method.steer_loss_weight=0.01,method.timestep_sampler=uniform,method=reversion,trainer=debug",
+    "backbone=tiny_sd15,dataset=shapes_reversion," + job for job in (
+        "method.steer_loss_weight=0,method.timestep_sampler=relation_focal,method=reversion,trainer=debug",
+        "method.steer_loss_weight=0,method.timestep_sampler=uniform,method=reversion,trainer=debug",
+        "method.steer_loss_weight=0.01,method.timestep_sampler=relation_focal,method=reversion,trainer=debug",
+        "method.steer_loss_weight=0.01,method.timestep_sampler=uniform,method=reversion,trainer=debug")
 ]
 
 _RUNS: dict[str, Path] = {}
@@ -31,7 +32,7 @@ def trained_run(backbone: str, tmp_path_factory) -> Path:
     if backbone not in _RUNS:
         run_dir = tmp_path_factory.mktemp(f"run-{backbone}")
         quick = [] if backbone == "tiny_sd15" else ["method.grad_accum=1", "trainer.sample_at_end=false"]
-        cfg = compose("method=reversion", f"backbone={backbone}", "trainer=debug", *quick)
+        cfg = compose("method=reversion", f"backbone={backbone}", "dataset=shapes_reversion", "trainer=debug", *quick)
         assert run_training(cfg, str(run_dir)) == 0
         _RUNS[backbone] = run_dir
     return _RUNS[backbone]
@@ -96,7 +97,8 @@ def test_generate_renders_benchmark_prompts_of_a_relation(tmp_path_factory, caps
 
 def test_ablation_sweep_over_steering_and_importance_sampling(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_relgen("-m", "method=reversion", "trainer=debug", "method.steer_loss_weight=0,0.01",
+    proc = run_relgen("-m", "method=reversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
+                      "method.steer_loss_weight=0,0.01",
                       "method.timestep_sampler=uniform,relation_focal", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == SWEEP_JOBS

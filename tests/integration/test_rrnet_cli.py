@@ -20,8 +20,9 @@ def run_relgen(*args: str, **kwargs):
     return _run_relgen(*args, env={"OMP_NUM_THREADS": "1"}, **kwargs)
 
 
-def _train(run_dir: Path, *overrides: str) -> Path:
-    cfg = compose("method=rrnet", "trainer=debug", "trainer.sample_at_end=false", *overrides)
+def _train(run_dir: Path, *overrides: str, backbone: str = "tiny_sd21") -> Path:
+    cfg = compose("method=rrnet", f"backbone={backbone}", "dataset=shapes_rrnet", "trainer=debug",
+                  "trainer.sample_at_end=false", *overrides)
     assert run_training(cfg, str(run_dir)) == 0
     return run_dir
 
@@ -57,7 +58,7 @@ def test_resume_mid_epoch_is_bitwise(tmp_path):
 
 @pytest.mark.parametrize("backbone,widths", [("tiny_sd15", [32]), ("tiny_sdxl", [32, 32])])
 def test_short_run_per_backbone(tmp_path, backbone, widths):
-    run = _train(tmp_path / backbone, f"backbone={backbone}", "trainer.sample_at_end=true", "method.sample_steps=2")
+    run = _train(tmp_path / backbone, "trainer.sample_at_end=true", "method.sample_steps=2", backbone=backbone)
     rel = json.loads((run / "export" / "relation.json").read_text())
     assert rel["node_widths"] == widths and rel["in_dim"] == rel["out_dim"] == sum(widths)
     assert (rel["A"], rel["R"], rel["B"], rel["backbone"]) == ("circle", "above", "square", backbone)
@@ -68,8 +69,9 @@ def test_short_run_per_backbone(tmp_path, backbone, widths):
 
 def test_relation_sweep_then_scale_grid(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_relgen("-m", "method=rrnet", "trainer=debug", "trainer.sample_at_end=false",
-                      "dataset.relations=[circle above square,star below cross]", "method.relation=above,below",
+    proc = run_relgen("-m", "method=rrnet", "backbone=tiny_sd21", "dataset=shapes_rrnet", "trainer=debug",
+                      "trainer.sample_at_end=false", "dataset.relations=[circle above square,star below cross]",
+                      "method.relation=above,below",
                       f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = {name: next(sweep.glob(f"*method.relation={name},*")) for name in ("above", "below")}

@@ -29,7 +29,7 @@ from relgen.cli import train_main
 train_main()
 '''
 
-ARGS = ["trainer=debug", "trainer.sample_at_end=false"]
+ARGS = ["backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug", "trainer.sample_at_end=false"]
 
 
 def test_a_second_run_in_a_busy_folder_stops_at_once(tmp_path):

@@ -99,7 +99,8 @@ def test_sample_grids_during_training_are_on_by_default_and_labelled(tmp_path):
     from relgen.testing import compose, short_run
 
     assert compose().trainer.sample_every == 250  # on by default (diffusers' --validation_steps)
-    run = short_run(tmp_path / "run", "trainer.sample_every=1", "method.grad_accum=1", "method.sample_steps=2")
+    run = short_run(tmp_path / "run", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer.sample_every=1",
+                    "method.grad_accum=1", "method.sample_steps=2")
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000001.png"]  # the last step's is final.png
     assert grid_cells(run / "samples" / "step-000001.png") == (2, 1)  # two sample prompts, one seed
 

@@ -68,8 +68,8 @@ def test_a_template_whose_token_falls_past_77_tokens_is_refused(tmp_path):
     (root / "text.json").write_text(json.dumps({"0.png": ["cat {} stone", long]}))
     with pytest.raises(DataError, match=r"text\.json: template 'a cat a cat .*' of 0\.png puts <R> at token 81, "
                                         r"past the text_encoder tokenizer's limit of 77 tokens"):
-        run_training(compose("dataset=reversion_folder", f"dataset.root={root}", "trainer=debug",
-                             "method=reversion"), tmp_path / "run")
+        run_training(compose("backbone=tiny_sd15", "dataset=reversion_folder", f"dataset.root={root}",
+                             "trainer=debug", "method=reversion"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

@@ -50,7 +50,7 @@ def _unet_out(method, item_index: int = 0, crop: int = 0, t: int = 500):
 def shapes_root():
     from relgen.data.registry import open_dataset
 
-    handle = open_dataset(compose("method=relationbooth").dataset)
+    handle = open_dataset(compose("method=relationbooth", "dataset=shapes_dreamrelation").dataset)
     handle.load()
     return handle.root
 

@@ -22,7 +22,7 @@ def make_method(backbone: str = "tiny_sd15", *overrides: str):
     from relgen.data.registry import open_dataset
     from relgen.methods.reversion.method import ReVersion
 
-    cfg = compose("method=reversion", f"backbone={backbone}", *overrides)
+    cfg = compose("method=reversion", f"backbone={backbone}", "dataset=shapes_reversion", *overrides)
     bb = load_backbone(cfg.backbone)
     data = open_dataset(cfg.dataset).load()
     return ReVersion(cfg.method, bb, data)
@@ -53,7 +53,8 @@ def test_recipe_defaults_and_paper_experiment():
 
     cfg = compose("method=reversion")
     m = cfg.method
-    assert (cfg.backbone.name, cfg.dataset.name) == ("tiny_sd15", "shapes_reversion")
+    # the bare run: the shipped relworld model on relworld exemplars of one relation
+    assert (cfg.backbone.name, cfg.dataset.name) == ("relworld", "relworld_reversion")
     assert (m.placeholder_token, m.initializer_token) == ("<R>", "and")
     assert (m.batch_size, m.grad_accum, m.max_steps, m.checkpoint_every) == (2, 4, 3000, 500)
     assert (m.lr, m.scale_lr, m.lr_scheduler, m.lr_warmup_steps) == (2.5e-4, True, "constant", 0)
@@ -270,7 +271,7 @@ def test_relation_token_already_in_vocabulary_is_refused():
     from relgen.data.registry import open_dataset
     from relgen.methods.reversion.method import ReVersion
 
-    cfg = compose("method=reversion")
+    cfg = compose("method=reversion", "backbone=tiny_sd15", "dataset=shapes_reversion")
     bb = load_backbone(cfg.backbone)
     bb.slots[0].tokenizer.add_tokens(["<R>"])
     with pytest.raises(ConfigError, match=r"method.placeholder_token='<R>' is already a token"):

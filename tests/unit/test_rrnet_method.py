@@ -31,7 +31,7 @@ EDGES = {  # (src, dst) per edge type of one relation graph, as RRNet's released
 
 
 def _cfg(*overrides: str):
-    return compose("method=rrnet", *overrides)
+    return compose("method=rrnet", "backbone=tiny_sd21", "dataset=shapes_rrnet", *overrides)
 
 
 def _method(backbone, data, *overrides: str, seed: int = 0) -> RRNet:
@@ -472,9 +472,9 @@ def test_paper_experiment_composes_and_dry_runs(tmp_path, capsys):
         run_training(compose("experiment=rrnet_paper", f"dataset.root={root}", "dry_run=true",
                              f"backbone.pretrained={local_weights('tiny_sd21')}", "method.relation=beside"),
                      str(tmp_path / "run2"))
-    # The offline default: tiny_sd21 on shapes_rrnet.
+    # The bare run: the shipped relworld model on relworld's object-swapped prompt pairs.
     cfg = compose("method=rrnet")
-    assert (cfg.backbone.name, cfg.dataset.name) == ("tiny_sd21", "shapes_rrnet")
+    assert (cfg.backbone.name, cfg.dataset.name) == ("relworld", "relworld_rrnet")
 
 
 def test_object_sentence_keeps_the_word_as_given():

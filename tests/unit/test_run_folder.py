@@ -95,7 +95,7 @@ def test_default_run_names_are_readable_and_never_shared():
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
         cfg = hydra_compose("config", overrides=["output_root=/o"], return_hydra_config=True)
     name = str(cfg.hydra.run.dir)
-    assert re.fullmatch(rf"/o/textual_inversion/tiny_sd15/shapes_reversion/"
+    assert re.fullmatch(rf"/o/textual_inversion/relworld/relworld_reversion/"
                         rf"\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{{3}}_p{os.getpid()}", name), name
 
 

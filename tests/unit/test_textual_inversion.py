@@ -11,7 +11,7 @@ def _method(backbone_name: str, tmp_path):
     from relgen.data.registry import open_dataset
     from relgen.methods.textual_inversion.method import TextualInversion
 
-    cfg = compose("method=textual_inversion", f"backbone={backbone_name}")
+    cfg = compose("method=textual_inversion", f"backbone={backbone_name}", "dataset=shapes_reversion")
     bb = load_tiny(backbone_name)
     return TextualInversion(cfg.method, bb, open_dataset(cfg.dataset).load()), bb, cfg
 

@@ -11,9 +11,12 @@ from relgen.methods.base import StepContext
 from relgen.testing import compose
 from relgen.train.losses import make_weighting, min_snr_weights, snr
 
-#: method -> its default tiny family (conf/method/<name>.yaml)
+#: method -> the tiny family of its paper's model structure
 METHODS = {"textual_inversion": "tiny_sd15", "reversion": "tiny_sd15", "rrnet": "tiny_sd21",
            "relationbooth": "tiny_sdxl"}
+#: method -> its synthetic dataset
+DATASETS = {"textual_inversion": "shapes_reversion", "reversion": "shapes_reversion", "rrnet": "shapes_rrnet",
+            "relationbooth": "shapes_dreamrelation"}
 FAMILIES = ["tiny_sd15", "tiny_sd21", "tiny_sdxl"]
 OPTIONS = {
     "prodigy": ["method.optimizer=prodigy", "method.lr=1.0"],
@@ -36,8 +39,8 @@ _built = {}
 
 
 def _args(method: str, family: str) -> list[str]:
-    return [f"method={method}", f"backbone={family}", "trainer=debug", "method.grad_accum=1",
-            "method.batch_size=1", "trainer.sample_at_end=false"]
+    return [f"method={method}", f"backbone={family}", f"dataset={DATASETS[method]}", "trainer=debug",
+            "method.grad_accum=1", "method.batch_size=1", "trainer.sample_at_end=false"]
 
 
 def _build(method: str, family: str):
