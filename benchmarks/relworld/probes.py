@@ -53,6 +53,8 @@ def markdown(p: dict, model: str) -> str:
               + " |", "", "## Free-delta oracle (biased pairs; strict reading)", "",
               "| rows | direction acc. | unseen-direction relation acc. | object acc. | base direction | base unseen | "
               "base object |", "|---|---|---|---|---|---|---|"]
+    if not p["free_delta_oracle"]:
+        lines.append("| not run (`--oracle-rows ''`) | | | | | | |")
     for rows, o in p["free_delta_oracle"].items():
         lines.append(f"| {rows} | {pct(o['direction'])} | {pct(o['unseen'])} | {pct(o['objects'])} | "
                      f"{pct(o['base_direction'])} | {pct(o['base_unseen'])} | {pct(o['base_objects'])} |")
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=8, help="seeds per oracle prompt")
     p.add_argument("--scenes", type=int, default=96, help="scenes of the diffusion classifier")
     p.add_argument("--oracle-steps", type=int, default=150)
+    p.add_argument("--oracle-rows", default="eot,eot_and_padding,all",
+                   help="row sets of the free-delta oracle (comma-separated; empty: no oracle)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "results" / "probes"))
     args = p.parse_args(argv)
@@ -78,7 +82,8 @@ def main(argv=None) -> int:
 
     dlog.disable_progress_bar()
     s = bench.Settings(model=args.model, seed=args.seed, samples=args.samples)
-    probes = bench.plain(bench.model_probes(s, num_scenes=args.scenes, oracle_steps=args.oracle_steps))
+    rows = tuple(r for r in args.oracle_rows.split(",") if r)
+    probes = bench.plain(bench.model_probes(s, rows=rows, num_scenes=args.scenes, oracle_steps=args.oracle_steps))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "probes.json").write_text(json.dumps(probes, indent=2))
