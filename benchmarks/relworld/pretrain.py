@@ -30,7 +30,12 @@ Stages (each resumes from its checkpoint in ``--work``; a finished stage returns
    (Lin et al. 2024), the schedule the shipped model samples with (DDIM, "trailing" steps).
    On SD's own schedule the noisiest training input still shows where the objects are, so
    the UNet learnt to take the layout from the starting noise and not from the prompt.
-8. ``export``: the EMA weights written with ``save_pretrained`` into ``--out`` (by default the
+8. ``bind`` (with ``--bind-steps``): the UNet of those stages' export (or of ``--init-from``, a
+   diffusers folder) fine-tuned so that it binds word order: its own v loss plus a logistic
+   loss on the diffusion classifier's decision (Li et al. 2023) between each relation caption
+   of an *unbiased* pair and its object-swapped or relation-flipped version, on the same noisy
+   latent, at ``t >= --bind-min-t``; probed as it trains, the best probe's EMA weights kept.
+9. ``export``: the EMA weights written with ``save_pretrained`` into ``--out`` (by default the
    shipped ``relgen/relworld/weights/``), through a temporary folder and a rename.
 
 The script stops by itself when ``--max-minutes`` are spent or on SIGINT/SIGTERM, after
@@ -853,7 +858,8 @@ def parse_args(argv=None):
     p.add_argument("--refine-decay-steps", type=int, default=1500)
     p.add_argument("--init-from", default=None,
                    help="a diffusers folder whose modules start the bind stage (the stages before it are skipped)")
-    p.add_argument("--bind-steps", type=int, default=3000, help="hard-negative fine-tuning steps (0: none)")
+    p.add_argument("--bind-steps", type=int, default=0,
+                   help="hard-negative fine-tuning steps after the other stages (0: none, the shipped recipe)")
     p.add_argument("--bind-lr", type=float, default=1e-4)
     p.add_argument("--bind-decay-steps", type=int, default=1000)
     p.add_argument("--bind-weight", type=float, default=0.05, help="weight of the hard-negative loss")
