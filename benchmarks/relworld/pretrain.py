@@ -409,6 +409,24 @@ def stage_latents(args, work: Path, images: np.ndarray, budget: Budget, progress
     return True
 
 
+def draw_batch(g: torch.Generator, params_all: torch.Tensor, ids_all: torch.Tensor, empty_ids: torch.Tensor,
+               batch: int, caption_dropout: float, scaling: float, num_timesteps: int):
+    """One diffusion batch from the cached VAE posteriors: ``(idx, x0, ids, drop, noise, t)``.
+
+    Draws, in this order from ``g``: the records, the latent sample, the caption dropout, the
+    noise and the timesteps (the order every stage's checkpointed generator depends on).
+    """
+    idx = torch.randint(len(ids_all), (batch,), generator=g)
+    mean, logvar = params_all[idx].chunk(2, dim=1)
+    x0 = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * scaling
+    ids = ids_all[idx].clone()
+    drop = torch.rand(batch, generator=g) < caption_dropout
+    ids[drop] = empty_ids
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, num_timesteps, (batch,), generator=g)
+    return idx, x0, ids, drop, noise, t
+
+
 def ema_update(ema: dict[str, torch.Tensor], params: dict[str, torch.Tensor], decay: float) -> None:
     with torch.no_grad():
         for name, p in params.items():
@@ -496,14 +514,8 @@ def stage_diffusion(args, work: Path, records: list[dict], budget: Budget, progr
         if budget.over():
             save()
             return False
-        idx = torch.randint(len(records), (B,), generator=g)
-        mean, logvar = params_all[idx].chunk(2, dim=1)
-        x0 = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * scaling
-        ids = ids_all[idx].clone()
-        drop = torch.rand(B, generator=g) < args.caption_dropout
-        ids[drop] = empty_ids[0]
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (B,), generator=g)
+        idx, x0, ids, drop, noise, t = draw_batch(g, params_all, ids_all, empty_ids[0], B, args.caption_dropout,
+                                                  scaling, sched.config.num_train_timesteps)
         noisy = sched.add_noise(x0, noise, t)
         with torch.no_grad():
             hidden = text_encoder(ids)[0]
@@ -748,14 +760,8 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         if budget.over():
             save()
             return False
-        idx = torch.randint(len(records), (B,), generator=g)
-        mean, logvar = params_all[idx].chunk(2, dim=1)
-        x0 = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * scaling
-        ids = ids_all[idx].clone()
-        drop = torch.rand(B, generator=g) < args.caption_dropout
-        ids[drop] = empty_ids[0]
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (B,), generator=g)
+        idx, x0, ids, drop, noise, t = draw_batch(g, params_all, ids_all, empty_ids[0], B, args.caption_dropout,
+                                                  scaling, sched.config.num_train_timesteps)
         kind = torch.randint(0, 2, (B,), generator=g)  # 0: object swap, 1: relation flip
         pick = (has_neg[idx] & ~drop & (t >= args.bind_min_t)).nonzero().flatten()[:K]
         noisy = sched.add_noise(x0, noise, t)

@@ -29,20 +29,14 @@ import torch
 from relgen.evaluate.loading import from_pretrained, shared_model, torch_dtype
 from relgen.evaluate.metrics.base import RATE, Metric, register_metric
 from relgen.evaluate.samples import Box, ImageScore, Sample
+from relgen.relworld.detector import SATISFIES as RELWORLD_SATISFIES
 
 #: Geometries the rule reports for "A ? B".
 GEOMETRIES = ("above", "below", "left_of", "right_of", "on_top_of", "inside", "contains", "ambiguous")
 
-#: Which geometries satisfy a prompted relation key. "A above B" also holds when A rests on B.
-SATISFIES: dict[str, frozenset[str]] = {
-    "above": frozenset({"above", "on_top_of"}),
-    "below": frozenset({"below"}),
-    "left_of": frozenset({"left_of"}),
-    "right_of": frozenset({"right_of"}),
-    "on_top_of": frozenset({"on_top_of"}),
-    "inside": frozenset({"inside"}),
-    "next_to": frozenset({"left_of", "right_of"}),
-}
+#: Which geometries satisfy a prompted relation key: the relworld detector's rule ("A above B"
+#: also holds when A rests on B), plus "next to" (either side).
+SATISFIES: dict[str, frozenset[str]] = {**RELWORLD_SATISFIES, "next_to": frozenset({"left_of", "right_of"})}
 
 
 def _area(box: Box) -> float:
