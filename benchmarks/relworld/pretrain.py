@@ -575,11 +575,15 @@ def export(args, work: Path, out: Path, use_ema: bool = True, stage: str | None 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     rb.save_pipeline(tmp, work / "tokenizer", text_encoder, unet, vae, zero_snr=stage == "refine")
-    (tmp / "relworld_pretraining.json").write_text(json.dumps({
-        "stage": stage, f"{stage}_steps": int(state["step"]), "ema": use_ema,
-        "args": vars(args) | {"work": None, "out": None},
-        "cpu_s": json.loads((work / "progress.json").read_text())["cpu_s"],
-    }, indent=2))
+    return publish(args, work, tmp, out, {"stage": stage, f"{stage}_steps": int(state["step"]), "ema": use_ema})
+
+
+def publish(args, work: Path, tmp: Path, out: Path, record: dict) -> Path:
+    """Write ``relworld_pretraining.json`` (``record``, every argument, the CPU seconds per
+    stage) into the finished folder ``tmp`` and move it to ``out``."""
+    record = record | {"args": vars(args) | {"work": None, "out": None},
+                       "cpu_s": json.loads((work / "progress.json").read_text())["cpu_s"]}
+    (tmp / "relworld_pretraining.json").write_text(json.dumps(record, indent=2))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -814,19 +818,13 @@ def export_bind(args, work: Path, out: Path) -> Path:
     rb.save_pipeline(tmp, base / "tokenizer", text_encoder, unet, vae, zero_snr=True)
     base_record = base / "relworld_pretraining.json"
     probes_log = work / "bind_probes.jsonl"
-    (tmp / "relworld_pretraining.json").write_text(json.dumps({
+    return publish(args, work, tmp, out, {
         "stage": "bind", "bind_step": int(state["step"]), "ema": True, "probe": state["probe"],
         "probes": [json.loads(line) for line in probes_log.read_text().splitlines()] if probes_log.exists() else [],
         "base": {"init_from": args.init_from, "digest": weights_digest(base),
                  "recipe": json.loads(base_record.read_text()) if base_record.exists() else None},
         "world": rw.WorldSpec().to_dict() | {"version": rw.WORLD_VERSION},
-        "args": vars(args) | {"work": None, "out": None},
-        "cpu_s": json.loads((work / "progress.json").read_text())["cpu_s"],
-    }, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    })
 
 
 # --------------------------------------------------------------------------------------------

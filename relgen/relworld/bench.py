@@ -54,6 +54,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from relgen.config import compose_run
 from relgen.evaluate import stats
 from relgen.relworld import world as rw
 from relgen.relworld.detector import Detector, DetectorConfig, Reading
@@ -77,7 +78,7 @@ def load_pipeline(model: Optional[str], scheduler: Optional[str] = None):
     from relgen.backbones.loading import load_backbone
 
     overrides = ["backbone=relworld"] + ([f"backbone.pretrained={model}"] if model else [])
-    backbone = load_backbone(compose_run(overrides).backbone)
+    backbone = load_backbone(compose_run(*overrides).backbone)
     return backbone, backbone.pipeline(scheduler)
 
 
@@ -100,13 +101,6 @@ def plain(v):
     if isinstance(v, (list, tuple)):
         return [plain(x) for x in v]
     return v
-
-
-def compose_run(overrides: list[str]):
-    """A relgen run config composed as ``python -m relgen`` composes it."""
-    from relgen.config import compose_run as compose
-
-    return compose(*overrides)
 
 
 def mark_verdict(image, ok: Optional[bool]):
@@ -278,7 +272,7 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, tra
                  "trainer.report_to=[]", "trainer.sample_every=null", "trainer.checkpoint_every=100000", *extra]
     if s.model:
         overrides.append(f"backbone.pretrained={s.model}")
-    cfg = compose_run(overrides)
+    cfg = compose_run(*overrides)
     model = weights_digest(Path(resolve_pretrained(cfg.backbone)))
     key = hashlib.sha256(" ".join([*overrides, model]).encode()).hexdigest()[:8]
     run_dir = run_dir.with_name(f"{run_dir.name}-{key}")
@@ -694,6 +688,6 @@ def model_probes(s: Settings, rows: Sequence[str] = ("eot", "eot_and_padding", "
 
 
 __all__ = ["CLAIMS", "COMPARISONS", "Condition", "mark_verdict", "Prompt", "Settings", "TASKS", "TaskResult", "claims",
-           "compose_run", "estimate", "load_pipeline", "model_probes", "outcomes", "paired", "plain", "readers",
+           "estimate", "load_pipeline", "model_probes", "outcomes", "paired", "plain", "readers",
            "reference_correlation", "render_task", "run", "split_unordered_pairs", "texture_correlation", "train",
            "vae_roundtrip"]

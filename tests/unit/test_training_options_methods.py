@@ -10,6 +10,7 @@ import torch
 from relgen.methods.base import StepContext
 from relgen.testing import compose
 from relgen.train.losses import make_weighting, min_snr_weights, snr
+from test_training_options import OPTIONS  # the same option matrix
 
 #: method -> the tiny family of its paper's model structure
 METHODS = {"textual_inversion": "tiny_sd15", "reversion": "tiny_sd15", "rrnet": "tiny_sd21",
@@ -18,15 +19,6 @@ METHODS = {"textual_inversion": "tiny_sd15", "reversion": "tiny_sd15", "rrnet": 
 DATASETS = {"textual_inversion": "shapes_reversion", "reversion": "shapes_reversion", "rrnet": "shapes_rrnet",
             "relationbooth": "shapes_dreamrelation"}
 FAMILIES = ["tiny_sd15", "tiny_sd21", "tiny_sdxl"]
-OPTIONS = {
-    "prodigy": ["method.optimizer=prodigy", "method.lr=1.0"],
-    "adafactor": ["method.optimizer=adafactor"],
-    "sgd": ["method.optimizer=sgd", "+method.optimizer_args.momentum=0.9"],
-    "snr_gamma": ["trainer.snr_gamma=5"],
-    "noise_offset": ["trainer.noise_offset=0.1"],
-    "input_perturbation": ["trainer.input_perturbation=0.1"],
-    "ema": ["trainer.ema_decay=0.9"],
-}
 #: The total loss of each method from its (weighted) logged terms, as each method combines them.
 TOTALS = {
     "textual_inversion": lambda logs, cfg: logs["loss"],
