@@ -139,13 +139,15 @@ def generator_from(state) -> torch.Generator:
     return g
 
 
-def optimizer_step(opt: torch.optim.Optimizer, params, loss: torch.Tensor, lr: float) -> None:
-    """Backward, clip the gradient norm to 1, set the learning rate, step (every stage alike)."""
+def optimizer_step(opt: torch.optim.Optimizer, params, loss: torch.Tensor, lr: float | None) -> None:
+    """Backward, clip the gradient norm to 1, set the learning rate (``None``: the caller has set
+    each group's), step (every stage alike)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
-    for group in opt.param_groups:
-        group["lr"] = lr
+    if lr is not None:
+        for group in opt.param_groups:
+            group["lr"] = lr
     opt.step()
 
 
@@ -661,6 +663,7 @@ def run_probe(args, base: Path, unet_state: dict, text_encoder, tokenizer, vae, 
     unet = rb.build_unet(seed=args.seed)
     unet.load_state_dict(unet_state)
     unet.eval()
+    text_encoder.eval()
     return probes.diffusion_classifier(unet, text_encoder, tokenizer, vae, sched, num_scenes=args.bind_probe_scenes,
                                        seed=args.seed)
 
@@ -672,7 +675,10 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
     The base model's own loss (v on the zero-terminal-SNR schedule, caption dropout) plus, for
     the batch's relation captions of unbiased pairs at ``t >= --bind-min-t`` (where layout is
     decided), :func:`bind_loss` against the object-swapped or relation-flipped caption on the
-    same noisy latent. Every ``--bind-probe-every`` steps the EMA weights are probed
+    same noisy latent. ``--bind-high-t-share`` of the batch draws its timestep from
+    ``[--bind-min-t, T)`` instead of ``[0, T)``; ``--bind-text-lr`` > 0 trains the text encoder
+    too (its own learning rate, the same EMA), so that the conditioning itself can separate a
+    caption from its swap. Every ``--bind-probe-every`` steps the EMA weights are probed
     (:func:`relgen.relworld.probes.diffusion_classifier`); the best probe's weights are kept
     and the stage stops early after ``--bind-patience`` probes without improvement.
     """
@@ -687,7 +693,9 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
     base = prepare_base(args, work)
     digest = weights_digest(base)
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(False).eval()
+    train_text = args.bind_text_lr > 0
+    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(train_text).eval()
+    probe_text = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(False).eval()
     vae = AutoencoderKL.from_pretrained(base / "vae").requires_grad_(False).eval()
     unet = UNet2DConditionModel.from_pretrained(base / "unet")
     sched = DDPMScheduler.from_pretrained(base / "scheduler")
@@ -715,7 +723,13 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
     neg_ids, has_neg = bind_negatives(records, spec, tokenizer)
 
     named = {f"unet.{n}": p for n, p in unet.named_parameters()}
-    opt = torch.optim.AdamW(list(named.values()), lr=args.bind_lr, weight_decay=0.01)
+    groups = [{"params": list(named.values()), "lr": args.bind_lr}]
+    if train_text:
+        text_named = {f"text_encoder.{n}": p for n, p in text_encoder.named_parameters()}
+        groups.append({"params": list(text_named.values()), "lr": args.bind_text_lr})
+        named.update(text_named)
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    peak_lrs = [group["lr"] for group in opt.param_groups]
     ema = {n: p.detach().clone() for n, p in named.items()}
     g = torch.Generator().manual_seed(args.seed + 7)
     step, best, stale = 0, {"score": -1.0, "step": 0}, 0
@@ -723,21 +737,29 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         state = torch.load(ckpt, weights_only=True)
         if state.get("digest") != digest:
             raise SystemExit(f"{ckpt} fine-tunes other base weights than {base}; move it away to restart")
+        if bool(state.get("text_encoder")) != train_text:
+            raise SystemExit(f"{ckpt} was trained with{'' if state.get('text_encoder') else 'out'} the text encoder; "
+                             "keep --bind-text-lr as it was (0 or > 0) or move it away to restart")
         unet.load_state_dict(state["unet"])
+        if train_text:
+            text_encoder.load_state_dict(state["text_encoder"])
         opt.load_state_dict(state["opt"])
         ema, g, step = state["ema"], generator_from(state["rng"]), state["step"]
         best, stale = state["best"], state["stale"]
     if step >= args.bind_steps or stale >= args.bind_patience:
         return True
     unet.train()
+    if train_text:
+        text_encoder.train()
     cpu0, last_save, losses = time.process_time(), time.time(), []
 
-    def ema_unet() -> dict[str, torch.Tensor]:
-        return {n[len("unet."):]: p for n, p in ema.items()}
+    def ema_of(module: str) -> dict[str, torch.Tensor]:
+        return {n[len(module) + 1:]: p for n, p in ema.items() if n.startswith(module + ".")}
 
     def save():
         nonlocal cpu0, last_save
-        atomic_save({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema, "rng": g.get_state(),
+        atomic_save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict() if train_text else None,
+                     "opt": opt.state_dict(), "ema": ema, "rng": g.get_state(),
                      "step": step, "digest": digest, "best": best, "stale": stale}, ckpt)
         progress.add_cpu("bind", time.process_time() - cpu0)
         cpu0, last_save = time.process_time(), time.time()
@@ -745,7 +767,9 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
     def probe() -> None:
         nonlocal best, stale
         t0 = time.process_time()
-        result = run_probe(args, base, ema_unet(), text_encoder, tokenizer, vae, sched)
+        if train_text:
+            probe_text.load_state_dict(ema_of("text_encoder"))
+        result = run_probe(args, base, ema_of("unet"), probe_text, tokenizer, vae, sched)
         score = result.summary()
         row = {"step": step, "score": round(score, 4), **{f"{part}_{k}": round(v["rate"], 4)
                for part, d in result.to_dict().items() for k, v in d.items()}}
@@ -754,7 +778,8 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         print(f"[pretrain] bind step {step}: probe {row}", flush=True)
         if score > best["score"]:
             best, stale = {"score": score, "step": step, "probe": row}, 0
-            atomic_save({"unet": ema_unet(), "step": step, "digest": digest, "probe": row}, best_path)
+            atomic_save({"unet": ema_of("unet"), "text_encoder": ema_of("text_encoder") if train_text else None,
+                         "step": step, "digest": digest, "probe": row}, best_path)
         else:
             stale += 1
         progress.add_cpu("bind_probe", time.process_time() - t0)
@@ -767,9 +792,12 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         idx, x0, ids, drop, noise, t = draw_batch(g, params_all, ids_all, empty_ids[0], B, args.caption_dropout,
                                                   scaling, sched.config.num_train_timesteps)
         kind = torch.randint(0, 2, (B,), generator=g)  # 0: object swap, 1: relation flip
+        if args.bind_high_t_share > 0:  # layout is decided at high t: draw a share of t from [min_t, T)
+            t_high = torch.randint(args.bind_min_t, sched.config.num_train_timesteps, (B,), generator=g)
+            t = torch.where(torch.rand(B, generator=g) < args.bind_high_t_share, t_high, t)
         pick = (has_neg[idx] & ~drop & (t >= args.bind_min_t)).nonzero().flatten()[:K]
         noisy = sched.add_noise(x0, noise, t)
-        with torch.no_grad():
+        with torch.set_grad_enabled(train_text):
             hidden = text_encoder(torch.cat([ids, neg_ids[idx[pick], kind[pick]]]))[0]
         pred = unet(torch.cat([noisy, noisy[pick]]), torch.cat([t, t[pick]]), hidden).sample
         target = sched.get_velocity(x0, noise, t)  # the base model's v loss (Salimans & Ho 2022)
@@ -778,11 +806,14 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         loss = err.mean()
         if len(pick):
             loss = loss + args.bind_weight * bind_loss(err[pick], err_neg, args.bind_tau).mean()
-        lr = args.bind_lr * min(1.0, (step + 1) / args.warmup)
+        factor = min(1.0, (step + 1) / args.warmup)
         if args.bind_decay_steps:  # cosine decay to 10 % over the last steps
             into = max(0, step + 1 - (args.bind_steps - args.bind_decay_steps)) / args.bind_decay_steps
-            lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, into)))
-        optimizer_step(opt, list(named.values()), loss, lr)
+            factor *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, into)))
+        for group, peak in zip(opt.param_groups, peak_lrs):
+            group["lr"] = peak * factor
+        lr = args.bind_lr * factor
+        optimizer_step(opt, list(named.values()), loss, None)
         step += 1
         ema_update(ema, named, min(args.ema, (1 + step) / (10 + step)))
         won = (err[pick] < err_neg).float().mean().item() if len(pick) else float("nan")
@@ -800,7 +831,8 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
 
 
 def export_bind(args, work: Path, out: Path) -> Path:
-    """Write the bind stage's best-probe EMA UNet with the base folder's other modules to ``out``."""
+    """Write the bind stage's best-probe EMA UNet (and text encoder, when the stage trained it)
+    with the base folder's other modules to ``out``."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
@@ -811,6 +843,8 @@ def export_bind(args, work: Path, out: Path) -> Path:
     unet = rb.build_unet(seed=args.seed)
     unet.load_state_dict(state["unet"])
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+    if state.get("text_encoder"):  # trained in the stage (--bind-text-lr)
+        text_encoder.load_state_dict(state["text_encoder"])
     vae = AutoencoderKL.from_pretrained(base / "vae")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -870,6 +904,10 @@ def parse_args(argv=None):
     p.add_argument("--bind-tau", type=float, default=0.05, help="relative error gap of the logistic loss")
     p.add_argument("--bind-min-t", type=int, default=300, help="hard negatives only at t >= this")
     p.add_argument("--bind-max-neg", type=int, default=16, help="hard negatives per step at most")
+    p.add_argument("--bind-high-t-share", type=float, default=0.0,
+                   help="share of the batch whose timestep is drawn from [--bind-min-t, T)")
+    p.add_argument("--bind-text-lr", type=float, default=0.0,
+                   help="learning rate of the text encoder in the bind stage (0: frozen)")
     p.add_argument("--bind-probe-every", type=int, default=500)
     p.add_argument("--bind-probe-scenes", type=int, default=96)
     p.add_argument("--bind-patience", type=int, default=3, help="stop after this many probes without improvement")
