@@ -51,7 +51,9 @@ def score(run_dir: Path, pairs: int = 4, seeds: int = 4, scale: float = 1.0, see
     if a not in spec.shapes or b not in spec.shapes or r not in spec.relations:
         raise ConfigError(f"{run_dir}/export/relation.json: {a!r} {r!r} {b!r} is not a relworld relation; "
                           "the demo needs a run trained on a relworld dataset")
-    colours = (rel["ARB"].split()[1], rel["BRA"].split()[1])  # "a <colour> <shape> is ..."
+    # the training folder's colours ("a <colour> <shape> is ..."), left out of the demo's prompts
+    words = [str(rel.get(k, "")).split() for k in ("ARB", "BRA")]
+    colours = tuple(w[1] for w in words if len(w) > 1 and w[1] in spec.colours)
     # rectification_prompts takes the pair pretraining shows (first R second) and returns
     # (unseen direction, seen direction) per colour pair
     prompts = bench.rectification_prompts(spec, rw.BiasedPair(b, a, r), pairs, seed, colours)
