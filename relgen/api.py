@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from relgen.errors import RelgenError
-
-META_FILE = "relgen.json"
+from relgen.names import META_FILE
 
 
 @dataclass

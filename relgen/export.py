@@ -1,7 +1,9 @@
 """Write a run's export folder: the method's files, ``relgen.json`` and a model card.
 
 ``export/`` is what a run hands on: the artifact in standard formats (see each method's
-``export``), ``relgen.json`` (what ``relgen.load`` and ``relgen.generate`` read) and
+``export``) in files named after what they hold (``reversion-R.safetensors``, see
+:mod:`relgen.names`), ``relgen.json`` (what ``relgen.load`` and ``relgen.generate`` read,
+with each file's name under its role in ``files``) and
 ``README.md``, a model card in the layout of the Hugging Face hub's cards: what was trained on
 which backbone and data, for how many steps, by which command, how to load it in diffusers,
 and what the files do not contain. Intermediate exports (``method.export_every``) go to
@@ -22,7 +24,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-META_FILE = "relgen.json"
+from relgen.names import META_FILE
+
 CARD_FILE = "README.md"
 STEP_PREFIX = "step-"
 
@@ -34,7 +37,8 @@ def export_run(cfg: DictConfig, run_dir: Path, method, *, step: Optional[int] = 
     Args:
         cfg: The run's resolved config.
         run_dir: The run folder.
-        method: Anything with ``export(folder) -> list[Path]`` (a trained method).
+        method: Anything with ``export(folder)`` returning ``{role: path}`` or a list of paths
+            (a trained method).
         step: The optimizer step the weights are from (in ``relgen.json`` and the card).
         final: ``True``: the run's ``export/``; ``False``: ``export/step-NNNNNN/`` for ``step``.
         dataset: How the card names the data (default: the dataset option's name).
@@ -62,7 +66,12 @@ def _export_into(cfg: DictConfig, run_dir: Path, method, tmp: Path, root: Path, 
     import relgen
 
     tmp.mkdir(parents=True)
-    files = method.export(tmp)
+    written = method.export(tmp)
+    # {role: file name}: loaders find each file by its role (relgen.names.exported_file)
+    if isinstance(written, dict):
+        files = {str(role): Path(path).name for role, path in written.items()}
+    else:
+        files = {Path(path).name: Path(path).name for path in written}
     meta: dict[str, Any] = {
         "method": cfg.method.name,
         "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
@@ -70,7 +79,7 @@ def _export_into(cfg: DictConfig, run_dir: Path, method, tmp: Path, root: Path, 
         "dataset": dataset or cfg.dataset.name,
         "step": step,
         "cache_dir": cfg.cache_dir,
-        "files": [p.name for p in files],
+        "files": files,
         "command": command or _command_line(),
         "relgen_version": relgen.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -129,7 +138,7 @@ def model_card(meta: dict) -> str:
         f"| backbone | `{backbone.get('name')}`: {source} (revision `{revision}`) |",
         f"| dataset | {meta.get('dataset')} |",
         f"| steps | {step if step is not None else '—'} |",
-        f"| files | {', '.join(f'`{f}`' for f in meta.get('files', []))} |",
+        f"| files | {', '.join(f'`{f}`' for f in _file_names(meta))} |",
         f"| made by | `{meta.get('command') or '—'}` |",
         f"| relgen | {meta.get('relgen_version')} |",
         "",
@@ -146,6 +155,11 @@ def model_card(meta: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _file_names(meta: dict) -> list[str]:
+    files = meta.get("files") or []
+    return list(files.values()) if isinstance(files, dict) else list(files)  # a list: exports of older relgen
 
 
 def _generic_usage(meta: dict) -> str:

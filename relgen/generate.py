@@ -12,7 +12,6 @@ one folder of images per prompt, one labelled grid of all of them (named
 from __future__ import annotations
 
 import inspect
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from relgen.backbones.base import _SCHEDULERS as _SCHEDULER_NAMES
+from relgen.names import slug
 
 
 @dataclass
@@ -139,23 +139,6 @@ def _save_png(image, path: Path) -> None:
     except OSError as exc:  # no half-written PNG is left behind
         tmp.unlink(missing_ok=True)
         raise write_error(exc, path, "image grid") from None
-
-
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
-
-
-def slug(text: str, limit: int = 80) -> str:
-    """A file or folder name for ``text`` that every shell and file system accepts.
-
-    Letters, digits, ``.``, ``_``, ``-`` and ``=`` are kept; every other run of characters
-    (spaces, ``<``, ``>``, ``:``, quotes, slashes) becomes one ``_``, so ``"cat <R> stone"``
-    gives ``cat_R_stone``.
-    """
-    name = re.sub(r"[<>]", "", str(text))  # "<R>" -> "R", not "_R_"
-    name = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._")[:limit].rstrip("._")
-    if not name or name.lower().split(".")[0] in _WINDOWS_RESERVED:
-        name = f"prompt_{name}" if name else "prompt"
-    return name
 
 
 def new_output_folder(parent: Path) -> Path:

@@ -6,16 +6,19 @@
         run_dir=runs/placed A=book R=placed B=bowl
     python -m relgen.import_official method=relationbooth file=ms_adapter.bin backbone=sdxl run_dir=runs/ms
     python -m relgen.import_official method=relationbooth file=dreamrelation_lora.safetensors \\
-        method.ms_adapter=ms_adapter.bin backbone=sdxl run_dir=runs/hug
+        method.ms_adapter=ms_adapter.bin method.relation_name=hug backbone=sdxl run_dir=runs/hug
 
 The four kinds are ReVersion's ``learned_embeds.bin``, RRNet's ``gat_<R>``, MS-Diffusion's
 ``ms_adapter.bin`` (the image-prompt branch alone) and DreamRelation's LoRA (on top of that
 branch). Each is read by its method's importer (``weights_only=True``), checked against the
 backbone's widths, and written as ``<run_dir>/export/`` in relgen's own format with
 ``relgen.json`` and a model card, so ``python -m relgen.generate run_dir=...`` and
-``relgen.load(run_dir)`` take it like a trained run. Any other ``method.*`` or ``backbone.*``
-override is applied as in ``python -m relgen`` (e.g. ``method.placeholder_token``,
-``method.image_encoder``, ``backbone.pretrained``).
+``relgen.load(run_dir)`` take it like a trained run. The files are named after the token or
+relation as a trained run's are (``reversion-R.safetensors``, ``rrnet-placed.safetensors`` from
+``R=placed``); an official LoRA or branch names no relation, so RelationBooth's files take
+``method.relation_name`` (``relationbooth-hug-lora.safetensors``), else ``relation``. Any other
+``method.*`` or ``backbone.*`` override is applied as in ``python -m relgen`` (e.g.
+``method.placeholder_token``, ``method.image_encoder``, ``backbone.pretrained``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ USAGE = """usage: python -m relgen.import_official method=<reversion|rrnet|relat
                         relation's words (ARB=, BRA= its two prompts) so generation needs no more
   method=relationbooth  file= MS-Diffusion's ms_adapter.bin (the image branch alone), or DreamRelation's
                         LoRA .safetensors with method.ms_adapter=<ms_adapter.bin>; method.image_encoder= and
-                        method.clipself_checkpoint= name the CLIP encoders (default: the released ones)
+                        method.clipself_checkpoint= name the CLIP encoders (default: the released ones);
+                        method.relation_name= names the exported files (relationbooth-<name>-lora.safetensors)
 """
 
 
@@ -118,7 +122,7 @@ def _check_width(file: Path, what: str, got: int, widths: Optional[list[int]], b
 
 def _reversion(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
     from relgen.methods.reversion.importer import import_official_embeds
-    from relgen.methods.textual_inversion.method import EMBEDS_FILE, save_token_embeddings
+    from relgen.methods.textual_inversion.method import EMBEDS_ROLE, embeds_file_name, save_token_embeddings
 
     if cfg.backbone.family != "sd":
         raise RelgenError(f"{file}: ReVersion's learned_embeds.bin holds one text encoder's row; backbone "
@@ -128,13 +132,15 @@ def _reversion(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
     _check_width(file, f"the '{art.token}' row", row.shape[1], text_encoder_widths(cfg.backbone, cfg.cache_dir),
                  cfg.backbone)
     cfg.method.placeholder_token = art.token
-    return lambda out: [save_token_embeddings(out / EMBEDS_FILE, art.token, art.rows)]
+    name = embeds_file_name(cfg.method.name, art.token)  # reversion-R.safetensors
+    return lambda out: {EMBEDS_ROLE: save_token_embeddings(out / name, art.token, art.rows)}
 
 
 def _rrnet(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
     from safetensors.torch import save_file
 
-    from relgen.methods.rrnet.artifact import FORMAT, FORMAT_VERSION, GAT_FILE, RELATION_FILE, RRNetArtifact
+    from relgen.methods.rrnet.artifact import (FORMAT, FORMAT_VERSION, NETWORK_ROLE, RELATION_FILE, RELATION_ROLE,
+                                               RRNetArtifact, gat_file_name)
 
     widths = text_encoder_widths(cfg.backbone, cfg.cache_dir)
     width = sum(widths) if widths else (1024 if cfg.backbone.family == "sd" else 2048)
@@ -155,11 +161,13 @@ def _rrnet(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
                 "object_template": m.object_template, "scale": m.inference_scale,
                 "grid_scales": list(m.grid_scales), "backbone": cfg.backbone.name, "source": str(file)}
 
-    def export(out: Path) -> list[Path]:
+    name = gat_file_name(relation, cfg.method.name)  # rrnet-<relation>.safetensors
+
+    def export(out: Path) -> dict[str, Path]:
         tensors = {k: v.detach().cpu().contiguous() for k, v in art.gnn.state_dict().items()}
-        save_file(tensors, str(out / GAT_FILE), metadata={"format": FORMAT})
+        save_file(tensors, str(out / name), metadata={"format": FORMAT})
         (out / RELATION_FILE).write_text(json.dumps(relation, indent=2) + "\n")
-        return [out / GAT_FILE, out / RELATION_FILE]
+        return {NETWORK_ROLE: out / name, RELATION_ROLE: out / RELATION_FILE}
 
     return export
 
@@ -178,7 +186,8 @@ def _rrnet_input_width(file: Path) -> Optional[int]:
 def _relationbooth(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
     from safetensors.torch import load_file, save_file
 
-    from relgen.methods.relationbooth.artifact import BRANCH_FILE, LORA_FILE, SPEC_FILE, RelationBoothArtifact
+    from relgen.methods.relationbooth.artifact import (BRANCH_ROLE, DEFAULT_RELATION_NAME, LORA_ROLE, SPEC_FILE,
+                                                       SPEC_ROLE, RelationBoothArtifact, export_names)
     from relgen.methods.relationbooth.convert import (_read_adapter_file, check_adapter_fits_unet,
                                                       check_adapter_layout, check_lora_fits_unet, load_ms_adapter)
 
@@ -217,23 +226,27 @@ def _relationbooth(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]
                                               {"negative_prompt": m.negative_prompt,
                                                "default_box_y": list(m.default_box_y)})
 
-    def export(out: Path) -> list[Path]:
+    # relationbooth-<relation>-lora.safetensors etc.; an official file names no relation: method.relation_name
+    names = export_names(m.relation_name or DEFAULT_RELATION_NAME, m.name)
+
+    def export(out: Path) -> dict[str, Path]:
         # DreamRelation's copy prefixes the resampler's keys with "resampler."; the export holds MS-Diffusion's names
         proj = {k[len("resampler."):] if k.startswith("resampler.") else k: v for k, v in raw["image_proj"].items()}
         flat = {f"image_proj.{k}": v.contiguous() for k, v in proj.items()}
         flat.update({f"ms_adapter.{k}": v.contiguous() for k, v in raw["ms_adapter"].items()})
         flat["dummy_image_tokens"] = dummy.contiguous()
-        save_file(flat, str(out / BRANCH_FILE), metadata={"format": "ms_adapter"})
-        files = [out / BRANCH_FILE]
+        files = {BRANCH_ROLE: out / names[BRANCH_ROLE]}
+        save_file(flat, str(files[BRANCH_ROLE]), metadata={"format": "ms_adapter"})
         info = {"branch": art.branch.spec.to_json(), "generation": art.generation, "samples": [],
                 "lora": None, "source": {"ms_adapter": str(adapter_file)}}
         if lora_file is not None:
-            shutil.copyfile(lora_file, out / LORA_FILE)
-            files.append(out / LORA_FILE)
-            info["lora"] = {"file": LORA_FILE}
+            files[LORA_ROLE] = out / names[LORA_ROLE]
+            shutil.copyfile(lora_file, files[LORA_ROLE])
+            info["lora"] = {"file": names[LORA_ROLE]}
             info["source"]["lora"] = str(lora_file)
-        (out / SPEC_FILE).write_text(json.dumps(info, indent=2))
-        return files + [out / SPEC_FILE]
+        files[SPEC_ROLE] = out / SPEC_FILE
+        files[SPEC_ROLE].write_text(json.dumps(info, indent=2))
+        return files
 
     return export
 

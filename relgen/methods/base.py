@@ -139,8 +139,15 @@ class Method:
         raise NotImplementedError
 
     # -- artifacts --------------------------------------------------------------------------
-    def export(self, out_dir: Path) -> list[Path]:
-        """Write the trained artifact in standard formats; return the files written."""
+    def export(self, out_dir: Path) -> dict[str, Path] | list[Path]:
+        """Write the trained artifact in standard formats; return the files written.
+
+        Return ``{role: path}`` (e.g. ``{"embeddings": out_dir / "reversion-R.safetensors"}``):
+        ``relgen.json`` records each file's name under its role (``files``) and
+        :meth:`load_artifact` finds it there with :func:`relgen.names.exported_file`. Name the
+        files after what they hold with :func:`relgen.names.export_file_name`. A list of paths
+        is recorded under the files' own names.
+        """
         raise NotImplementedError
 
     @classmethod

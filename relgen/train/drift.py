@@ -80,6 +80,7 @@ APPLY: frozenset[str] = frozenset({
     "method.sample_prompts", "method.sample_seed", "method.sample_steps", "method.sample_guidance",
     "method.num_sample_prompts", "method.lowercase_prompts", "method.inference_scale", "method.grid_scales",
     "method.negative_prompt", "method.default_box_y", "method.local_tokens_inference", "method.export_kohya",
+    "method.relation_name",  # only the exported files' names
     # where and how things run
     "method.cache_text", "method.gnn_device",
     "trainer.mixed_precision", "trainer.cpu", "trainer.max_steps", "trainer.checkpoint_every",

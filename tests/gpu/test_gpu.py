@@ -55,5 +55,5 @@ def test_adamw8bit_trains_and_resumes_bitwise_on_cuda(tmp_path):
     shutil.rmtree(resumed / "checkpoints" / "step-000004")
     shutil.rmtree(resumed / "export")
     assert run_training(compose(*args, "resume=latest"), resumed) == 0
-    a, b = (load_file(str(p / "export" / "learned_embeds.safetensors"))["<R>"] for p in (straight, resumed))
+    a, b = (load_file(str(p / "export" / "textual_inversion-R.safetensors"))["<R>"] for p in (straight, resumed))
     assert torch.equal(a, b)

@@ -28,7 +28,7 @@ def test_train_generate_and_load_into_a_diffusers_pipeline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "export" in proc.stdout and str(run_dir) in proc.stdout
     for name in ("config.yaml", "metrics.csv", "summary.json", "samples/final.png",
-                 "export/learned_embeds.safetensors", "export/relgen.json", "checkpoints/step-000002/state.pt"):
+                 "export/textual_inversion-R.safetensors", "export/relgen.json", "checkpoints/step-000002/state.pt"):
         assert (run_dir / name).exists(), name
     assert not (run_dir / "tensorboard").exists()  # the debug preset turns TensorBoard off
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -67,12 +67,12 @@ def test_train_generate_and_load_into_a_diffusers_pipeline(tmp_path):
     bcfg = OmegaConf.merge(OmegaConf.structured(BackboneConfig), loaded.meta["backbone"])
     pipe = StableDiffusionPipeline.from_pretrained(materialize_tiny(bcfg))
     loaded.apply(pipe)
-    learned = load_file(str(run_dir / "export" / "learned_embeds.safetensors"))["<R>"]
+    learned = load_file(str(run_dir / "export" / "textual_inversion-R.safetensors"))["<R>"]
     tid = pipe.tokenizer.convert_tokens_to_ids("<R>")
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[tid], learned)
     # diffusers' own loader reads our export to the same row
     pipe2 = StableDiffusionPipeline.from_pretrained(materialize_tiny(bcfg))
-    pipe2.load_textual_inversion(str(run_dir / "export" / "learned_embeds.safetensors"))
+    pipe2.load_textual_inversion(str(run_dir / "export" / "textual_inversion-R.safetensors"), token="<R>")
     tid2 = pipe2.tokenizer.convert_tokens_to_ids("<R>")
     assert torch.equal(pipe2.text_encoder.get_input_embeddings().weight[tid2], learned)
 
@@ -158,7 +158,7 @@ def test_sweep_failing_job_does_not_stop_the_others(tmp_path):
     # the failed job stopped before training: its folder is gone again
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert jobs == ["backbone=tiny_sd15,dataset=shapes_reversion" + suffix], jobs
-    assert (tmp_path / jobs[0] / "export" / "learned_embeds.safetensors").exists()
+    assert (tmp_path / jobs[0] / "export" / "textual_inversion-R.safetensors").exists()
     # the job's own one-line error, one line for the sweep, and no traceback
     assert "relgen: error: dataset reversion_folder: set dataset.root= to the dataset folder" in proc.stderr
     assert (f"relgen: sweep: 1 of 2 jobs failed: #0 backbone=tiny_sd15,dataset=reversion_folder{suffix} (exit 2)"
@@ -174,7 +174,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in jobs] == [f"backbone=tiny_sd15,dataset=shapes_reversion,seed={seed},trainer.max_steps=1,"
                                       "trainer=debug" for seed in (1, 2)], [p.name for p in jobs]
-    a, b = (load_file(str(p / "export" / "learned_embeds.safetensors"))["<R>"] for p in jobs)
+    a, b = (load_file(str(p / "export" / "textual_inversion-R.safetensors"))["<R>"] for p in jobs)
     assert not torch.equal(a, b)  # different seeds, different draws
 
 
@@ -193,7 +193,7 @@ def test_third_party_plugin_through_an_entry_point(tmp_path):
                       f"hydra.run.dir={run_dir}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["method"] == "demo_ti"
-    assert (run_dir / "export" / "learned_embeds.safetensors").exists()
+    assert (run_dir / "export" / "demo_ti-demo.safetensors").exists()
     assert "demo_token_" in (run_dir / "config.yaml").read_text()  # the plugin's own schema field
 
 
@@ -215,7 +215,7 @@ def test_two_process_cpu_run_with_gloo(tmp_path):
     assert summary["num_processes"] == 2
     assert summary["lr"] == pytest.approx(2.5e-4 * 2 * 4 * 2)  # scale_lr counts both processes
     assert proc.stdout.count("relgen: trained") == 1  # only rank 0 reports and exports
-    assert (run_dir / "export" / "learned_embeds.safetensors").exists()
+    assert (run_dir / "export" / "textual_inversion-R.safetensors").exists()
 
 
 def test_generate_help_lists_every_option(capsys):

@@ -22,7 +22,28 @@ def _one_error(capsys, code: int) -> str:
     return err[0]
 
 
-def test_model_card_and_intermediate_exports_survive_checkpoint_rotation(tmp_path):
+def _card_code(card: str) -> str:
+    """The python block of a model card's "Loading it in diffusers" section."""
+    return card.split("## Loading it in diffusers")[1].split("```python\n")[1].split("```")[0]
+
+
+def _as_old_export(folder: Path, renames: dict[str, str]) -> None:
+    """Turn ``folder`` into the layout relgen wrote before file names carried the token or relation:
+    the old fixed names, and ``files`` in relgen.json a plain list of them."""
+    for new, old in renames.items():
+        (folder / new).rename(folder / old)
+    meta = json.loads((folder / "relgen.json").read_text())
+    meta["files"] = [renames.get(name, name) for name in meta["files"].values()]
+    (folder / "relgen.json").write_text(json.dumps(meta, indent=2))
+
+
+def test_model_card_and_intermediate_exports_survive_checkpoint_rotation(tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+    from omegaconf import OmegaConf
+
+    from relgen.backbones.loading import materialize_tiny
+    from relgen.config import BackboneConfig
+
     run = short_run(tmp_path / "run", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer.max_steps=4",
                     "method.export_every=2", "trainer.keep_checkpoints=1", "method.grad_accum=1")
     export = run / "export"
@@ -30,16 +51,38 @@ def test_model_card_and_intermediate_exports_survive_checkpoint_rotation(tmp_pat
     assert sorted(p.name for p in export.glob("step-*")) == ["step-000002"]  # survived rotation and the final export
     for folder, step in ((export, 4), (export / "step-000002", 2)):
         meta = json.loads((folder / "relgen.json").read_text())
-        assert meta["step"] == step and meta["files"] == ["learned_embeds.safetensors"]
+        assert meta["step"] == step and meta["files"] == {"embeddings": "textual_inversion-R.safetensors"}
+        assert (folder / "textual_inversion-R.safetensors").is_file()
         card = (folder / "README.md").read_text()
         assert f"| steps | {step} |" in card and "| method | `textual_inversion` |" in card
+        assert "| files | `textual_inversion-R.safetensors` |" in card
         assert "tiny_sd15" in card and "shapes_reversion" in card and "revision" in card
-        assert 'pipe.load_textual_inversion("export/learned_embeds.safetensors", token="<R>")' in card
+        assert 'pipe.load_textual_inversion("export/textual_inversion-R.safetensors", token="<R>")' in card
     final, second = relgen.load(run), relgen.load(run, step=2)
     assert second.export_dir == export / "step-000002" and final.export_dir == export
     assert not torch.equal(final.artifact.rows["text_encoder"], second.artifact.rows["text_encoder"])
     with pytest.raises(RelgenError, match="no export of step 3; this run has step-000002"):
         relgen.load(run, step=3)
+
+    # the card's own lines, run from the run folder, load the token into a plain diffusers pipeline
+    bcfg = OmegaConf.merge(OmegaConf.structured(BackboneConfig), final.meta["backbone"])
+    pipe = StableDiffusionPipeline.from_pretrained(materialize_tiny(bcfg))
+    monkeypatch.chdir(run)
+    code = _card_code((export / "README.md").read_text()).split("image = pipe(")[0]
+    exec(code, {"pipe": pipe})
+    row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("<R>")]
+    assert torch.equal(row, final.artifact.rows["text_encoder"][0])
+
+    # an export written before the names were recorded (learned_embeds.safetensors, files a list) still loads
+    _as_old_export(export / "step-000002", {"textual_inversion-R.safetensors": "learned_embeds.safetensors"})
+    old = relgen.load(run, step=2)
+    assert old.artifact.source == export / "step-000002" / "learned_embeds.safetensors"
+    assert torch.equal(old.artifact.rows["text_encoder"], second.artifact.rows["text_encoder"])
+    # a recorded name whose file is gone: one line naming the file
+    (export / "textual_inversion-R.safetensors").unlink()
+    with pytest.raises(RelgenError, match=f"^{export / 'textual_inversion-R.safetensors'}: exported embeddings "
+                                          "not found"):
+        relgen.load(run)
 
 
 def test_reversion_learned_embeds_bin_imports_and_generates(tmp_path, capsys):
@@ -52,6 +95,9 @@ def test_reversion_learned_embeds_bin_imports_and_generates(tmp_path, capsys):
     assert import_main(["method=reversion", f"file={official}", "backbone=tiny_sd15", f"run_dir={out}"]) == 0
     loaded = relgen.load(out)
     assert loaded.method == "reversion" and torch.equal(loaded.artifact.rows["text_encoder"][0], vector)
+    assert loaded.artifact.source == out / "export" / "reversion-R.safetensors"  # the token in the name
+    meta = json.loads((out / "export" / "relgen.json").read_text())
+    assert meta["files"] == {"embeddings": "reversion-R.safetensors"}
     assert "| dataset | none (imported from" in (out / "export" / "README.md").read_text()
     (grid,) = generate_from_run(str(out), ["cat <R> stone"], GenerationOptions(num_images=1, steps=2))
     assert grid.name == "reversion-tiny_sd15-prompts.png"
@@ -87,6 +133,12 @@ def test_rrnet_gat_imports_with_its_words(tmp_path, capsys):
     theirs = RRNetArtifact.from_official(official, width=32).gnn.state_dict()
     ours = loaded.artifact.gnn.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert json.loads((out / "export" / "relgen.json").read_text())["files"] == {
+        "network": "rrnet-above.safetensors", "relation": "relation.json"}
+    # the layout of exports written before the names were recorded (rrnet_gat.safetensors) still loads
+    _as_old_export(out / "export", {"rrnet-above.safetensors": "rrnet_gat.safetensors"})
+    old = relgen.load(out).artifact.gnn.state_dict()
+    assert all(torch.equal(old[k], theirs[k]) for k in theirs)
     # a file of the wrong kind: one line naming it
     wrong = tmp_path / "learned_embeds.bin"
     torch.save({"<R>": torch.zeros(32)}, wrong)
@@ -115,28 +167,35 @@ def test_relationbooth_lora_and_ms_adapter_import(tmp_path, capsys):
                     "method.cal_max_side_fraction=0.5", "trainer.max_steps=1")
     export = run / "export"
     adapter = tmp_path / "ms_adapter.bin"  # MS-Diffusion's layout: nested dicts, torch.save
-    official = dict(_read_adapter_file(export / "image_branch.safetensors"))
+    official = dict(_read_adapter_file(export / "relationbooth-above-image-branch.safetensors"))
     # as DreamRelation's copy saves them: the resampler's keys prefixed with "resampler."
     official["image_proj"] = {f"resampler.{k}": v for k, v in official["image_proj"].items()}
     torch.save(official, adapter)
-    lora = export / "pytorch_lora_weights.safetensors"
+    lora = export / "relationbooth-above-lora.safetensors"  # named after the items' shared predicate
     encoder = f"method.image_encoder={export / 'image_encoder'}"
     heads = "method.resampler_heads=4"  # the tiny branch's (method.tiny.resampler_heads)
 
     both = tmp_path / "dreamrelation"
     assert import_main(["method=relationbooth", f"file={lora}", f"method.ms_adapter={adapter}", encoder, heads,
-                        "backbone=tiny_sdxl", f"run_dir={both}"]) == 0, capsys.readouterr().err
-    assert (both / "export" / "pytorch_lora_weights.safetensors").read_bytes() == lora.read_bytes()
-    a, b = load_file(str(both / "export" / "image_branch.safetensors")), load_file(str(export / "image_branch.safetensors"))
+                        "method.relation_name=hug", "backbone=tiny_sdxl", f"run_dir={both}"]) == 0, \
+        capsys.readouterr().err
+    assert (both / "export" / "relationbooth-hug-lora.safetensors").read_bytes() == lora.read_bytes()
+    a = load_file(str(both / "export" / "relationbooth-hug-image-branch.safetensors"))
+    b = load_file(str(export / "relationbooth-above-image-branch.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert relgen.load(both).artifact.lora_file == both / "export" / "pytorch_lora_weights.safetensors"
-    assert "alone is not the whole model" in (both / "export" / "README.md").read_text()
+    assert relgen.load(both).artifact.lora_file == both / "export" / "relationbooth-hug-lora.safetensors"
+    card = (both / "export" / "README.md").read_text()
+    assert "alone is not the whole model" in card
+    assert 'pipe.load_lora_weights("export", weight_name="relationbooth-hug-lora.safetensors")' in card
 
     branch_only = tmp_path / "ms_diffusion"
     assert import_main(["method=relationbooth", f"file={adapter}", encoder, heads, "backbone=tiny_sdxl",
                         f"run_dir={branch_only}"]) == 0, capsys.readouterr().err
     art = relgen.load(branch_only).artifact
-    assert art.lora_file is None and art.adapter_file == branch_only / "export" / "image_branch.safetensors"
+    # an official branch names no relation and no method.relation_name is given
+    assert art.lora_file is None
+    assert art.adapter_file == branch_only / "export" / "relationbooth-relation-image-branch.safetensors"
+    assert "load_lora_weights" not in (branch_only / "export" / "README.md").read_text()
     # the LoRA without its branch, and an adapter for another UNet width: one line each
     line = _one_error(capsys, import_main(["method=relationbooth", f"file={lora}", "backbone=tiny_sdxl",
                                            f"run_dir={tmp_path / 'no'}"]))

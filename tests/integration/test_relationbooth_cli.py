@@ -55,7 +55,7 @@ def _check_run(run: Path, backbone: str) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["method"], summary["backbone"], summary["steps"]) == ("relationbooth", backbone, 2)
     export = run / "export"
-    assert {"pytorch_lora_weights.safetensors", "image_branch.safetensors", "image_branch.json",
+    assert {"relationbooth-above-lora.safetensors", "relationbooth-above-image-branch.safetensors", "image_branch.json",
             "image_encoder", "relgen.json"} <= {p.name for p in export.iterdir()}
     rows = _rows(run)
     assert [r["step"] for r in rows] == ["1", "2"]
@@ -82,7 +82,7 @@ def test_resume_is_bitwise(tmp_path):
     from safetensors import safe_open
 
     def lora(run):  # tensors and metadata (the file's metadata map has no fixed key order)
-        with safe_open(str(run / "export" / "pytorch_lora_weights.safetensors"), "pt") as f:
+        with safe_open(str(run / "export" / "relationbooth-above-lora.safetensors"), "pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
     half = _train(tmp_path / "half", *off, "trainer.max_steps=2")

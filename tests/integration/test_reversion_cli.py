@@ -52,7 +52,7 @@ def test_short_run_on_each_tiny_backbone(backbone, keys, tmp_path_factory):
     run_dir = trained_run(backbone, tmp_path_factory)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["backbone"] == backbone
-    assert (run_dir / "export" / "learned_embeds.safetensors").is_file()
+    assert (run_dir / "export" / "reversion-R.safetensors").is_file()
     assert (run_dir / "samples" / "final.png").is_file() == (backbone == "tiny_sd15")
     accum = 4 if backbone == "tiny_sd15" else 1
     rows = read_metrics(run_dir / "metrics.csv")
@@ -105,7 +105,7 @@ def test_ablation_sweep_over_steering_and_importance_sampling(tmp_path):
     first = {}
     for job in SWEEP_JOBS:
         folder = sweep / job
-        assert (folder / "export" / "learned_embeds.safetensors").is_file()
+        assert (folder / "export" / "reversion-R.safetensors").is_file()
         meta = json.loads((folder / "export" / "relgen.json").read_text())["method_config"]
         weight = 0.01 if "weight=0.01" in job else 0.0
         sampler = "uniform" if "uniform" in job else "relation_focal"

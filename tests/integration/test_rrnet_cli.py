@@ -37,14 +37,14 @@ def _one_error_line(proc) -> str:
 def test_resume_mid_epoch_is_bitwise(tmp_path):
     straight = _train(tmp_path / "straight", "trainer.max_steps=4")
     half = _train(tmp_path / "half", "trainer.max_steps=2")
-    after_two = (half / "export" / "rrnet_gat.safetensors").read_bytes()
+    after_two = (half / "export" / "rrnet-above.safetensors").read_bytes()
     import torch
 
     state = torch.load(half / "checkpoints" / "step-000002" / "state.pt", weights_only=True)
     assert {k: v for k, v in state["method_state"]["schedule"].items() if k != "draw"} == {"epoch": 0, "pair": 2}
     _train(half, "trainer.max_steps=4", "resume=latest")
-    gat = (straight / "export" / "rrnet_gat.safetensors").read_bytes()
-    assert (half / "export" / "rrnet_gat.safetensors").read_bytes() == gat
+    gat = (straight / "export" / "rrnet-above.safetensors").read_bytes()
+    assert (half / "export" / "rrnet-above.safetensors").read_bytes() == gat
     assert after_two != gat
 
     def rows(run):

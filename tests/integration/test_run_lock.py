@@ -56,7 +56,7 @@ def test_a_second_run_in_a_busy_folder_stops_at_once(tmp_path):
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
-    assert (run_dir / "export" / "learned_embeds.safetensors").exists()
+    assert (run_dir / "export" / "textual_inversion-R.safetensors").exists()
 
 
 @pytest.mark.slow

@@ -30,8 +30,8 @@ def straight(tmp_path_factory):
 
 
 def _same_export(a_run, b_run):
-    a = load_file(str(a_run / "export" / "learned_embeds.safetensors"))
-    b = load_file(str(b_run / "export" / "learned_embeds.safetensors"))
+    a = load_file(str(a_run / "export" / "textual_inversion-R.safetensors"))
+    b = load_file(str(b_run / "export" / "textual_inversion-R.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -451,7 +451,7 @@ def test_bad_items_are_named(shapes_root):
 def test_training_changes_only_lora_and_export_reloads_bitwise(tmp_path):
     from accelerate import Accelerator
 
-    from relgen.methods.relationbooth.artifact import KOHYA_FILE, LORA_FILE, RelationBoothArtifact
+    from relgen.methods.relationbooth.artifact import RelationBoothArtifact
     from relgen.run import export_run
     from relgen.train.loop import Trainer
 
@@ -469,16 +469,23 @@ def test_training_changes_only_lora_and_export_reloads_bitwise(tmp_path):
     assert len(before) > 300  # UNet, processors, VAE, encoders, resampler, dummy tokens
 
     export = export_run(cfg, tmp_path, m)
+    # each file is named after the relation the items share ("above"), recorded under its role
+    lora_name, kohya_name = "relationbooth-above-lora.safetensors", "relationbooth-above-lora-kohya.safetensors"
+    branch_name = "relationbooth-above-image-branch.safetensors"
+    assert json.loads((export / "relgen.json").read_text())["files"] == {
+        "lora": lora_name, "lora_kohya": kohya_name, "image_branch": branch_name, "image_encoder": "image_encoder",
+        "image_branch_spec": "image_branch.json"}
+    assert json.loads((export / "image_branch.json").read_text())["lora"]["file"] == lora_name
     generation = json.loads((export / "image_branch.json").read_text())["generation"]
     assert (generation["local_tokens_inference"], generation["local_token_encoder"]) == (False, None)
     from safetensors import safe_open
 
-    with safe_open(str(export / LORA_FILE), "pt") as f:
+    with safe_open(str(export / lora_name), "pt") as f:
         keys, meta = list(f.keys()), f.metadata()
     assert len(keys) == 64 and all(k.startswith("unet.") and ".attn2." in k for k in keys)
     adapter = json.loads(meta["lora_adapter_metadata"])  # alpha != r only reloads right with it
     assert adapter["unet.r"] == 4 and adapter["unet.lora_alpha"] == 8.0
-    with safe_open(str(export / KOHYA_FILE), "pt") as f:
+    with safe_open(str(export / kohya_name), "pt") as f:
         kohya = {k: f.get_tensor(k) for k in f.keys()}
     alphas = [v for k, v in kohya.items() if k.endswith(".alpha")]
     assert len(kohya) == 96 and all(k.startswith("lora_unet_") for k in kohya)
@@ -487,6 +494,7 @@ def test_training_changes_only_lora_and_export_reloads_bitwise(tmp_path):
     fresh = load_tiny("tiny_sdxl")
     pipe = fresh.pipeline()
     art = RelationBoothArtifact.from_export(export)
+    assert (art.lora_file, art.adapter_file) == (export / lora_name, export / branch_name)
     art.apply(pipe)
     art.apply(pipe)  # idempotent
     it = m.items[0]
@@ -502,11 +510,43 @@ def test_training_changes_only_lora_and_export_reloads_bitwise(tmp_path):
     # the kohya file loads through diffusers to the same UNet
     kohya_pipe = load_tiny("tiny_sdxl").pipeline()
     kohya_art = RelationBoothArtifact.from_export(export)
-    kohya_art.lora_file = export / KOHYA_FILE
+    kohya_art.lora_file = export / kohya_name
     kohya_art.apply(kohya_pipe)
     with torch.no_grad():
         got = kohya_pipe.unet(noisy, 100, it.crop_ehs[0][None], added_cond_kwargs=added,
                               cross_attention_kwargs={"boxes": it.crop_boxes[0][None]}).sample
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # the model card's line loads the LoRA into a plain diffusers pipeline (no image branch) by its name
+    from peft.utils import get_peft_model_state_dict
+
+    card = (export / "README.md").read_text()
+    line = f'pipe.load_lora_weights("export", weight_name="{lora_name}")'
+    assert line in card and f"`{kohya_name}` is the same LoRA in kohya's key layout" in card
+    plain = load_tiny("tiny_sdxl").pipeline()
+    plain.load_lora_weights(str(export), weight_name=lora_name)
+    (adapter_name,) = plain.unet.peft_config  # the name diffusers gave it
+    loaded = get_peft_model_state_dict(plain.unet, adapter_name=adapter_name)
+    trained = get_peft_model_state_dict(m.backbone.unet)
+    assert len(loaded) == len(trained) == 64 and all(torch.equal(loaded[k], trained[k]) for k in trained)
+    # an export written before the names were recorded: the old fixed names, files a list
+    old = {lora_name: "pytorch_lora_weights.safetensors", kohya_name: "pytorch_lora_weights_kohya.safetensors",
+           branch_name: "image_branch.safetensors"}
+    for new_name, old_name in old.items():
+        (export / new_name).rename(export / old_name)
+    meta = json.loads((export / "relgen.json").read_text())
+    meta["files"] = [old.get(n, n) for n in meta["files"].values()]
+    (export / "relgen.json").write_text(json.dumps(meta))
+    spec = json.loads((export / "image_branch.json").read_text())
+    spec["lora"]["file"] = "pytorch_lora_weights.safetensors"
+    (export / "image_branch.json").write_text(json.dumps(spec))
+    old_art = RelationBoothArtifact.from_export(export)
+    assert (old_art.lora_file, old_art.adapter_file) == (export / "pytorch_lora_weights.safetensors",
+                                                         export / "image_branch.safetensors")
+    old_pipe = load_tiny("tiny_sdxl").pipeline()
+    old_art.apply(old_pipe)
+    with torch.no_grad():
+        got = old_pipe.unet(noisy, 100, it.crop_ehs[0][None], added_cond_kwargs=added,
+                            cross_attention_kwargs={"boxes": it.crop_boxes[0][None]}).sample
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     # the reloaded branch makes the same image tokens
     tokens = art.image_tokens(pipe, it.concept_images, it.entities, it.crop_boxes[0], local=False)
@@ -526,7 +566,7 @@ def test_official_weights_import_for_generation(tmp_path):
     torch.save({"image_proj": {f"resampler.{k}": v for k, v in m.branch.resampler.state_dict().items()},
                 "ms_adapter": modules.state_dict(), "dummy_image_tokens": m.branch.dummy_tokens.detach()},
                tmp_path / "ms_adapter.bin")
-    save_lora(m.backbone.unet, tmp_path, sdxl=False)
+    save_lora(m.backbone.unet, tmp_path, sdxl=False, weight_name="pytorch_lora_weights.safetensors")  # DreamRelation's
     m.branch.image_encoder.save_pretrained(tmp_path / "clip")
     art = RelationBoothArtifact.from_official(tmp_path / "pytorch_lora_weights.safetensors",
                                               tmp_path / "ms_adapter.bin", image_encoder=str(tmp_path / "clip"),

@@ -210,14 +210,15 @@ def test_only_relation_rows_change_and_export_loads_in_diffusers(backbone, tmp_p
     # diffusers' own loader reads the exported file into fresh pipelines
     from safetensors.torch import load_file
 
-    assert [p.name for p in files] == ["learned_embeds.safetensors"]
+    assert {role: p.name for role, p in files.items()} == {"embeddings": "reversion-R.safetensors"}
+    path = files["embeddings"]
     fresh = load_backbone(compose(f"backbone={backbone}").backbone)
     pipe = fresh.pipeline()
     if fresh.family == "sd":
-        pipe.load_textual_inversion(str(files[0]))
+        pipe.load_textual_inversion(str(path), token="<R>")  # the model card's line
         pairs = [(pipe.tokenizer, pipe.text_encoder)]
     else:
-        state = load_file(str(files[0]))
+        state = load_file(str(path))
         assert sorted(state) == ["clip_g", "clip_l"] and state["clip_l"].shape == (1, 32)
         pipe.load_textual_inversion(state["clip_l"], token="<R>", text_encoder=pipe.text_encoder,
                                     tokenizer=pipe.tokenizer)
@@ -229,7 +230,8 @@ def test_only_relation_rows_change_and_export_loads_in_diffusers(backbone, tmp_p
         assert torch.equal(loaded_row, trained[rid])
 
     # and relgen's own loader gives the same rows
-    art = ReVersion.load_artifact(tmp_path, {"method": "reversion", "method_config": {}})
+    art = ReVersion.load_artifact(tmp_path, {"method": "reversion", "method_config": {},
+                                             "files": {"embeddings": path.name}})
     for key, trained, rid in zip(method.embeds.keys, after, r_ids):
         assert torch.equal(art.rows[key][0], trained[rid])
 

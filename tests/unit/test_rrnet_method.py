@@ -376,11 +376,12 @@ def test_export_and_official_checkpoint_give_the_same_deltas(sd21, shapes, tmp_p
     method = _method(sd21, shapes)
     _train_a_little(method)
     files = method.export(tmp_path)
-    assert [f.name for f in files] == ["rrnet_gat.safetensors", "relation.json"]
-    exported = RRNet.load_artifact(tmp_path, {"method_config": {}})
+    names = {role: f.name for role, f in files.items()}
+    assert names == {"network": "rrnet-above.safetensors", "relation": "relation.json"}  # the relation folder
+    exported = RRNet.load_artifact(tmp_path, {"method_config": {}, "files": names})
     from safetensors.torch import load_file
 
-    assert set(load_file(str(files[0]))) == set(method.gnn.state_dict())  # DGL key names
+    assert set(load_file(str(files["network"]))) == set(method.gnn.state_dict())  # DGL key names
     official_path = tmp_path / "gat_placed"
     torch.save(method.gnn.state_dict(), official_path)
     rel = method.relation

@@ -1,6 +1,7 @@
 """Run folders: one owner (an fcntl lock), collision-free names, refused runs that write nothing,
 dry and failed runs that leave no folder, ``resume=latest`` that finds the newest run."""
 
+import json
 import os
 import re
 import signal
@@ -170,10 +171,11 @@ def test_a_failed_re_export_keeps_the_old_export(tmp_path, monkeypatch):
 
     assert run_training(compose(*TI), tmp_path) == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()}
+    assert "textual_inversion-R.safetensors" in before
 
     class Broken:
         def export(self, folder):
-            (folder / "learned_embeds.safetensors").write_bytes(b"half")
+            (folder / "textual_inversion-R.safetensors").write_bytes(b"half")
             raise OSError(28, "No space left on device")
 
     with pytest.raises(RelgenError, match=r"export: cannot write the export \(No space left on device\)"):
@@ -182,11 +184,22 @@ def test_a_failed_re_export_keeps_the_old_export(tmp_path, monkeypatch):
 
     class Good:
         def export(self, folder):
-            (folder / "learned_embeds.safetensors").write_bytes(b"new")
-            return [folder / "learned_embeds.safetensors"]
+            (folder / "textual_inversion-R.safetensors").write_bytes(b"new")
+            return {"embeddings": folder / "textual_inversion-R.safetensors"}
 
     # a replace killed between moving the old export aside and renaming the new one in
     (tmp_path / "export").rename(tmp_path / ".export.old-1")
     export_run(compose(*TI), tmp_path, Good())
-    assert (tmp_path / "export" / "learned_embeds.safetensors").read_bytes() == b"new"
+    assert (tmp_path / "export" / "textual_inversion-R.safetensors").read_bytes() == b"new"
+    meta = json.loads((tmp_path / "export" / "relgen.json").read_text())
+    assert meta["files"] == {"embeddings": "textual_inversion-R.safetensors"}
+
+    class ListsItsFiles:  # a plugin that returns a list: each file is recorded under its own name
+        def export(self, folder):
+            (folder / "weights.safetensors").write_bytes(b"w")
+            return [folder / "weights.safetensors"]
+
+    export_run(compose(*TI), tmp_path, ListsItsFiles())
+    meta = json.loads((tmp_path / "export" / "relgen.json").read_text())
+    assert meta["files"] == {"weights.safetensors": "weights.safetensors"}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []

@@ -30,6 +30,8 @@ def test_only_placeholder_rows_change_and_diffusers_loads_the_export(backbone_na
     for _ in range(2):
         trainer.run_step()
     files = method.export(tmp_path)
+    assert {role: p.name for role, p in files.items()} == {"embeddings": "textual_inversion-R.safetensors"}
+    path = files["embeddings"]
     for slot, old, ids in zip(bb.slots, before, method.embeds.token_ids):
         new = slot.encoder.get_input_embeddings().weight
         changed = (new != old).any(dim=1).nonzero().flatten().tolist()
@@ -39,11 +41,11 @@ def test_only_placeholder_rows_change_and_diffusers_loads_the_export(backbone_na
             if n in others:
                 assert torch.equal(p, others[n]), n
 
-    exported = load_file(str(files[0]))
+    exported = load_file(str(path))
     pipe = load_tiny(backbone_name).pipeline()  # a fresh pipeline of the same weights
     if bb.family == "sd":
         assert set(exported) == {"<R>"} and exported["<R>"].shape == (bb.slots[0].width,)
-        pipe.load_textual_inversion(str(files[0]))
+        pipe.load_textual_inversion(str(path), token="<R>")  # the model card's line
         pairs = [(pipe.tokenizer, pipe.text_encoder, bb.slots[0])]
     else:
         assert set(exported) == {"clip_l", "clip_g"}

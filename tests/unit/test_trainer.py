@@ -21,7 +21,7 @@ TI = ["method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversio
 
 
 def _export(run_dir: Path) -> dict:
-    return load_file(str(run_dir / "export" / "learned_embeds.safetensors"))
+    return load_file(str(run_dir / "export" / "textual_inversion-R.safetensors"))
 
 
 def test_resume_is_bitwise_equal(tmp_path):

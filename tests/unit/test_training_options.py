@@ -369,8 +369,8 @@ def test_full_run_resumes_bitwise_with_every_option_on_and_exports_the_ema(tmp_p
     shutil.rmtree(resumed / "checkpoints" / "step-000004")
     shutil.rmtree(resumed / "export")
     assert run_training(compose(*args, "resume=latest"), resumed) == 0
-    a = load_file(str(straight / "export" / "learned_embeds.safetensors"))["<R>"]
-    b = load_file(str(resumed / "export" / "learned_embeds.safetensors"))["<R>"]
+    a = load_file(str(straight / "export" / "textual_inversion-R.safetensors"))["<R>"]
+    b = load_file(str(resumed / "export" / "textual_inversion-R.safetensors"))["<R>"]
     assert torch.equal(a, b)
     state = ckpt.load_checkpoint(straight / "checkpoints" / "step-000004")
     assert torch.equal(a, state["ema"]["shadow_params"][0][0])  # the export is the EMA

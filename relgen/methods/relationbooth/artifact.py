@@ -1,17 +1,22 @@
 """RelationBooth's exported artifact and generation inputs.
 
-Files in ``export/``:
+Files in ``export/`` (``<relation>``: ``method.relation_name``, else the items' shared predicate;
+``relgen.json`` records each name under its role, see :func:`export_names`):
 
-* ``pytorch_lora_weights.safetensors``: the attn2 LoRA in diffusers format (``unet.``-prefixed
-  keys, adapter metadata), loadable with ``pipe.load_lora_weights`` — also DreamRelation's own
-  released LoRA layout, so an official LoRA can be dropped in.
-* ``image_branch.safetensors``: the image branch in MS-Diffusion's layout, flattened
-  (``image_proj.*`` resampler, ``ms_adapter.{i}.to_{k,v}_ip.weight`` with ``i`` in
-  ``unet.attn_processors`` order, ``dummy_image_tokens``).
+* ``relationbooth-<relation>-lora.safetensors``: the attn2 LoRA in diffusers format
+  (``unet.``-prefixed keys, adapter metadata), loadable with
+  ``pipe.load_lora_weights(export_dir, weight_name=...)`` — also DreamRelation's own released LoRA
+  layout, so an official LoRA can be dropped in.
+* ``relationbooth-<relation>-image-branch.safetensors``: the image branch in MS-Diffusion's
+  layout, flattened (``image_proj.*`` resampler, ``ms_adapter.{i}.to_{k,v}_ip.weight`` with ``i``
+  in ``unet.attn_processors`` order, ``dummy_image_tokens``).
 * ``image_branch.json``: the branch sizes, image-encoder source and generation defaults.
 * ``image_encoder/``: the CLIP vision model when it is a tiny random one (otherwise the JSON
   names its hub id or folder).
-* optionally ``pytorch_lora_weights_kohya.safetensors``.
+* optionally ``relationbooth-<relation>-lora-kohya.safetensors``.
+
+Exports that record no names have the old fixed ones (``pytorch_lora_weights.safetensors``,
+``pytorch_lora_weights_kohya.safetensors``, ``image_branch.safetensors``); they still load.
 
 Generation (DreamRelation inference.py): the prompt embeddings are followed by the image tokens
 of the reference images; the negative branch gets zero image tokens and zero boxes, and the
@@ -31,15 +36,32 @@ import torch
 
 from relgen.errors import DataError, RelgenError
 from relgen.methods.base import Artifact
+from relgen.names import export_file_name, exported_file
 
 log = logging.getLogger("relgen")
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
-KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
-BRANCH_FILE = "image_branch.safetensors"
+# the files' roles in relgen.json's "files"
+LORA_ROLE, KOHYA_ROLE, BRANCH_ROLE = "lora", "lora_kohya", "image_branch"
+SPEC_ROLE, ENCODER_ROLE = "image_branch_spec", "image_encoder"
 SPEC_FILE = "image_branch.json"
 ENCODER_DIR = "image_encoder"
+# The fixed names of exports written before the file names carried the relation (read, never written).
+LEGACY_LORA_FILE = "pytorch_lora_weights.safetensors"
+LEGACY_KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
+LEGACY_BRANCH_FILE = "image_branch.safetensors"
 ADAPTER_NAME = "relationbooth"
+DEFAULT_RELATION_NAME = "relation"  # when neither method.relation_name nor a shared predicate names it
+
+
+def export_names(relation: str, method: str = "relationbooth") -> dict[str, str]:
+    """The weight files' names for ``relation``, by role: ``relationbooth-<relation>-lora.safetensors``,
+    ``...-lora-kohya.safetensors`` and ``...-image-branch.safetensors`` (``relation`` made portable)."""
+
+    def name(part: str) -> str:
+        return export_file_name(method, relation, part, fallback=DEFAULT_RELATION_NAME)
+
+    return {LORA_ROLE: name("lora"), KOHYA_ROLE: name("lora-kohya"), BRANCH_ROLE: name("image-branch")}
+
 
 _warned_default_layout = False
 
@@ -71,7 +93,8 @@ class RelationBoothArtifact(Artifact):
         samples: ``[{"prompt", "images", "phrases", "boxes"}]`` used when a call gives no references.
         lora_file: diffusers-format LoRA file (ours or DreamRelation's released one).
         adapter_file: image-branch weights in MS-Diffusion's layout (``ms_adapter.bin`` or our
-            flat ``image_branch.safetensors``); its processors are loaded by :meth:`apply`.
+            flat ``relationbooth-<relation>-image-branch.safetensors``); its processors are loaded
+            by :meth:`apply`.
         live_unet: the UNet that already carries the processors and LoRA (training-time artifacts).
     """
 
@@ -89,39 +112,45 @@ class RelationBoothArtifact(Artifact):
     # -- loading ------------------------------------------------------------------------------
     @classmethod
     def from_export(cls, export_dir: Path, meta: Optional[dict] = None) -> "RelationBoothArtifact":
+        """Read a relgen export, its files by the names ``relgen.json`` records (``meta`` None: read
+        from the folder); exports that record none have the old fixed names."""
         from safetensors.torch import load_file
 
         from relgen.methods.relationbooth.branch import (BranchSpec, branch_from_spec, load_image_encoder,
                                                          load_local_encoder)
 
         export_dir = Path(export_dir)
-        spec_path = export_dir / SPEC_FILE
-        for path in (spec_path, export_dir / BRANCH_FILE):
+        spec_path = exported_file(export_dir, meta, SPEC_ROLE, SPEC_FILE)
+        branch_path = exported_file(export_dir, meta, BRANCH_ROLE, LEGACY_BRANCH_FILE)
+        for path in (spec_path, branch_path):
             if not path.is_file():
                 raise RelgenError(f"{path}: not found; was the relationbooth run finished?")
         info = json.loads(spec_path.read_text())
         # an imported MS-Diffusion branch alone has no LoRA ("lora": null); a trained run always has one
-        lora_file = export_dir / LORA_FILE if info.get("lora", {}) is not None else None
-        if lora_file is not None and not lora_file.is_file():
-            raise RelgenError(f"{lora_file}: not found; was the relationbooth run finished?")
+        lora_file = None
+        if info.get("lora", {}) is not None:
+            lora_file = exported_file(export_dir, meta, LORA_ROLE, LEGACY_LORA_FILE)
+            if not lora_file.is_file():
+                raise RelgenError(f"{lora_file}: not found; was the relationbooth run finished?")
         spec = BranchSpec.from_json(info["branch"])
-        if (export_dir / ENCODER_DIR).is_dir():
-            encoder = load_image_encoder(str(export_dir / ENCODER_DIR))
+        encoder_dir = exported_file(export_dir, meta, ENCODER_ROLE, ENCODER_DIR, required=False)
+        if encoder_dir is not None and encoder_dir.is_dir():
+            encoder = load_image_encoder(str(encoder_dir))
         else:
             encoder = load_image_encoder(spec.image_encoder, spec.image_encoder_config, spec.seed)
         local = load_local_encoder(encoder, spec.clipself_checkpoint) if spec.clipself_checkpoint else None
         branch = branch_from_spec(spec, encoder, local)
-        flat = load_file(str(export_dir / BRANCH_FILE))
+        flat = load_file(str(branch_path))
         resampler = {k[len("image_proj."):]: v for k, v in flat.items() if k.startswith("image_proj.")}
         try:
             branch.resampler.load_state_dict(resampler, strict=True)
         except RuntimeError as exc:
-            raise RelgenError(f"{export_dir / BRANCH_FILE}: resampler weights do not fit {SPEC_FILE} "
+            raise RelgenError(f"{branch_path}: resampler weights do not fit {spec_path.name} "
                               f"({_first_detail(exc)})") from exc
         with torch.no_grad():
             branch.dummy_tokens.copy_(flat["dummy_image_tokens"])
         return cls(branch, info.get("generation", {}), info.get("samples", []), lora_file=lora_file,
-                   adapter_file=export_dir / BRANCH_FILE)
+                   adapter_file=branch_path)
 
     @classmethod
     def from_official(cls, lora: str | Path, ms_adapter: str | Path, image_encoder: Optional[str] = None,
@@ -134,7 +163,7 @@ class RelationBoothArtifact(Artifact):
         the Fourier part, and the local image size is 4 x the encoder's (896 for ViT-bigG-14).
 
         Args:
-            lora: ``pytorch_lora_weights.safetensors`` (diffusers format).
+            lora: DreamRelation's ``pytorch_lora_weights.safetensors`` (diffusers format, any name).
             ms_adapter: MS-Diffusion's ``ms_adapter.bin``.
             image_encoder: CLIP vision model hub id or folder (default: laion's ViT-bigG-14).
             clipself_checkpoint: CLIPSelf ``epoch_6.pt`` for the local tokens (None: no local encoder).

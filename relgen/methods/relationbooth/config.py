@@ -51,7 +51,7 @@ class RelationBoothConfig(MethodConfig):
             builds a seeded tiny random one (offline). Released: laion/CLIP-ViT-bigG-14-laion2B-39B-b160k.
         clipself_checkpoint: CLIPSelf ``epoch_6.pt`` for the local tokens; None uses the image
             encoder itself for the dense features (same value-path read-out).
-        ms_adapter: MS-Diffusion ``ms_adapter.bin`` (or our exported ``image_branch.safetensors``);
+        ms_adapter: MS-Diffusion ``ms_adapter.bin`` (or an exported ``relationbooth-*-image-branch.safetensors``);
             None initialises the branch randomly (to_k_ip/to_v_ip copied from to_k/to_v).
         branch_seed: seed of every random part of the image branch.
         scale: image-attention weight gamma of the masked parallel cross-attention.
@@ -93,6 +93,9 @@ class RelationBoothConfig(MethodConfig):
         default_box_y: vertical extent of the default side-by-side layout used without boxes.
         num_sample_prompts: dataset items rendered in the sample grid.
         export_kohya: also write the LoRA in kohya format.
+        relation_name: the relation the exported files are named after
+            (``relationbooth-<relation_name>-lora.safetensors``); None: the predicate every item
+            shares (``hugging``), else ``relation``.
     """
 
     name: str = "relationbooth"
@@ -163,6 +166,7 @@ class RelationBoothConfig(MethodConfig):
     default_box_y: list[float] = field(default_factory=lambda: [0.2, 0.8])
     num_sample_prompts: int = 1
     export_kohya: bool = False
+    relation_name: Optional[str] = None  # None: the items' shared predicate
 
 
 # the method registers its own schema, as a plugin's ``schemas`` entry does

@@ -39,17 +39,25 @@ from relgen.backbones.base import TextCond
 from relgen.errors import ConfigError, DataError
 from relgen.methods.base import Method, StepContext, StepOutput
 from relgen.methods.relationbooth.artifact import (
-    BRANCH_FILE,
+    BRANCH_ROLE,
+    DEFAULT_RELATION_NAME,
     ENCODER_DIR,
-    KOHYA_FILE,
-    LORA_FILE,
+    ENCODER_ROLE,
+    KOHYA_ROLE,
+    LEGACY_BRANCH_FILE,
+    LEGACY_KOHYA_FILE,
+    LEGACY_LORA_FILE,
+    LORA_ROLE,
     SPEC_FILE,
+    SPEC_ROLE,
     RelationBoothArtifact,
+    export_names,
 )
 from relgen.methods.relationbooth.attention import TextAttentionStore
 from relgen.methods.relationbooth.branch import TINY_ENCODER_SOURCE, build_branch, phrase_embeddings
 from relgen.methods.relationbooth.config import RelationBoothConfig
 from relgen.methods.relationbooth.losses import keypoint_matching_loss, predicate_calibration_loss
+from relgen.names import recorded_name
 
 log = logging.getLogger("relgen")
 
@@ -231,49 +239,63 @@ class RelationBooth(Method):
                 p.copy_(state[f"lora.{k}"])
 
     # -- artifacts ----------------------------------------------------------------------------
-    def export(self, out_dir: Path) -> list[Path]:
+    def relation_name(self) -> str:
+        """What the exported files are named after: ``method.relation_name``, else the predicate
+        every item shares (``hugging``; words joined by ``_``), else ``relation``."""
+        if self.cfg.relation_name:
+            return self.cfg.relation_name
+        predicates = {tuple(item.predicate) if item.predicate else None for item in self.data}
+        if len(predicates) == 1 and None not in predicates:
+            return "_".join(predicates.pop())
+        return DEFAULT_RELATION_NAME
+
+    def export(self, out_dir: Path) -> dict[str, Path]:
+        """``relationbooth-<relation>-lora.safetensors``, ``...-image-branch.safetensors``,
+        ``image_branch.json`` (and ``...-lora-kohya.safetensors``, ``image_encoder/``)."""
         import json
 
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
         unet = self.backbone.unet
-        files = [save_lora(unet, out_dir, sdxl=len(self.backbone.slots) > 1)]
+        names = export_names(self.relation_name(), self.name)
+        files = {LORA_ROLE: save_lora(unet, out_dir, sdxl=len(self.backbone.slots) > 1, weight_name=names[LORA_ROLE])}
         if self.cfg.export_kohya:
-            files.append(save_kohya_lora(unet, out_dir / KOHYA_FILE))
-        save_file(self.branch.adapter_state_dict(unet), str(out_dir / BRANCH_FILE), metadata={"format": "ms_adapter"})
-        files.append(out_dir / BRANCH_FILE)
+            files[KOHYA_ROLE] = save_kohya_lora(unet, out_dir / names[KOHYA_ROLE])
+        files[BRANCH_ROLE] = out_dir / names[BRANCH_ROLE]
+        save_file(self.branch.adapter_state_dict(unet), str(files[BRANCH_ROLE]), metadata={"format": "ms_adapter"})
         if self.branch.spec.image_encoder == TINY_ENCODER_SOURCE:
             self.branch.image_encoder.save_pretrained(out_dir / ENCODER_DIR, safe_serialization=True)
-            files.append(out_dir / ENCODER_DIR)
+            files[ENCODER_ROLE] = out_dir / ENCODER_DIR
         info = {"branch": self.branch.spec.to_json(), "generation": self.generation_defaults(),
-                "lora": {"file": LORA_FILE, "rank": self.cfg.rank, "alpha": self.cfg.lora_alpha,
+                "lora": {"file": names[LORA_ROLE], "rank": self.cfg.rank, "alpha": self.cfg.lora_alpha,
                          "targets": list(self.cfg.lora_targets)},
                 "samples": self.samples()}
-        (out_dir / SPEC_FILE).write_text(json.dumps(info, indent=2))
-        files.append(out_dir / SPEC_FILE)
+        files[SPEC_ROLE] = out_dir / SPEC_FILE
+        files[SPEC_ROLE].write_text(json.dumps(info, indent=2))
         return files
 
     @classmethod
     def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
-        files = meta.get("files", [])
-        lora = LORA_FILE in files
-        code = [f"pipe.load_lora_weights(\"export\", weight_name=\"{LORA_FILE}\")  # the relation LoRA"] if lora else []
+        lora = recorded_name(meta, LORA_ROLE, LEGACY_LORA_FILE)
+        branch = recorded_name(meta, BRANCH_ROLE, LEGACY_BRANCH_FILE) or LEGACY_BRANCH_FILE
+        kohya = recorded_name(meta, KOHYA_ROLE, LEGACY_KOHYA_FILE)
+        code = [f"pipe.load_lora_weights(\"export\", weight_name=\"{lora}\")  # the relation LoRA"] if lora else []
         code += ["import relgen",
                  "run = relgen.load(\"<run_dir>\"); run.apply(pipe)  # the image branch and the LoRA",
                  "images = pipe(**run.pipeline_inputs(pipe, [\"a cat is hugging a dog\"], images=[\"cat.png\", "
                  "\"dog.png\"], phrases=[\"cat\", \"dog\"])).images"]
         limits = ["The backbone's own weights."]
         if lora:
-            limits.append(f"`{LORA_FILE}` alone is not the whole model: it was trained on top of the image-prompt "
-                          f"branch (`{BRANCH_FILE}`, MS-Diffusion's layout), without which it does not reproduce "
+            limits.append(f"`{lora}` alone is not the whole model: it was trained on top of the image-prompt "
+                          f"branch (`{branch}`, MS-Diffusion's layout), without which it does not reproduce "
                           "the samples; `relgen.load` installs both.")
         else:
-            limits.append("No relation LoRA: this is MS-Diffusion's image branch alone.")
-        limits.append("The CLIP image encoder, unless it is the folder `image_encoder/` here: `image_branch.json` "
+            limits.append(f"No relation LoRA: this is MS-Diffusion's image branch (`{branch}`) alone.")
+        limits.append(f"The CLIP image encoder, unless it is the folder `{ENCODER_DIR}/` here: `{SPEC_FILE}` "
                       "names it.")
-        if KOHYA_FILE in files:
-            limits.append(f"`{KOHYA_FILE}` is the same LoRA in kohya's key layout (lora_unet_..., alpha per module) "
+        if kohya:
+            limits.append(f"`{kohya}` is the same LoRA in kohya's key layout (lora_unet_..., alpha per module) "
                           "for kohya sd-scripts and the WebUIs.")
         return "```python\n" + "\n".join(code) + "\n```", limits
 
@@ -350,8 +372,12 @@ def add_lora(unet, cfg: RelationBoothConfig) -> dict[str, torch.nn.Parameter]:
     return params
 
 
-def save_lora(unet, out_dir: Path, sdxl: bool) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` (diffusers format, with the adapter's metadata)."""
+def save_lora(unet, out_dir: Path, sdxl: bool, weight_name: str) -> Path:
+    """Write ``out_dir/weight_name`` (diffusers format, with the adapter's metadata).
+
+    diffusers' ``load_lora_weights(out_dir, weight_name=weight_name)`` reads it under any name
+    (without ``weight_name`` it looks for ``pytorch_lora_weights.safetensors`` only).
+    """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -361,8 +387,8 @@ def save_lora(unet, out_dir: Path, sdxl: bool) -> Path:
     metadata = {k: sorted(v) if isinstance(v, set) else v for k, v in unet.peft_config[LORA_ADAPTER].to_dict().items()}
     pipeline_cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     pipeline_cls.save_lora_weights(str(out_dir), unet_lora_layers=layers, safe_serialization=True,
-                                   weight_name=LORA_FILE, unet_lora_adapter_metadata=metadata)
-    return Path(out_dir) / LORA_FILE
+                                   weight_name=weight_name, unet_lora_adapter_metadata=metadata)
+    return Path(out_dir) / weight_name
 
 
 def save_kohya_lora(unet, path: Path) -> Path:

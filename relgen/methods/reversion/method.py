@@ -22,7 +22,9 @@ from relgen.methods.base import StepContext, StepOutput
 from relgen.methods.reversion.config import ReVersionConfig
 from relgen.methods.reversion.losses import gather_steering_rows, steering_loss
 from relgen.methods.reversion.words import excluded_token_ids, sample_positive_words, special_token_ids
-from relgen.methods.textual_inversion.method import EMBEDS_FILE, TextualInversion, TokenArtifact
+from relgen.methods.textual_inversion.method import (EMBEDS_ROLE, LEGACY_EMBEDS_FILE, TextualInversion,
+                                                     TokenArtifact)
+from relgen.names import exported_file
 
 NO_NEGATIVES_WARNING = (
     "reversion: the batch's captions contain no content words (every token is a stop word, a "
@@ -150,8 +152,10 @@ class ReVersion(TextualInversion):
         """Read a run's export folder, or ReVersion's official ``learned_embeds.bin``.
 
         Args:
-            export_dir: An export folder holding ``learned_embeds.safetensors``; an official
-                experiment folder holding ``learned_embeds.bin``; or the path of either file.
+            export_dir: An export folder (its file is the one ``relgen.json`` records, e.g.
+                ``reversion-R.safetensors``; ``learned_embeds.safetensors`` in exports that record
+                no names); an official experiment folder holding ``learned_embeds.bin``; or the
+                path of either file.
             meta: The export's ``relgen.json`` contents (may be empty for official files).
 
         Returns:
@@ -164,12 +168,13 @@ class ReVersion(TextualInversion):
         lowercase = bool(mcfg.get("lowercase_prompts", True))
         path = Path(export_dir).expanduser()
         if path.is_dir():
-            if (path / EMBEDS_FILE).is_file():
-                path = path / EMBEDS_FILE
+            exported = exported_file(path, meta, EMBEDS_ROLE, LEGACY_EMBEDS_FILE)
+            if exported.is_file():
+                path = exported
             elif (path / OFFICIAL_EMBEDS_FILE).is_file():
                 path = path / OFFICIAL_EMBEDS_FILE
             else:
-                raise RelgenError(f"{path}: holds neither {EMBEDS_FILE} (a relgen export) nor "
+                raise RelgenError(f"{path}: holds neither {exported.name} (a relgen export) nor "
                                   f"{OFFICIAL_EMBEDS_FILE} (ReVersion's official format)")
         if path.suffix == ".safetensors":
             meta.setdefault("method", cls.name)

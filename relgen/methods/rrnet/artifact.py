@@ -27,23 +27,36 @@ from torch import Tensor
 
 from relgen.errors import ConfigError, RelgenError
 from relgen.methods.base import Artifact
+from relgen.names import export_file_name, exported_file
 
-GAT_FILE = "rrnet_gat.safetensors"
+NETWORK_ROLE, RELATION_ROLE = "network", "relation"  # the files' roles in relgen.json's "files"
 RELATION_FILE = "relation.json"
+# The fixed name of exports written before the file names carried the relation (read, never written).
+LEGACY_GAT_FILE = "rrnet_gat.safetensors"
 FORMAT = "relgen-rrnet"
 FORMAT_VERSION = 1
 DEFAULT_OBJECT_TEMPLATE = "this is a photo of {}"
 
 __all__ = [
-    "GAT_FILE",
+    "LEGACY_GAT_FILE",
+    "NETWORK_ROLE",
     "RELATION_FILE",
+    "RELATION_ROLE",
     "RRNetArtifact",
     "dgl_device",
     "first_token_rows",
+    "gat_file_name",
     "object_sentence",
     "rectify",
     "render_scale_grid",
 ]
+
+
+def gat_file_name(relation: dict, method: str = "rrnet") -> str:
+    """``rrnet-<relation>.safetensors``: ``relation`` is what ``relation.json`` holds; the name is
+    its ``relation`` key (the relation folder's name, e.g. ``place``), else its word ``R``."""
+    name = relation.get("relation") or relation.get("R") or ""
+    return export_file_name(method, str(name), fallback="relation")
 
 
 # ------------------------------------------------------------------------------------------
@@ -256,13 +269,18 @@ class RRNetArtifact(Artifact):
     # -- loading ------------------------------------------------------------------------
     @classmethod
     def from_export(cls, export_dir: Path, meta: Optional[dict] = None) -> "RRNetArtifact":
-        """Read ``rrnet_gat.safetensors`` and ``relation.json`` written by a relgen run."""
+        """Read the network (``rrnet-<relation>.safetensors``) and ``relation.json`` of a relgen run.
+
+        The file names are those ``relgen.json`` records (``meta`` None: read from the folder);
+        exports that record none have the old fixed ``rrnet_gat.safetensors``.
+        """
         from safetensors.torch import load_file
 
         from relgen.methods.rrnet.gnn import RelationGAT
 
         export_dir = Path(export_dir)
-        rel_path, gat_path = export_dir / RELATION_FILE, export_dir / GAT_FILE
+        rel_path = exported_file(export_dir, meta, RELATION_ROLE, RELATION_FILE)
+        gat_path = exported_file(export_dir, meta, NETWORK_ROLE, LEGACY_GAT_FILE)
         for path in (rel_path, gat_path):
             if not path.is_file():
                 raise RelgenError(f"{path}: exported RRNet file not found; was the run finished?")

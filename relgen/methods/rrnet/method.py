@@ -31,9 +31,11 @@ from torch import Tensor
 from relgen.backbones.base import TextCond
 from relgen.errors import ConfigError
 from relgen.methods.base import Method, StepContext, StepOutput
-from relgen.methods.rrnet.artifact import (FORMAT, FORMAT_VERSION, GAT_FILE, RELATION_FILE, RRNetArtifact,
-                                           dgl_device, first_token_rows, object_sentence, rectify)
+from relgen.methods.rrnet.artifact import (FORMAT, FORMAT_VERSION, LEGACY_GAT_FILE, NETWORK_ROLE, RELATION_FILE,
+                                           RELATION_ROLE, RRNetArtifact, dgl_device, first_token_rows,
+                                           gat_file_name, object_sentence, rectify)
 from relgen.methods.rrnet.config import RRNetConfig
+from relgen.names import recorded_name
 
 log = logging.getLogger("relgen")
 
@@ -327,27 +329,29 @@ class RRNet(Method):
                 "object_template": cfg.object_template, "scale": cfg.inference_scale,
                 "grid_scales": list(cfg.grid_scales), "backbone": self.backbone.name, "edit_rows": cfg.edit_rows}
 
-    def export(self, out_dir: Path) -> list[Path]:
-        """``rrnet_gat.safetensors`` (the released checkpoint's DGL key names) + ``relation.json``."""
+    def export(self, out_dir: Path) -> dict[str, Path]:
+        """``rrnet-<relation>.safetensors`` (the released checkpoint's DGL key names) + ``relation.json``."""
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
-        gat = out_dir / GAT_FILE
+        relation = self.relation_meta()
+        gat = out_dir / gat_file_name(relation, self.name)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.gnn.state_dict().items()}
         # One metadata key: safetensors writes metadata in hash order, so several keys would make
         # the bytes of identical weights differ from run to run.
         save_file(tensors, str(gat), metadata={"format": FORMAT})
         rel = out_dir / RELATION_FILE
-        rel.write_text(json.dumps(self.relation_meta(), indent=2) + "\n")
-        return [gat, rel]
+        rel.write_text(json.dumps(relation, indent=2) + "\n")
+        return {NETWORK_ROLE: gat, RELATION_ROLE: rel}
 
     @classmethod
     def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
+        network = recorded_name(meta, NETWORK_ROLE, LEGACY_GAT_FILE) or LEGACY_GAT_FILE
         return ("RRNet edits the EOT row of the prompt embeddings, which a diffusers pipeline cannot do by "
                 "itself; relgen builds the `prompt_embeds`:\n\n"
                 "```python\nimport relgen\nrun = relgen.load(\"<run_dir>\")   # reads export/\n"
                 "images = pipe(**run.pipeline_inputs(pipe, [\"a book is placed in a bowl\"], scale=0.6)).images\n```\n\n"
-                f"`{GAT_FILE}` holds the graph network with the key names of RRNet's released `gat_<R>`; "
+                f"`{network}` holds the graph network with the key names of RRNet's released `gat_<R>`; "
                 f"`{RELATION_FILE}` the relation's words and the network's sizes.",
                 ["The backbone's own weights; the network only adjusts its text conditioning.",
                  "It is bound to one relation (the words in relation.json) and to the backbone's text width."])

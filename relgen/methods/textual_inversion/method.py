@@ -16,8 +16,16 @@ from relgen.errors import RelgenError
 from relgen.methods.base import Artifact, Method, StepContext, StepOutput
 from relgen.methods.textual_inversion.config import TextualInversionConfig
 from relgen.methods.textual_inversion.embeddings import PlaceholderEmbeddings
+from relgen.names import export_file_name, exported_file, recorded_name
 
-EMBEDS_FILE = "learned_embeds.safetensors"
+EMBEDS_ROLE = "embeddings"  # the file's role in relgen.json's "files"
+# The fixed name of exports written before the file names carried the token (read, never written).
+LEGACY_EMBEDS_FILE = "learned_embeds.safetensors"
+
+
+def embeds_file_name(method: str, token: str) -> str:
+    """``<method>-<token>.safetensors``, the token made portable: ``reversion-R.safetensors`` for ``<R>``."""
+    return export_file_name(method, token, fallback="token")
 
 
 class TextualInversion(Method):
@@ -81,14 +89,16 @@ class TextualInversion(Method):
                 rows.copy_(state[f"rows.{key}"])
 
     # -- artifacts --------------------------------------------------------------------------
-    def export(self, out_dir: Path) -> list[Path]:
+    def export(self, out_dir: Path) -> dict[str, Path]:
+        """``<method>-<token>.safetensors`` (``textual_inversion-R.safetensors`` for ``<R>``)."""
         self.embeds.write_into_encoders()
-        return [save_token_embeddings(out_dir / EMBEDS_FILE, self.token, self.embeds.named_rows())]
+        path = Path(out_dir) / embeds_file_name(self.name, self.token)
+        return {EMBEDS_ROLE: save_token_embeddings(path, self.token, self.embeds.named_rows())}
 
     @classmethod
     def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
         token = (meta.get("method_config") or {}).get("placeholder_token", "<R>")
-        name = meta.get("files", [EMBEDS_FILE])[0]
+        name = recorded_name(meta, EMBEDS_ROLE, LEGACY_EMBEDS_FILE) or LEGACY_EMBEDS_FILE
         if (meta.get("backbone") or {}).get("family") == "sdxl":
             code = ("from safetensors.torch import load_file\n"
                     f"rows = load_file(\"export/{name}\")  # clip_l and clip_g rows\n"
@@ -105,7 +115,7 @@ class TextualInversion(Method):
 
     @classmethod
     def load_artifact(cls, export_dir: Path, meta: dict) -> "TokenArtifact":
-        return TokenArtifact.from_file(Path(export_dir) / EMBEDS_FILE, meta)
+        return TokenArtifact.from_file(exported_file(export_dir, meta, EMBEDS_ROLE, LEGACY_EMBEDS_FILE), meta)
 
     def live_artifact(self) -> "TokenArtifact":
         self.embeds.write_into_encoders()
@@ -124,6 +134,8 @@ class TextualInversion(Method):
 # Export format: diffusers' textual-inversion file. SD 1.x/2.x: {token: (D,)} (one key, as
 # diffusers' textual_inversion.py writes). SDXL: {"clip_l": (n, 768), "clip_g": (n, 1280)},
 # the community format whose parts load with load_textual_inversion(..., text_encoder=...).
+# diffusers' load_textual_inversion reads a safetensors file with one tensor per token from its
+# path whatever the file's name, so the name can say what it holds (reversion-R.safetensors).
 
 
 def save_token_embeddings(path: Path, token: str, rows: dict[str, torch.Tensor]) -> Path:
