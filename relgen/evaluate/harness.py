@@ -166,9 +166,12 @@ def _load_run(path: str, key: str):
 
 
 def plan(cfg: EvaluateConfig) -> Evaluation:
-    """Fix the prompts, seeds and conditions, and check every metric name, loading no model."""
+    """Fix the prompts (with reference images where a metric needs them and no prompt has any:
+    :mod:`relgen.evaluate.references`), seeds and conditions, and check every metric name,
+    loading no model."""
     from relgen.evaluate.metrics import get_metric
     from relgen.evaluate.prompts import resolve_prompts
+    from relgen.evaluate.references import default_references
 
     for name in cfg.metrics:
         get_metric(name)
@@ -178,6 +181,10 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
         raise ConfigError("give run_dir=<a finished run> (to generate) or images_dir=<a folder of images> (to score)")
     loaded = _load_run(cfg.run_dir, "run_dir") if cfg.run_dir else None
     prompt_set, prompts = resolve_prompts(cfg.prompts, cfg.relation_words, loaded, cfg.relation, cfg.limit)
+    needs = [name for name in cfg.metrics if get_metric(name).needs_references]
+    if needs:  # prompts without reference images: eval.references, or the run's training dataset
+        prompts = default_references(prompts, cfg.eval.references, loaded.run_dir if loaded is not None else None,
+                                     "/".join(needs))
     seeds = _seeds(cfg)
     conditions: list[Condition] = []
     baseline: Optional[str] = None
