@@ -174,13 +174,18 @@ class RelworldMetricConfig:
 
 @dataclass
 class EvalModelsConfig:
-    """The ``eval`` node: device and every metric model.
+    """The ``eval`` node: device, every metric model, and the reference images.
 
     Attributes:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        references: Reference images of ``clip_i`` and ``dino`` for prompts that carry none: a
+            folder (sub-folders named after entity words hold those entities' images; images
+            directly in it are references of the whole image). ``None``: the images of the
+            run's training dataset (:mod:`relgen.evaluate.references`).
     """
 
     device: str = "auto"
+    references: Optional[str] = None
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)

@@ -14,6 +14,10 @@
 4. :mod:`relgen.evaluate.report` writes ``report.md``, ``results.json`` and the labelled grids
    into a temporary folder that is renamed into place at the end: a failed evaluation leaves
    no report that looks complete.
+
+Code that makes its own conditions and prompts (the relworld benchmark) draws its images through
+the same path: :func:`run_condition` / :func:`base_condition` make a condition and
+:func:`generate_samples` renders (or reads from the cache) any list of prompts with it.
 """
 
 from __future__ import annotations
@@ -46,7 +50,10 @@ class Condition:
         kind: ``"run"`` (the run's artifact applied), ``"base"`` or ``"folder"``.
         options: Generation options of the artifact (RRNet: ``{"scale": λ}``).
         identity: What its images depend on besides prompt, seed and sampler (cache key).
-        loaded: The loaded run (``relgen.load``), for ``kind == "run"``.
+        loaded: The loaded run (``relgen.load``), for ``kind == "run"`` (and for ``"base"`` when
+            the base model is the run's backbone).
+        backbone: The backbone config of a ``"base"`` condition without a run
+            (:func:`base_condition`).
     """
 
     name: str
@@ -55,6 +62,7 @@ class Condition:
     options: dict = field(default_factory=dict)
     identity: str = ""
     loaded: Any = None
+    backbone: Any = None
 
     def describe(self) -> dict[str, Any]:
         method = self.loaded.method if self.loaded is not None else None
@@ -92,6 +100,39 @@ def run_identity(loaded: Any) -> str:
     return f"{loaded.method}-{weights_digest(loaded.run_dir / 'export')}-{_digest(loaded.meta.get('backbone'))}"
 
 
+def run_condition(run: Any, name: str = "method", options: Optional[dict] = None) -> Condition:
+    """A condition that renders with a finished run's artifact.
+
+    Args:
+        run: The run folder, or a run loaded with ``relgen.load``.
+        name: Its label.
+        options: Generation options of the artifact (RRNet: ``{"scale": λ}``).
+    """
+    loaded = _load_run(str(run), "run_dir") if isinstance(run, (str, Path)) else run
+    return Condition(name, str(loaded.run_dir), "run", dict(options or {}), run_identity(loaded), loaded)
+
+
+def base_condition(backbone_cfg: Any, name: str = "base") -> Condition:
+    """A condition that renders with a backbone alone (no run): the base model.
+
+    Args:
+        backbone_cfg: A backbone config node (``compose_run("backbone=relworld").backbone``).
+        name: Its label.
+
+    Its identity covers the config and, for local weights, their content, so images cached
+    for other weights in the same folder are not reused.
+    """
+    from omegaconf import OmegaConf
+
+    from relgen.backbones.loading import resolve_pretrained, weights_digest
+
+    node = backbone_cfg if OmegaConf.is_config(backbone_cfg) else OmegaConf.structured(backbone_cfg)
+    settings = OmegaConf.to_container(node, resolve=True)
+    folder = Path(resolve_pretrained(backbone_cfg))
+    weights = weights_digest(folder) if folder.is_dir() else ""
+    return Condition(name, "base", "base", {}, f"base-{_digest(settings)}-{weights}", backbone=backbone_cfg)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -125,9 +166,12 @@ def _load_run(path: str, key: str):
 
 
 def plan(cfg: EvaluateConfig) -> Evaluation:
-    """Fix the prompts, seeds and conditions, and check every metric name, loading no model."""
+    """Fix the prompts (with reference images where a metric needs them and no prompt has any:
+    :mod:`relgen.evaluate.references`), seeds and conditions, and check every metric name,
+    loading no model."""
     from relgen.evaluate.metrics import get_metric
     from relgen.evaluate.prompts import resolve_prompts
+    from relgen.evaluate.references import default_references
 
     for name in cfg.metrics:
         get_metric(name)
@@ -137,6 +181,10 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
         raise ConfigError("give run_dir=<a finished run> (to generate) or images_dir=<a folder of images> (to score)")
     loaded = _load_run(cfg.run_dir, "run_dir") if cfg.run_dir else None
     prompt_set, prompts = resolve_prompts(cfg.prompts, cfg.relation_words, loaded, cfg.relation, cfg.limit)
+    needs = [name for name in cfg.metrics if get_metric(name).needs_references]
+    if needs:  # prompts without reference images: eval.references, or the run's training dataset
+        prompts = default_references(prompts, cfg.eval.references, loaded.run_dir if loaded is not None else None,
+                                     "/".join(needs))
     seeds = _seeds(cfg)
     conditions: list[Condition] = []
     baseline: Optional[str] = None
@@ -212,9 +260,9 @@ def _prompt_options(condition: Condition, prompt: EvalPrompt, text: str) -> dict
     return options
 
 
-def _image_key(ev: Evaluation, condition: Condition, text: str, seed: int, options: dict) -> str:
+def _image_key(sampler: dict, condition: Condition, text: str, seed: int, options: dict) -> str:
     return _digest({"v": CACHE_VERSION, "run": condition.identity, "options": options, "prompt": text,
-                    "seed": seed, "sampler": ev.sampler})
+                    "seed": seed, "sampler": sampler})
 
 
 def _contiguous(seeds: list[int]) -> list[list[int]]:
@@ -227,51 +275,95 @@ def _contiguous(seeds: list[int]) -> list[list[int]]:
     return runs
 
 
+def generate_samples(condition: Condition, prompts: list[EvalPrompt], seeds: list[int], sampler: dict,
+                     cache_dir: Path, device: Any = None, *, texts: Optional[list[str]] = None,
+                     options: Optional[dict] = None, batch_size: int = 4, cache: bool = True,
+                     pipelines: Optional[dict] = None, bar: Any = None) -> list[Sample]:
+    """Every image of one condition for ``prompts`` x ``seeds`` (cached), prompt by prompt.
+
+    Images are drawn through :func:`relgen.generate.render` (the one inference path): the image
+    of seed ``s`` uses a generator seeded with ``s``, whatever else is drawn with it. They are
+    cached under ``<cache_dir>/images`` by (condition identity, options, text, seed, sampler);
+    a ``"folder"`` condition reads them from its folder instead.
+
+    Args:
+        condition: What makes the images (:func:`run_condition`, :func:`base_condition`, or one of
+            :func:`plan`'s).
+        prompts: The prompts.
+        seeds: The seeds, the same for every prompt.
+        sampler: ``{"steps", "guidance", "scheduler"}`` (``None``: the backbone's); part of the
+            cache key.
+        cache_dir: The cache folder.
+        device: Where the pipeline runs (``None``: where the backbone loads).
+        texts: What each prompt is rendered as (default: its text with the run's token where it has
+            ``{}``; the base model reads it with the relation written out).
+        options: Generation options of every prompt, exactly (default: the condition's, plus
+            RRNet's graph words from the prompt when the run's are not all in its text).
+        batch_size: Images per generation call.
+        cache: Reuse cached images.
+        pipelines: Loaded pipelines by run folder, shared between calls (a ``"base"`` condition
+            of a run must be drawn before the run's artifact is applied to its backbone).
+        bar: A progress bar advanced by one per image.
+
+    Returns:
+        One :class:`Sample` per prompt and seed, prompt-major.
+    """
+    from relgen.evaluate.images import open_rgb
+    from relgen.generate import GenerationOptions, _save_png, render
+
+    if texts is not None and len(texts) != len(prompts):
+        raise ValueError(f"texts: {len(texts)} texts for {len(prompts)} prompts")
+    images_dir = cache_dir / "images"
+    pipelines = {} if pipelines is None else pipelines
+    samples: list[Sample] = []
+    for k, prompt in enumerate(prompts):
+        if condition.kind == "folder":
+            for seed in seeds:
+                path = _folder_image(Path(condition.source), prompt, seed)
+                samples.append(Sample(prompt, seed, condition.name, open_rgb(path), path))
+                if bar is not None:
+                    bar.update(1)
+            continue
+        text = texts[k] if texts is not None else _condition_text(prompt, condition)
+        opts_k = dict(options) if options is not None else _prompt_options(condition, prompt, text)
+        paths = {seed: images_dir / f"{_image_key(sampler, condition, text, seed, opts_k)}.png" for seed in seeds}
+        missing = [s for s in seeds if not (cache and paths[s].is_file())]
+        if missing:
+            pipe, artifact = _pipeline_for(condition, pipelines, device, sampler.get("scheduler"))
+            images_dir.mkdir(parents=True, exist_ok=True)
+            for run in _contiguous(missing):
+                gen = GenerationOptions(seed=run[0], num_images=len(run), steps=sampler.get("steps"),
+                                        guidance=sampler.get("guidance"), batch_size=batch_size,
+                                        method_options=opts_k)
+                rows = render(pipe, artifact, [text], gen, pipelines[_backbone_key(condition)][0].cfg)
+                for seed, image in zip(run, rows[0]):
+                    _save_png(image, paths[seed])
+        for seed in seeds:
+            samples.append(Sample(prompt, seed, condition.name, open_rgb(paths[seed]), paths[seed]))
+            if bar is not None:
+                bar.update(1)
+    return samples
+
+
 def generate_images(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = True) -> None:
     """Fill ``ev.samples``: every condition's image of every prompt and seed (cached)."""
     from tqdm.auto import tqdm
 
-    from relgen.evaluate.images import open_rgb
-    from relgen.generate import GenerationOptions, _save_png, render, slug
+    from relgen.generate import slug
 
-    images_dir = cache_dir / "images"
-    backbones: dict[str, Any] = {}  # per run folder: (backbone, pipe, applied artifact or None)
+    pipelines: dict[str, Any] = {}  # per run folder: (backbone, pipe, applied artifact or None)
     total = len(ev.conditions) * len(ev.prompts) * len(ev.seeds)
     bar = tqdm(total=total, desc="images", disable=not progress, leave=False)
     for condition in ev.conditions:
-        samples: list[Sample] = []
-        for prompt in ev.prompts:
-            if condition.kind == "folder":
-                for seed in ev.seeds:
-                    path = _folder_image(Path(condition.source), prompt, seed)
-                    samples.append(Sample(prompt, seed, condition.name, open_rgb(path), path))
-                    bar.update(1)
-                continue
-            text = _condition_text(prompt, condition)
-            options = _prompt_options(condition, prompt, text)
-            keys = {seed: _image_key(ev, condition, text, seed, options) for seed in ev.seeds}
-            paths = {seed: images_dir / f"{keys[seed]}.png" for seed in ev.seeds}
-            missing = [s for s in ev.seeds if not (ev.cfg.cache and paths[s].is_file())]
-            if missing:
-                pipe, artifact = _pipeline_for(condition, backbones, device, ev.sampler.get("scheduler"))
-                images_dir.mkdir(parents=True, exist_ok=True)
-                for run in _contiguous(missing):
-                    opts = GenerationOptions(seed=run[0], num_images=len(run), steps=ev.sampler.get("steps"),
-                                             guidance=ev.sampler.get("guidance"), batch_size=ev.cfg.batch_size,
-                                             method_options=options)
-                    rows = render(pipe, artifact, [text], opts, backbones[_backbone_key(condition)][0].cfg)
-                    for seed, image in zip(run, rows[0]):
-                        _save_png(image, paths[seed])
-            for seed in ev.seeds:
-                samples.append(Sample(prompt, seed, condition.name, open_rgb(paths[seed]), paths[seed]))
-                bar.update(1)
+        samples = generate_samples(condition, ev.prompts, ev.seeds, ev.sampler, cache_dir, device,
+                                   batch_size=ev.cfg.batch_size, cache=ev.cfg.cache, pipelines=pipelines, bar=bar)
         ev.samples[condition.name] = samples
         log.debug("relgen.evaluate: %s: %d images (%s)", condition.name, len(samples), slug(condition.name))
     bar.close()
 
 
 def _backbone_key(condition: Condition) -> str:
-    return str(condition.loaded.run_dir)
+    return str(condition.loaded.run_dir) if condition.loaded is not None else condition.identity
 
 
 def _pipeline_for(condition: Condition, backbones: dict, device: Any, scheduler: Optional[str] = None):
@@ -281,7 +373,12 @@ def _pipeline_for(condition: Condition, backbones: dict, device: Any, scheduler:
 
     key = _backbone_key(condition)
     if key not in backbones:
-        backbone = condition.loaded.load_backbone()
+        if condition.loaded is not None:
+            backbone = condition.loaded.load_backbone()
+        else:
+            from relgen.backbones.loading import load_backbone
+
+            backbone = load_backbone(condition.backbone)
         pipe = backbone.pipeline(scheduler)
         if device is not None and str(device) != "cpu":
             pipe.to(device)
@@ -493,4 +590,5 @@ def evaluate(cfg: Any = None, progress: bool = True, **overrides) -> Path:
     return out
 
 
-__all__ = ["Condition", "Evaluation", "evaluate", "generate_images", "plan", "score_all"]
+__all__ = ["Condition", "Evaluation", "base_condition", "evaluate", "generate_images", "generate_samples", "plan",
+           "run_condition", "score_all"]

@@ -32,7 +32,8 @@ class EvalPrompt:
         swapped: The object-swapped twin "B R A" with the relation written out (``None``:
             made from the entities and the predicate).
         order: 0 when this is the pair's "A R B" prompt, 1 when it is the swapped "B R A".
-        references: Reference image paths per entity word (CLIP-I, DINO).
+        references: Reference image paths per entity word (CLIP-I, DINO); the key ``"*"``
+            holds references of the whole image (:mod:`relgen.evaluate.references`).
         reference_boxes: Per entity, one box (or ``None``) per reference image.
         objects: relworld only: ``{"a": [shape, colour], "b": [shape, colour]}``.
     """

@@ -2,9 +2,19 @@
 exactly, with statistics that fit the design.
 
 Entry scripts: ``benchmarks/relworld/methods.py`` (methods against baselines, claims, regression
-margins) and ``benchmarks/relworld/benchmark.py`` (the base model alone). This module runs
-methods (through relgen's own training entry point and :mod:`relgen.generate`), so nothing in
-:mod:`relgen.relworld`'s ``__init__`` imports it.
+margins) and ``benchmarks/relworld/benchmark.py`` (the base model alone). This module trains
+methods through relgen's own training entry point, so nothing in :mod:`relgen.relworld`'s
+``__init__`` imports it.
+
+It evaluates through the evaluation harness, the one scoring path: every image is drawn by
+:func:`relgen.evaluate.harness.generate_samples` (so through :func:`relgen.generate.render`, with
+the harness's image cache under ``<out>/work/eval-cache``: a rerun with the same settings reuses
+every image; cached images are reused whatever batch size drew them), and every reading is the
+harness's ``relworld`` metric (:meth:`~relgen.evaluate.metrics.relworld.Relworld.read`, in the
+strict and the colour reading). Two things read images with the same metric's detectors
+(:func:`readers`) without going through the harness, because they generate nothing: the
+identity's reference correlation and the model probes read ground-truth renders and their VAE
+round trips.
 
 Design (every choice is deterministic for ``Settings.seed``):
 
@@ -56,8 +66,10 @@ import torch
 
 from relgen.config import compose_run
 from relgen.evaluate import stats
+from relgen.evaluate.metrics.relworld import relworld_prompt, relworld_readings
+from relgen.evaluate.samples import EvalPrompt, Sample
 from relgen.relworld import world as rw
-from relgen.relworld.detector import Detector, DetectorConfig, Reading
+from relgen.relworld.detector import Detector, Reading
 
 # --------------------------------------------------------------------------------------------
 # Shared pieces (also used by the base-model benchmark)
@@ -72,13 +84,17 @@ class Prompt:
     text: str
 
 
+def backbone_config(model: Optional[str]):
+    """The relworld backbone's config (``model`` = a diffusers folder or pkg:// URI; None = shipped)."""
+    return compose_run("backbone=relworld", *([f"backbone.pretrained={model}"] if model else [])).backbone
+
+
 def load_pipeline(model: Optional[str], scheduler: Optional[str] = None):
     """The relworld backbone (``model`` = a diffusers folder or pkg:// URI; None = shipped) and
     its generation pipeline."""
     from relgen.backbones.loading import load_backbone
 
-    overrides = ["backbone=relworld"] + ([f"backbone.pretrained={model}"] if model else [])
-    backbone = load_backbone(compose_run(*overrides).backbone)
+    backbone = load_backbone(backbone_config(model))
     return backbone, backbone.pipeline(scheduler)
 
 
@@ -117,8 +133,9 @@ def mark_verdict(image, ok: Optional[bool]):
 
 
 def readers(spec: rw.WorldSpec) -> dict[str, Detector]:
-    """The two readings of every image: strict (colour and shape) and colour alone."""
-    return {"strict": Detector(spec), "colour": Detector(spec, DetectorConfig(match_shape=False))}
+    """The detectors of the two readings, strict (colour and shape) and colour alone: those of
+    the evaluation harness's ``relworld`` metric (:func:`relworld_readings`)."""
+    return {name: metric.detector for name, metric in relworld_readings(spec=spec).items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,25 +305,45 @@ def train(method: str, dataset: str, root: Path, run_dir: Path, s: Settings, tra
 # --------------------------------------------------------------------------------------------
 
 
-def render_prompts(texts: list[str], run: Optional[Path], options: dict, s: Settings) -> list[list]:
-    """Images of every prompt text (image i: seed ``s.seed + i``) by the base model or a run."""
-    from relgen.generate import GenerationOptions, render
-    from relgen.methods.base import Artifact
+def cache_folder(out: Path) -> Path:
+    """Where a benchmark run under ``out`` keeps the harness's image cache."""
+    return out / "work" / "eval-cache"
 
+
+def eval_prompt(p: Prompt, spec: rw.WorldSpec) -> EvalPrompt:
+    """The harness's prompt for ``p``: its objects and relation, which the relworld metric reads."""
+    return relworld_prompt(p.a, p.relation, p.b, spec, text=p.text)
+
+
+def render_prompts(prompts: list[Prompt], texts: list[str], run: Optional[Path], options: dict, s: Settings,
+                   cache_dir: Path, spec: Optional[rw.WorldSpec] = None, shared: Optional[dict] = None,
+                   scheduler: Optional[str] = None) -> list[list[Sample]]:
+    """The samples of every prompt (image i: seed ``s.seed + i``), rendered as ``texts`` by the base
+    model (``run`` None) or a run with generation ``options``, through the evaluation harness
+    (:func:`relgen.evaluate.harness.generate_samples`; images cached under ``cache_dir``).
+
+    ``shared`` keeps loaded runs and pipelines between calls (one backbone per run);
+    ``scheduler`` names the sampler (``None``: the backbone's).
+    """
+    import relgen
+    from relgen.evaluate import harness
+
+    shared = {} if shared is None else shared
     if run is None:
-        backbone, pipe = load_pipeline(s.model)
-        artifact = Artifact()
+        if "base" not in shared:
+            shared["base"] = harness.base_condition(backbone_config(s.model))
+        condition = shared["base"]
     else:
-        import relgen
-
-        loaded = relgen.load(run)
-        backbone = loaded.load_backbone()
-        pipe = backbone.pipeline()
-        loaded.apply(pipe)
-        artifact = loaded.artifact
-    opts = GenerationOptions(seed=s.seed, num_images=s.samples, steps=s.steps, guidance=s.guidance,
-                             batch_size=s.batch_size, method_options=dict(options))
-    return render(pipe, artifact, texts, opts, backbone.cfg)
+        loaded = shared.setdefault("runs", {})
+        if run not in loaded:
+            loaded[run] = relgen.load(run)
+        condition = harness.run_condition(loaded[run], options=options)
+    seeds = list(range(s.seed, s.seed + s.samples))
+    sampler = {"steps": s.steps, "guidance": s.guidance, "scheduler": scheduler}  # None: the backbone's
+    samples = harness.generate_samples(condition, [eval_prompt(p, spec or rw.WorldSpec()) for p in prompts], seeds,
+                                       sampler, cache_dir, texts=texts, options=dict(options),
+                                       batch_size=s.batch_size, pipelines=shared.setdefault("pipelines", {}))
+    return [samples[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
 
 
 def token_of(run: Optional[Path]) -> str:
@@ -317,29 +354,40 @@ def token_of(run: Optional[Path]) -> str:
 
 
 def render_task(task: TaskResult, spec: rw.WorldSpec, s: Settings,
-                prompt_groups: Optional[list[tuple[list[int], dict[str, list[Optional[Path]]]]]] = None) -> None:
+                prompt_groups: Optional[list[tuple[list[int], dict[str, list[Optional[Path]]]]]] = None,
+                cache_dir: Optional[Path] = None) -> None:
     """Render and read every condition of ``task`` for every training seed.
+
+    Images come from the evaluation harness (:func:`render_prompts`; cached under ``cache_dir``,
+    by default a temporary folder removed afterwards), readings from its ``relworld`` metric in
+    the strict and the colour reading (:func:`relworld_readings`).
 
     ``prompt_groups`` lets prompts be rendered by different runs of one condition (RRNet has one
     network per biased pair): ``[(prompt indices, {condition name: runs per training seed})]``.
     """
-    dets = readers(spec)
-    for cond in task.conditions:
-        per_seed_images, per_seed_readings = [], {k: [] for k in dets}
-        for ts in range(len(cond.runs)):
-            rows: list[Optional[list]] = [None] * len(task.prompts)
-            groups = prompt_groups or [(list(range(len(task.prompts))), {})]
-            for indices, runs_by_cond in groups:
-                run = runs_by_cond.get(cond.name, cond.runs)[ts]
-                texts = [cond.text(task.prompts[i], spec, token_of(run)) for i in indices]
-                for i, row in zip(indices, render_prompts(texts, run, cond.options, s)):
-                    rows[i] = row
-            per_seed_images.append(rows)
-            for name, det in dets.items():
-                per_seed_readings[name].append([[det.read(np.asarray(img), p.a, p.relation, p.b) for img in row]
-                                                for p, row in zip(task.prompts, rows)])
-        task.images[cond.name] = per_seed_images
-        task.readings[cond.name] = per_seed_readings
+    import tempfile
+
+    metrics = relworld_readings(spec=spec)
+    shared: dict = {}
+    with tempfile.TemporaryDirectory(prefix="relgen-bench-") as tmp:
+        folder = Path(cache_dir) if cache_dir is not None else Path(tmp)
+        for cond in task.conditions:
+            per_seed_images, per_seed_readings = [], {k: [] for k in metrics}
+            for ts in range(len(cond.runs)):
+                rows: list[Optional[list[Sample]]] = [None] * len(task.prompts)
+                groups = prompt_groups or [(list(range(len(task.prompts))), {})]
+                for indices, runs_by_cond in groups:
+                    run = runs_by_cond.get(cond.name, cond.runs)[ts]
+                    texts = [cond.text(task.prompts[i], spec, token_of(run)) for i in indices]
+                    rendered = render_prompts([task.prompts[i] for i in indices], texts, run, cond.options, s, folder,
+                                              spec, shared)
+                    for i, row in zip(indices, rendered):
+                        rows[i] = row
+                per_seed_images.append([[sample.image for sample in row] for row in rows])
+                for name, metric in metrics.items():
+                    per_seed_readings[name].append([metric.read(row) for row in rows])
+            task.images[cond.name] = per_seed_images
+            task.readings[cond.name] = per_seed_readings
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +530,7 @@ def task_inversion(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
         task.conditions.append(Condition(label, "relation_token", runs))
     task.notes.append(f"Exemplars from the shape pairs {sorted({tuple(sorted(p)) for p in train_pairs})}; "
                       f"scored on {sorted({tuple(sorted(p)) for p in eval_pairs})} (unordered, both orders).")
-    render_task(task, spec, s)
+    render_task(task, spec, s, cache_dir=cache_folder(out))
     return task
 
 
@@ -511,7 +559,7 @@ def task_rectification(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
                         for lam in lambdas]
     task.notes.append("RRNet's graph nodes are the shape and relation words: the scoring prompts' other colours "
                       "are not unseen from its side.")
-    render_task(task, spec, s, groups)
+    render_task(task, spec, s, groups, cache_dir=cache_folder(out))
     return task
 
 
@@ -568,21 +616,19 @@ def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
         runs = _runs("relationbooth", "dreamrelation_folder", data, f"relationbooth-{tag}", s, out, common + extra,
                      task, label)
         task.conditions.append(Condition(label, "written", runs, {"scale": 0.0}))
-    render_task(task, spec, s)
+    render_task(task, spec, s, cache_dir=cache_folder(out))
     vae = load_pipeline(s.model)[0].vae
     ref, through = reference_correlation(spec, ident, vae)
     task.notes.append(f"Texture correlation of ground-truth renders {ref:.3f}, through the VAE {through:.3f}; "
                       f"identity kept = correlation >= {0.5 * through:.3f}.")
-    colour = readers(spec)["colour"]
     for cond in task.conditions:
         kept, corr = [], []
-        for rows in task.images[cond.name]:
+        for rows, reading_rows in zip(task.images[cond.name], task.readings[cond.name]["colour"]):
             k_rows, c_rows = [], []
-            for row in rows:
-                values = []
-                for img in row:
-                    found = colour.find(np.asarray(img), ident.shape, ident.colour)
-                    values.append(texture_correlation(np.asarray(img), found.mask, ident) if found is not None else 0.0)
+            for row, readings in zip(rows, reading_rows):
+                # every prompt's A is the identity: the colour reading's A is the identity-coloured object
+                values = [texture_correlation(np.asarray(img), r.a.mask, ident) if r.a is not None else 0.0
+                          for img, r in zip(row, readings)]
                 c_rows.append(values)
                 k_rows.append([float(v >= 0.5 * through) for v in values])
             kept.append(k_rows)
@@ -687,7 +733,7 @@ def model_probes(s: Settings, rows: Sequence[str] = ("eot", "eot_and_padding", "
     return out
 
 
-__all__ = ["CLAIMS", "COMPARISONS", "Condition", "mark_verdict", "Prompt", "Settings", "TASKS", "TaskResult", "claims",
-           "estimate", "load_pipeline", "model_probes", "outcomes", "paired", "plain", "readers",
-           "reference_correlation", "render_task", "run", "split_unordered_pairs", "texture_correlation", "train",
-           "vae_roundtrip"]
+__all__ = ["CLAIMS", "COMPARISONS", "Condition", "mark_verdict", "Prompt", "Settings", "TASKS", "TaskResult",
+           "backbone_config", "cache_folder", "claims", "estimate", "eval_prompt", "load_pipeline", "model_probes",
+           "outcomes", "paired", "plain", "readers", "reference_correlation", "render_prompts", "render_task", "run",
+           "split_unordered_pairs", "texture_correlation", "token_of", "train", "vae_roundtrip"]

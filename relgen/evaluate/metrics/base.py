@@ -28,6 +28,8 @@ class Metric:
 
     Subclasses set ``name``, ``outputs`` and ``config_key`` (the ``eval.<key>`` node they read)
     and implement :meth:`score` (per-image) or :meth:`score_set` (``per_image = False``).
+    ``needs_references`` marks a metric that compares images with the prompts' reference images
+    (the harness then fills them in when no prompt has any: :mod:`relgen.evaluate.references`).
 
     Args:
         cfg: The metric's config node (a schema instance).
@@ -38,6 +40,7 @@ class Metric:
     outputs: ClassVar[dict[str, str]] = {}
     config_key: ClassVar[str] = ""
     per_image: ClassVar[bool] = True
+    needs_references: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, device: Optional[torch.device] = None):
         self.cfg = cfg

@@ -153,6 +153,7 @@ class ClipI(Metric):
     name = "clip_i"
     outputs = {"clip_i": SCORE}
     config_key = "clip"
+    needs_references = True
 
     def score(self, samples: list[Sample]) -> list[ImageScore]:
         clip = clip_embedder(self.cfg, self.device)

@@ -56,6 +56,7 @@ class Dino(Metric):
     name = "dino"
     outputs = {"dino": SCORE}
     config_key = "dino"
+    needs_references = True
 
     def score(self, samples: list[Sample]) -> list[ImageScore]:
         model = shared_model("dino", self.cfg, "dino", self.device, lambda: ClassTokenEmbedder(self.cfg, self.device))

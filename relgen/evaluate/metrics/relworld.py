@@ -4,7 +4,9 @@ Per image it reports exactly what :meth:`relgen.relworld.detector.Detector.read`
 the prompt's objects and relation: ``relation_accuracy`` (both objects present and the relation
 holds) and ``object_accuracy`` (both present). ``direction_accuracy`` (both images of an
 object-swapped pair drawn with the same seed right) is computed over pairs by
-:func:`direction_flags`.
+:func:`direction_flags`. :meth:`Relworld.read` returns the detector's
+:class:`~relgen.relworld.detector.Reading` of each image itself (with the objects' masks), and
+:func:`relworld_readings` the metric in the two readings the relworld benchmark reports.
 """
 
 from __future__ import annotations
@@ -55,14 +57,20 @@ class Relworld(Metric):
 
         self.detector = Detector(spec, DetectorConfig(colour_tolerance=cfg.colour_tolerance, match_shape=cfg.match_shape))
 
-    def score(self, samples: list[Sample]) -> list[ImageScore]:
+    def read(self, samples: list[Sample]) -> list[Any]:
+        """The detector's :class:`~relgen.relworld.detector.Reading` of each sample, in order."""
         out = []
         for s in samples:
             if not s.prompt.objects:
                 raise DataError(f"prompt '{s.prompt.id}': metric relworld needs the prompt's objects "
                                 "({'a': [shape, colour], 'b': [shape, colour]}); it scores relworld prompts only")
             a, b = tuple(s.prompt.objects["a"]), tuple(s.prompt.objects["b"])
-            reading = self.detector.read(np.asarray(s.image.convert("RGB")), a, s.prompt.relation, b)
+            out.append(self.detector.read(np.asarray(s.image.convert("RGB")), a, s.prompt.relation, b))
+        return out
+
+    def score(self, samples: list[Sample]) -> list[ImageScore]:
+        out = []
+        for s, reading in zip(samples, self.read(samples)):
             boxes = []
             for label, det in ((s.prompt.a, reading.a), (s.prompt.b, reading.b)):
                 if det is not None:
@@ -74,6 +82,24 @@ class Relworld(Metric):
                                    "object_accuracy": float(reading.both_present)}, verdict, boxes,
                                   {"geometry": reading.geometry}))
         return out
+
+
+def relworld_readings(cfg: Any = None, spec: Any = None) -> dict[str, Relworld]:
+    """The metric in the relworld benchmark's two readings: ``strict`` (each object found by
+    colour and shape) and ``colour`` (by colour alone), otherwise as ``cfg`` sets them.
+
+    Args:
+        cfg: A :class:`~relgen.evaluate.config.RelworldMetricConfig` (``eval.relworld``;
+            ``None``: the defaults); its ``match_shape`` is set per reading.
+        spec: The world (``None``: the default one).
+    """
+    from dataclasses import replace
+
+    from relgen.evaluate.config import RelworldMetricConfig, as_object
+
+    cfg = as_object(cfg, RelworldMetricConfig)
+    return {name: Relworld(replace(cfg, match_shape=strict), spec=spec)
+            for name, strict in (("strict", True), ("colour", False))}
 
 
 def direction_flags(samples: list[Sample], scores: list[ImageScore]) -> tuple[list[bool], list[str]]:
