@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from relgen.errors import ConfigError, RelgenError
 
@@ -58,14 +57,17 @@ def score(run_dir: Path, pairs: int = 4, seeds: int = 4, scale: float = 1.0, see
     # (unseen direction, seen direction) per colour pair
     prompts = bench.rectification_prompts(spec, rw.BiasedPair(b, a, r), pairs, seed, colours)
     s = bench.Settings(seed=seed, samples=seeds)
-    detector = bench.readers(spec)["strict"]
+    strict = bench.relworld_readings(spec=spec)["strict"]
     run = run_dir.resolve()
     conditions = {"before: RRNet off (λ = 0)": 0.0, f"after: RRNet λ = {scale:g}": scale}
-    images, right = {}, {}
-    for name, lam in conditions.items():
-        images[name] = bench.render_prompts([p.text for p in prompts], run, {"scale": lam}, s)
-        right[name] = [[detector.read(np.asarray(img), p.a, p.relation, p.b).relation_ok for img in row]
-                       for p, row in zip(prompts, images[name])]
+    images, right, shared = {}, {}, {}
+    # rendered and read through the evaluation harness (the benchmark's path), cached for this call only
+    with tempfile.TemporaryDirectory(prefix="relgen-demo-") as cache:
+        for name, lam in conditions.items():
+            rows = bench.render_prompts(prompts, [p.text for p in prompts], run, {"scale": lam}, s, Path(cache),
+                                        spec, shared)
+            images[name] = [[sample.image for sample in row] for row in rows]
+            right[name] = [[r.relation_ok for r in strict.read(row)] for row in rows]
     names = list(conditions)
     rows, labels = [], []
     for i, p in enumerate(prompts):

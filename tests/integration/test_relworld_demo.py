@@ -26,12 +26,22 @@ def test_demo_counts_are_the_detectors_verdicts_on_its_grid(tmp_path, capsys):
     unseen, seen = result["prompts"]  # one object-swapped pair: the unseen direction first
     assert unseen.split()[2] == rel["A"] and seen.split()[2] == rel["B"]
     # the counts are the strict detector's verdicts on the same renders
-    spec, s = rw.WorldSpec(), bench.Settings(samples=2)
-    det = bench.readers(spec)["strict"]
+    # rendered here directly (relgen.load + relgen.generate.render) and read by the detector itself
+    import relgen
+    from relgen.generate import GenerationOptions, render
+    from relgen.relworld.detector import Detector
+
+    spec = rw.WorldSpec()
+    det = Detector(spec)
     prompts = bench.rectification_prompts(spec, rw.BiasedPair(rel["B"], rel["A"], rel["relation"]), 1, 0,
                                           (rel["ARB"].split()[1], rel["BRA"].split()[1]))
+    loaded = relgen.load(run)
+    backbone = loaded.load_backbone()
+    pipe = backbone.pipeline()
+    loaded.apply(pipe)
     for name, lam in zip(result["counts"], (0.0, 1.0)):
-        rows = bench.render_prompts([p.text for p in prompts], run.resolve(), {"scale": lam}, s)
+        opts = GenerationOptions(seed=0, num_images=2, method_options={"scale": lam})
+        rows = render(pipe, loaded.artifact, [p.text for p in prompts], opts, backbone.cfg)
         ok = [[det.read(np.asarray(img), p.a, p.relation, p.b).relation_ok for img in row]
               for p, row in zip(prompts, rows)]
         c = result["counts"][name]
