@@ -80,6 +80,23 @@ def short_run(run_dir, *overrides: str, steps: Optional[int] = None) -> Path:
     return Path(run_dir)
 
 
+def evaluation_run(root, prompts: dict) -> Path:
+    """A finished debug run to evaluate: textual inversion on ``tiny_sd15`` and ``shapes_reversion``
+    in ``root/run``, with ``prompts`` (a prompt file's JSON object) written to ``root/prompts.json``.
+    Returns ``root``."""
+    import json
+
+    from relgen.run import run_training
+
+    root = Path(root)
+    code = run_training(compose("backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
+                                "trainer.sample_at_end=false"), str(root / "run"))
+    if code != 0:
+        raise RuntimeError(f"relgen run in {root / 'run'} returned {code}")
+    (root / "prompts.json").write_text(json.dumps(prompts))
+    return root
+
+
 def run_relgen(*args: str, module: str = "relgen", timeout: int = 900, env: Optional[dict] = None,
                cwd=None) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args...`` in a subprocess; returns the CompletedProcess."""

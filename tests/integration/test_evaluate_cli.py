@@ -13,7 +13,7 @@ import pytest
 from relgen.errors import ConfigError, DataError
 from relgen.evaluate import tiny
 from relgen.evaluate.harness import evaluate
-from relgen.testing import run_relgen
+from relgen.testing import evaluation_run, run_relgen
 
 PROMPTS = {"name": "shapes", "prompts": [
     {"text": "red circle {} blue square", "readable": "red circle above blue square", "a": "red circle",
@@ -26,13 +26,7 @@ WORDS = ["red", "circle", "blue", "square", "above"]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from relgen.run import run_training
-    from relgen.testing import compose
-
-    root = tmp_path_factory.mktemp("evaluate")
-    assert run_training(compose("backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
-                                "trainer.sample_at_end=false"), str(root / "run")) == 0
-    (root / "prompts.json").write_text(json.dumps(PROMPTS))
+    root = evaluation_run(tmp_path_factory.mktemp("evaluate"), PROMPTS)
     models = {"clip": tiny.write_tiny_clip(root / "clip", words=WORDS),
               "owl": tiny.write_tiny_owlv2(root / "owl", words=WORDS),
               "llava": tiny.write_tiny_llava(root / "llava", words=WORDS)}

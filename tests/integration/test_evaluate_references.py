@@ -16,7 +16,7 @@ from relgen.evaluate import references as refs
 from relgen.evaluate import tiny
 from relgen.evaluate.config import EvalModelsConfig, EvaluateConfig
 from relgen.evaluate.harness import evaluate, plan
-from relgen.testing import compose, synthetic_data
+from relgen.testing import compose, evaluation_run, synthetic_data
 
 PROMPTS = {"name": "shapes", "prompts": [
     {"text": "red circle {} blue square", "readable": "red circle above blue square", "a": "red circle",
@@ -73,12 +73,7 @@ def test_prompt_entities_name_reference_entities_by_whole_words():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from relgen.run import run_training
-
-    root = tmp_path_factory.mktemp("references")
-    assert run_training(compose("backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
-                                "trainer.sample_at_end=false"), str(root / "run")) == 0
-    (root / "prompts.json").write_text(json.dumps(PROMPTS))
+    root = evaluation_run(tmp_path_factory.mktemp("references"), PROMPTS)
     models = {"clip": tiny.write_tiny_clip(root / "clip", words=WORDS), "dino": tiny.write_tiny_vit(root / "dino")}
     return root, models
 
