@@ -40,6 +40,7 @@ def relation_of(run_dir: Path) -> dict:
 
 def score(run_dir: Path, pairs: int = 4, seeds: int = 4, scale: float = 1.0, seed: int = 0) -> dict:
     """Render and read the demo's prompts; returns the counts and the grid's path."""
+    from relgen.generate import _save_png
     from relgen.grid import labelled_grid
     from relgen.relworld import bench
     from relgen.relworld import world as rw
@@ -67,7 +68,7 @@ def score(run_dir: Path, pairs: int = 4, seeds: int = 4, scale: float = 1.0, see
             rows = bench.render_prompts(prompts, [p.text for p in prompts], run, {"scale": lam}, s, Path(cache),
                                         spec, shared)
             images[name] = [[sample.image for sample in row] for row in rows]
-            right[name] = [[r.relation_ok for r in strict.read(row)] for row in rows]
+            right[name] = [[reading.relation_ok for reading in strict.read(row)] for row in rows]
     names = list(conditions)
     rows, labels = [], []
     for i, p in enumerate(prompts):
@@ -80,7 +81,7 @@ def score(run_dir: Path, pairs: int = 4, seeds: int = 4, scale: float = 1.0, see
     out = run_dir / "demo"
     out.mkdir(exist_ok=True)
     path = out / "before_after.png"
-    grid.save(path)
+    _save_png(grid, path)  # atomic: no half-written grid
     counts = {}
     n = pairs * seeds
     for c in names:
@@ -91,7 +92,9 @@ def score(run_dir: Path, pairs: int = 4, seeds: int = 4, scale: float = 1.0, see
                      "direction_right": int(sum(both)), "of": n}
     result = {"relation": f"{a} {r} {b}", "prompts": [p.text for p in prompts], "seeds": list(range(seed, seed + seeds)),
               "counts": counts, "grid": str(path)}
-    (out / "demo.json").write_text(json.dumps(result, indent=1) + "\n")
+    tmp = out / "demo.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out / "demo.json")
     return result
 
 
@@ -108,9 +111,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     before, after = result["counts"].values()
-    a, r, b = result["relation"].split()
-    phrase = f"{a} {r} {b}"
-    print(f"'{phrase}' (never shown in pretraining) drawn right: "
+    print(f"'{result['relation']}' (never shown in pretraining) drawn right: "
           f"{before['unseen_direction_right']}/{before['of']} before, {after['unseen_direction_right']}/{after['of']} after")
     print(f"its object-swapped twin drawn right: "
           f"{before['seen_direction_right']}/{before['of']} before, {after['seen_direction_right']}/{after['of']} after")
