@@ -695,7 +695,9 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
     train_text = args.bind_text_lr > 0
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(train_text).eval()
-    probe_text = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(False).eval()
+    # the probe reads the text encoder's EMA weights when it trains, else the frozen one itself
+    probe_text = (CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(False).eval() if train_text
+                  else text_encoder)
     vae = AutoencoderKL.from_pretrained(base / "vae").requires_grad_(False).eval()
     unet = UNet2DConditionModel.from_pretrained(base / "unet")
     sched = DDPMScheduler.from_pretrained(base / "scheduler")
