@@ -30,12 +30,19 @@ Stages (each resumes from its checkpoint in ``--work``; a finished stage returns
    (Lin et al. 2024), the schedule the shipped model samples with (DDIM, "trailing" steps).
    On SD's own schedule the noisiest training input still shows where the objects are, so
    the UNet learnt to take the layout from the starting noise and not from the prompt.
-8. ``bind`` (with ``--bind-steps``): the UNet of those stages' export (or of ``--init-from``, a
-   diffusers folder) fine-tuned so that it binds word order: its own v loss plus a logistic
+8. ``bind_text`` (with ``--bind-layout-steps``): the text encoder of those stages' export (or
+   of ``--init-from``) fine-tuned so that its EOT and padding rows state the scene's layout
+   (which object is the upper or left one, which the other, and the relation), read out
+   linearly and trained with a cross-entropy loss, while a squared-change penalty keeps the
+   rest of its output. The contrastive encoder separates a caption from its object swap only by
+   the small margin CLIP's temperature needs, which the UNet did not pick up.
+9. ``bind`` (with ``--bind-steps``): the UNet of those stages' export (or of ``--init-from``, a
+   diffusers folder), on the ``bind_text`` encoder when it ran, fine-tuned so that it binds
+   word order: its own v loss plus an optional logistic
    loss on the diffusion classifier's decision (Li et al. 2023) between each relation caption
    of an *unbiased* pair and its object-swapped or relation-flipped version, on the same noisy
    latent, at ``t >= --bind-min-t``; probed as it trains, the best probe's EMA weights kept.
-9. ``export``: the EMA weights written with ``save_pretrained`` into ``--out`` (by default the
+10. ``export``: the EMA weights written with ``save_pretrained`` into ``--out`` (by default the
    shipped ``relgen/relworld/weights/``), through a temporary folder and a rename.
 
 The script stops by itself when ``--max-minutes`` are spent or on SIGINT/SIGTERM, after
@@ -64,7 +71,7 @@ from relgen.relworld import model as rb
 from relgen.relworld import world as rw
 from relgen.relworld.probes import OPPOSITE
 
-STAGES = ("data", "tokenizer", "text", "vae", "latents", "diffusion", "refine", "bind", "export")
+STAGES = ("data", "tokenizer", "text", "vae", "latents", "diffusion", "refine", "bind_text", "bind", "export")
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,6 +663,155 @@ def bind_loss(err: torch.Tensor, err_neg: torch.Tensor, tau: float) -> torch.Ten
     return torch.nn.functional.softplus((err - err_neg) / (tau * scale))
 
 
+#: Classes of the layout readout's relation head: the relation with the upper (or left) object
+#: first ("A below B" is the scene "B above A"), then relation-free and one-object captions.
+LAYOUT_RELATIONS = {"above": 0, "below": 0, "on_top_of": 1, "left_of": 2, "right_of": 2}
+LAYOUT_FREE, LAYOUT_SINGLE = 3, 4
+
+
+def layout_targets(records: list[dict], spec: rw.WorldSpec) -> torch.Tensor:
+    """Per record, what its caption says about the scene's layout (``[N, 5]``, -100 = nothing):
+    the canonical relation class (:data:`LAYOUT_RELATIONS`), then the shape and colour index of
+    the leading (upper, or left) object and of the trailing one.
+
+    "a red circle above a blue square" and "a blue square below a red circle" get the same
+    targets, "a red circle below a blue square" others. Relation-free captions only say
+    :data:`LAYOUT_FREE` (so they cue no relation, the held-out one included), one-object
+    captions :data:`LAYOUT_SINGLE`; identities' empty captions say nothing.
+    """
+    rows = []
+    for r in records:
+        y = [-100] * 5
+        objects = r["objects"]
+        if len(objects) == 2 and r["caption"]:
+            named = " and " not in f" {r['caption']} " and r.get("relation") in LAYOUT_RELATIONS
+            if not named:
+                y[0] = LAYOUT_FREE
+            else:
+                a_leads = rw.RELATION_AXIS[r["relation"]][1]  # objects[0] is the scene's A
+                lead, trail = (objects[0], objects[1]) if a_leads else (objects[1], objects[0])
+                y = [LAYOUT_RELATIONS[r["relation"]], spec.shapes.index(lead["shape"]),
+                     spec.colours.index(lead["colour"]), spec.shapes.index(trail["shape"]),
+                     spec.colours.index(trail["colour"])]
+        elif len(objects) == 1 and r["caption"]:
+            y[0] = LAYOUT_SINGLE
+        rows.append(y)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def layout_heads(width: int, spec: rw.WorldSpec) -> torch.nn.ModuleList:
+    """Linear readouts of :func:`layout_targets` from one hidden row."""
+    sizes = (LAYOUT_SINGLE + 1, len(spec.shapes), len(spec.colours), len(spec.shapes), len(spec.colours))
+    return torch.nn.ModuleList(torch.nn.Linear(width, k) for k in sizes)
+
+
+def layout_loss(hidden: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
+                heads: torch.nn.ModuleList) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the layout readout on the rows ``rows`` (``[B, L]`` bool) of ``hidden``
+    (``[B, L, D]``), averaged per head over the rows whose target is known; and the accuracy."""
+    loss, correct, count = hidden.new_zeros(()), 0.0, 0.0
+    for j, head in enumerate(heads):
+        logits = head(hidden)
+        y = targets[:, j, None].expand(-1, hidden.shape[1])
+        valid = rows & (y != -100)
+        if not valid.any():
+            continue
+        loss = loss + torch.nn.functional.cross_entropy(logits[valid], y[valid])
+        correct += (logits[valid].argmax(-1) == y[valid]).float().sum().item()
+        count += valid.sum().item()
+    return loss, torch.tensor(correct / max(count, 1.0))
+
+
+def stage_bind_text(args, work: Path, records: list[dict], budget: Budget, progress: Progress) -> bool:
+    """Fine-tune the base text encoder so that its EOT and padding rows state the layout.
+
+    A contrastive text encoder separates "a red circle above a blue square" from "... below ..."
+    and from the object swap only by the small margin its temperature needs (cosine 0.99 and
+    0.95 on the shipped encoder's EOT row), too little for the UNet's cross-attention to act
+    on. Linear readouts (:func:`layout_heads`) of the scene's canonical layout
+    (:func:`layout_targets`) are trained with the encoder on every EOT and padding row (the
+    rows that take most of the cross-attention), with ``--bind-layout-anchor`` times the mean
+    squared change of all rows from the base encoder's to keep the rest; the readouts are
+    dropped afterwards. True when the last step is done.
+    """
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from relgen.backbones.loading import weights_digest
+
+    if args.bind_layout_steps <= 0:
+        return True
+    ckpt = work / "bind_text.pt"
+    base = prepare_base(args, work)
+    digest = weights_digest(base)
+    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+    reference = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(False).eval()
+    spec = rw.WorldSpec()
+    heads = layout_heads(text_encoder.config.hidden_size, spec)
+    params = list(text_encoder.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=args.bind_layout_lr, weight_decay=0.01)
+    g = torch.Generator().manual_seed(args.seed + 8)
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        if state.get("digest") != digest:
+            raise SystemExit(f"{ckpt} fine-tunes another base text encoder than {base}; move it away to restart")
+        text_encoder.load_state_dict(state["text_encoder"])
+        heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["opt"])
+        g, step = generator_from(state["rng"]), state["step"]
+    if step >= args.bind_layout_steps:
+        return True
+    targets = layout_targets(records, spec)
+    usable = (targets != -100).any(dim=1).nonzero().flatten()
+    enc = tokenizer([r["caption"] for r in records], padding="max_length", max_length=77, truncation=True,
+                    return_tensors="pt")
+    ids, lengths = enc.input_ids, enc.attention_mask.sum(dim=1)
+    positions = torch.arange(ids.shape[1])
+    text_encoder.train()
+    cpu0, last_save, losses = time.process_time(), time.time(), []
+
+    def save():
+        nonlocal cpu0, last_save
+        atomic_save({"text_encoder": text_encoder.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
+                     "rng": g.get_state(), "step": step, "digest": digest}, ckpt)
+        progress.add_cpu("bind_text", time.process_time() - cpu0)
+        cpu0, last_save = time.process_time(), time.time()
+
+    while step < args.bind_layout_steps:
+        if budget.over():
+            save()
+            return False
+        idx = usable[torch.randint(len(usable), (args.text_batch,), generator=g)]
+        hidden = text_encoder(ids[idx])[0]
+        with torch.no_grad():
+            hidden_ref = reference(ids[idx])[0]
+        rows = positions[None] >= (lengths[idx] - 1)[:, None]  # the first EOT and the padding after it
+        readout, _ = layout_loss(hidden, rows, targets[idx], heads)
+        loss = readout + args.bind_layout_anchor * (hidden - hidden_ref).pow(2).mean()
+        lr = args.bind_layout_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.bind_layout_steps))
+        optimizer_step(opt, params, loss, lr)
+        step += 1
+        losses = log_every_25(work, "bind_text", step, losses + [loss.item()], lr,
+                              progress.data["cpu_s"].get("bind_text", 0) + time.process_time() - cpu0)
+        if time.time() - last_save > args.save_every_s:
+            save()
+    save()
+    return True
+
+
+def bind_text_state(args, work: Path) -> dict[str, torch.Tensor] | None:
+    """The text encoder the ``bind`` stage starts from when it is not the base one: the
+    ``bind_text`` stage's (``None`` without ``--bind-layout-steps``)."""
+    if args.bind_layout_steps <= 0:
+        return None
+    state = torch.load(work / "bind_text.pt", weights_only=True)
+    if state["step"] != args.bind_layout_steps:
+        raise SystemExit(f"{work / 'bind_text.pt'} is at step {state['step']}, not --bind-layout-steps "
+                         f"{args.bind_layout_steps}; finish the bind_text stage first")
+    return state["text_encoder"]
+
+
 def run_probe(args, base: Path, unet_state: dict, text_encoder, tokenizer, vae, sched) -> "probes.ClassifierResult":
     """The diffusion-classifier probe on the given UNet weights (the early-stop signal)."""
     from relgen.relworld import probes
@@ -695,6 +851,9 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
     train_text = args.bind_text_lr > 0
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(train_text).eval()
+    laid_out = bind_text_state(args, work)  # the bind_text stage's encoder, when it ran
+    if laid_out is not None:
+        text_encoder.load_state_dict(laid_out)
     # the probe reads the text encoder's EMA weights when it trains, else the frozen one itself
     probe_text = (CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(False).eval() if train_text
                   else text_encoder)
@@ -739,6 +898,9 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         state = torch.load(ckpt, weights_only=True)
         if state.get("digest") != digest:
             raise SystemExit(f"{ckpt} fine-tunes other base weights than {base}; move it away to restart")
+        if state.get("layout_steps", 0) != max(args.bind_layout_steps, 0):
+            raise SystemExit(f"{ckpt} starts from the text encoder of {state.get('layout_steps', 0)} bind_text steps, "
+                             f"not --bind-layout-steps {args.bind_layout_steps}; move it away to restart")
         if bool(state.get("text_encoder")) != train_text:
             raise SystemExit(f"{ckpt} was trained with{'' if state.get('text_encoder') else 'out'} the text encoder; "
                              "keep --bind-text-lr as it was (0 or > 0) or move it away to restart")
@@ -762,7 +924,8 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         nonlocal cpu0, last_save
         atomic_save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict() if train_text else None,
                      "opt": opt.state_dict(), "ema": ema, "rng": g.get_state(),
-                     "step": step, "digest": digest, "best": best, "stale": stale}, ckpt)
+                     "step": step, "digest": digest, "best": best, "stale": stale,
+                     "layout_steps": max(args.bind_layout_steps, 0)}, ckpt)
         progress.add_cpu("bind", time.process_time() - cpu0)
         cpu0, last_save = time.process_time(), time.time()
 
@@ -847,6 +1010,8 @@ def export_bind(args, work: Path, out: Path) -> Path:
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
     if state.get("text_encoder"):  # trained in the stage (--bind-text-lr)
         text_encoder.load_state_dict(state["text_encoder"])
+    elif args.bind_layout_steps > 0:  # the bind_text stage's
+        text_encoder.load_state_dict(bind_text_state(args, work))
     vae = AutoencoderKL.from_pretrained(base / "vae")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -910,6 +1075,12 @@ def parse_args(argv=None):
                    help="share of the batch whose timestep is drawn from [--bind-min-t, T)")
     p.add_argument("--bind-text-lr", type=float, default=0.0,
                    help="learning rate of the text encoder in the bind stage (0: frozen)")
+    p.add_argument("--bind-layout-steps", type=int, default=0,
+                   help="steps of the bind_text stage: the text encoder learns to state the layout on its EOT "
+                        "and padding rows before the bind stage (0: none)")
+    p.add_argument("--bind-layout-lr", type=float, default=2e-4)
+    p.add_argument("--bind-layout-anchor", type=float, default=1.0,
+                   help="weight of the mean squared change from the base text encoder's rows")
     p.add_argument("--bind-probe-every", type=int, default=500)
     p.add_argument("--bind-probe-scenes", type=int, default=96)
     p.add_argument("--bind-patience", type=int, default=3, help="stop after this many probes without improvement")
@@ -917,7 +1088,7 @@ def parse_args(argv=None):
     p.add_argument("--save-every-s", type=float, default=300.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
-    p.add_argument("--stop-after", choices=STAGES[2:8], default=None, help="stop after this stage")
+    p.add_argument("--stop-after", choices=STAGES[2:9], default=None, help="stop after this stage")
     p.add_argument("--status", action="store_true", help="print progress and exit")
     p.add_argument("--export-to", default=None, help="only export the current EMA weights to this folder")
     return p.parse_args(argv)
@@ -961,6 +1132,7 @@ def main(argv=None) -> int:
     else:
         stage_tokenizer(args, work, records)
         progress.finish("tokenizer")
+    stages.append(("bind_text", lambda: stage_bind_text(args, work, records, budget, progress)))
     stages.append(("bind", lambda: stage_bind(args, work, records, images, budget, progress)))
     for name, run in stages:
         print(f"[pretrain] stage {name}", flush=True)  # each stage returns at once when complete

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from relgen.relworld import world as rw
 from relgen.relworld.detector import Detector
@@ -139,6 +140,45 @@ def test_hard_negatives_swap_objects_and_colours(relworld_script):
     assert pretrain.hard_negatives({"caption": "a red circle and a blue square", "objects": objects}, SPEC) is None
     assert pretrain.hard_negatives({"caption": "a red circle", "objects": objects[:1]}, SPEC) is None
     assert pretrain.hard_negatives({"caption": "", "objects": objects[:1]}, SPEC) is None
+
+
+def test_layout_targets_name_the_leading_object_whatever_the_phrasing(relworld_script):
+    pretrain = relworld_script("pretrain")
+    red_circle, blue_square = {"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "blue"}
+    objects = [red_circle, blue_square]  # the scene's A and B
+    records = [
+        {"caption": "a red circle above a blue square", "relation": "above", "objects": objects},
+        {"caption": "the blue square is beneath the red circle", "relation": "above", "objects": objects},
+        {"caption": "a red circle under a blue square", "relation": "below", "objects": objects},
+        {"caption": "red circle right of blue square", "relation": "right_of", "objects": objects},
+        {"caption": "a red circle on a blue square", "relation": "on_top_of", "objects": objects},
+        {"caption": "a red circle and a blue square", "relation": "inside", "objects": objects},
+        {"caption": "a red circle", "relation": None, "objects": objects[:1]},
+        {"caption": "", "relation": None, "objects": objects[:1]},
+    ]
+    # relation class (above 0, on top of 1, left of 2, relation-free 3, one object 4), then the
+    # leading (upper or left) object's shape and colour index, then the trailing one's
+    assert pretrain.layout_targets(records, SPEC).tolist() == [
+        [0, 0, 0, 1, 2], [0, 0, 0, 1, 2], [0, 1, 2, 0, 0], [2, 1, 2, 0, 0], [1, 0, 0, 1, 2],
+        [3, -100, -100, -100, -100], [4, -100, -100, -100, -100], [-100] * 5]
+
+
+def test_layout_loss_averages_each_readout_over_the_chosen_rows(relworld_script):
+    import math
+
+    pretrain = relworld_script("pretrain")
+    heads = pretrain.layout_heads(2, SPEC)  # class counts 5, 5 shapes, 6 colours, 5, 6
+    for head in heads:
+        torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
+    hidden = torch.randn(2, 3, 2)
+    rows = torch.tensor([[False, True, True], [False, False, True]])
+    targets = torch.tensor([[0, 0, 0, 1, 2], [3, -100, -100, -100, -100]])
+    loss, accuracy = pretrain.layout_loss(hidden, rows, targets, heads)
+    # uniform logits: each head's cross-entropy is log(classes), whichever rows it averages
+    assert loss.item() == pytest.approx(3 * math.log(5) + 2 * math.log(6), rel=1e-6)
+    # argmax 0 is right for the first record's relation, shape and colour (2 rows x 3 of 5
+    # readouts) and for none of the second's single readout (1 row): 6 of 11
+    assert accuracy.item() == pytest.approx(6 / 11)
 
 
 @pytest.fixture(scope="module")
