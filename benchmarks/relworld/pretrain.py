@@ -722,6 +722,22 @@ def layout_loss(hidden: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
     return loss, torch.tensor(correct / max(count, 1.0))
 
 
+def biased_flips(records: list[dict], spec: rw.WorldSpec) -> list[tuple[int, str]]:
+    """``(record index, its relation-flipped caption)`` for every relation caption of a biased
+    pair: the direction pretraining never shows ("a square above a circle" from "a square below
+    a circle"), which the ``bind_text`` stage encodes like the record's own caption."""
+    axes = {frozenset((p.first, p.second)): rw.RELATION_AXIS[p.relation][0] for p in spec.biased}
+    flips = []
+    for i, r in enumerate(records):
+        shapes = frozenset(o["shape"] for o in r["objects"])
+        axis = rw.RELATION_AXIS.get(r.get("relation") or "")
+        if len(r["objects"]) == 2 and axis is not None and axes.get(shapes) == axis[0]:
+            hard = hard_negatives(r, spec)
+            if hard is not None:
+                flips.append((i, hard[2]))
+    return flips
+
+
 def stage_bind_text(args, work: Path, records: list[dict], budget: Budget, progress: Progress) -> bool:
     """Fine-tune the base text encoder so that its EOT and padding rows state the layout.
 
@@ -732,7 +748,11 @@ def stage_bind_text(args, work: Path, records: list[dict], budget: Budget, progr
     (:func:`layout_targets`) are trained with the encoder on every EOT and padding row (the
     rows that take most of the cross-attention), with ``--bind-layout-anchor`` times the mean
     squared change of all rows from the base encoder's to keep the rest; the readouts are
-    dropped afterwards. True when the last step is done.
+    dropped afterwards. With ``--bind-layout-bias`` > 0 the biased pairs keep their bias in the
+    encoder, where RRNet's paper locates it: each relation caption of a biased pair, flipped to
+    the direction pretraining never shows (:func:`biased_flips`), is read out as the layout of
+    the scene it came from, so "a square above a circle" states the circle as the upper object
+    and the UNet draws the seen way round. True when the last step is done.
     """
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -768,6 +788,12 @@ def stage_bind_text(args, work: Path, records: list[dict], budget: Budget, progr
                     return_tensors="pt")
     ids, lengths = enc.input_ids, enc.attention_mask.sum(dim=1)
     positions = torch.arange(ids.shape[1])
+    flips = biased_flips(records, spec) if args.bind_layout_bias > 0 else []
+    if flips:
+        flip_enc = tokenizer([text for _, text in flips], padding="max_length", max_length=77, truncation=True,
+                             return_tensors="pt")
+        flip_ids, flip_lengths = flip_enc.input_ids, flip_enc.attention_mask.sum(dim=1)
+        flip_targets = targets[torch.tensor([i for i, _ in flips])]  # the scene's, i.e. the seen direction
     text_encoder.train()
     cpu0, last_save, losses = time.process_time(), time.time(), []
 
@@ -787,17 +813,35 @@ def stage_bind_text(args, work: Path, records: list[dict], budget: Budget, progr
         with torch.no_grad():
             hidden_ref = reference(ids[idx])[0]
         rows = positions[None] >= (lengths[idx] - 1)[:, None]  # the first EOT and the padding after it
-        readout, _ = layout_loss(hidden, rows, targets[idx], heads)
+        readout, accuracy = layout_loss(hidden, rows, targets[idx], heads)
         loss = readout + args.bind_layout_anchor * (hidden - hidden_ref).pow(2).mean()
+        if flips:  # the unseen direction of a biased pair reads out as the seen one
+            pick = torch.randint(len(flips), (args.bind_layout_bias_batch,), generator=g)
+            flip_rows = positions[None] >= (flip_lengths[pick] - 1)[:, None]
+            biased_readout, _ = layout_loss(text_encoder(flip_ids[pick])[0], flip_rows, flip_targets[pick], heads)
+            loss = loss + args.bind_layout_bias * biased_readout
         lr = args.bind_layout_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.bind_layout_steps))
         optimizer_step(opt, params, loss, lr)
         step += 1
         losses = log_every_25(work, "bind_text", step, losses + [loss.item()], lr,
                               progress.data["cpu_s"].get("bind_text", 0) + time.process_time() - cpu0)
+        if step % 25 == 0:  # the batch's readout accuracy over all rows and readouts
+            log_row(work, stage="bind_text_acc", step=step, loss=f"{accuracy.item():.3f}", lr="", cpu_s="")
         if time.time() - last_save > args.save_every_s:
             save()
     save()
     return True
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A short SHA-256 of a state dict's names and values."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def bind_text_state(args, work: Path) -> dict[str, torch.Tensor] | None:
@@ -852,8 +896,10 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
     train_text = args.bind_text_lr > 0
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(train_text).eval()
     laid_out = bind_text_state(args, work)  # the bind_text stage's encoder, when it ran
+    layout_digest = None
     if laid_out is not None:
         text_encoder.load_state_dict(laid_out)
+        layout_digest = state_digest(laid_out)
     # the probe reads the text encoder's EMA weights when it trains, else the frozen one itself
     probe_text = (CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(False).eval() if train_text
                   else text_encoder)
@@ -898,9 +944,9 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         state = torch.load(ckpt, weights_only=True)
         if state.get("digest") != digest:
             raise SystemExit(f"{ckpt} fine-tunes other base weights than {base}; move it away to restart")
-        if state.get("layout_steps", 0) != max(args.bind_layout_steps, 0):
-            raise SystemExit(f"{ckpt} starts from the text encoder of {state.get('layout_steps', 0)} bind_text steps, "
-                             f"not --bind-layout-steps {args.bind_layout_steps}; move it away to restart")
+        if state.get("layout_digest") != layout_digest:
+            raise SystemExit(f"{ckpt} starts from another text encoder than the bind_text stage's of "
+                             f"--bind-layout-steps {args.bind_layout_steps}; move it away to restart")
         if bool(state.get("text_encoder")) != train_text:
             raise SystemExit(f"{ckpt} was trained with{'' if state.get('text_encoder') else 'out'} the text encoder; "
                              "keep --bind-text-lr as it was (0 or > 0) or move it away to restart")
@@ -925,7 +971,7 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         atomic_save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict() if train_text else None,
                      "opt": opt.state_dict(), "ema": ema, "rng": g.get_state(),
                      "step": step, "digest": digest, "best": best, "stale": stale,
-                     "layout_steps": max(args.bind_layout_steps, 0)}, ckpt)
+                     "layout_digest": layout_digest}, ckpt)
         progress.add_cpu("bind", time.process_time() - cpu0)
         cpu0, last_save = time.process_time(), time.time()
 
@@ -1081,6 +1127,9 @@ def parse_args(argv=None):
     p.add_argument("--bind-layout-lr", type=float, default=2e-4)
     p.add_argument("--bind-layout-anchor", type=float, default=1.0,
                    help="weight of the mean squared change from the base text encoder's rows")
+    p.add_argument("--bind-layout-bias", type=float, default=0.0,
+                   help="weight of the readout loss that reads the unseen direction of biased pairs as the seen one")
+    p.add_argument("--bind-layout-bias-batch", type=int, default=16)
     p.add_argument("--bind-probe-every", type=int, default=500)
     p.add_argument("--bind-probe-scenes", type=int, default=96)
     p.add_argument("--bind-patience", type=int, default=3, help="stop after this many probes without improvement")

@@ -163,6 +163,22 @@ def test_layout_targets_name_the_leading_object_whatever_the_phrasing(relworld_s
         [3, -100, -100, -100, -100], [4, -100, -100, -100, -100], [-100] * 5]
 
 
+def test_biased_flips_are_the_unseen_direction_of_biased_pairs_only(relworld_script):
+    pretrain = relworld_script("pretrain")
+    circle, square, cross = ({"shape": s, "colour": c} for s, c in (("circle", "red"), ("square", "blue"),
+                                                                    ("cross", "green")))
+    records = [
+        {"caption": "a red circle above a blue square", "relation": "above", "objects": [circle, square]},
+        {"caption": "the blue square is beneath the red circle", "relation": "above", "objects": [circle, square]},
+        {"caption": "a red circle to the left of a blue square", "relation": "left_of", "objects": [circle, square]},
+        {"caption": "a red circle above a green cross", "relation": "above", "objects": [circle, cross]},
+        {"caption": "a red circle and a blue square", "relation": "above", "objects": [circle, square]},
+    ]
+    # SPEC's circle is always above the square; side by side and other pairs are not biased
+    assert pretrain.biased_flips(records, SPEC) == [(0, "a red circle below a blue square"),
+                                                    (1, "the blue square is above the red circle")]
+
+
 def test_layout_loss_averages_each_readout_over_the_chosen_rows(relworld_script):
     import math
 
