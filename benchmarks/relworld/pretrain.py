@@ -743,8 +743,8 @@ def stage_bind_text(args, work: Path, records: list[dict], budget: Budget, progr
 
     A contrastive text encoder separates "a red circle above a blue square" from "... below ..."
     and from the object swap only by the small margin its temperature needs (cosine 0.99 and
-    0.95 on the shipped encoder's EOT row), too little for the UNet's cross-attention to act
-    on. Linear readouts (:func:`layout_heads`) of the scene's canonical layout
+    0.96 on relworld 1's EOT row, 1.00 and 0.98 on its padding rows: the caption margins of
+    ``probes.py``), too little for the UNet's cross-attention to act on. Linear readouts (:func:`layout_heads`) of the scene's canonical layout
     (:func:`layout_targets`) are trained with the encoder on every EOT and padding row (the
     rows that take most of the cross-attention), with ``--bind-layout-anchor`` times the mean
     squared change of all rows from the base encoder's to keep the rest; the readouts are

@@ -48,7 +48,13 @@ def markdown(p: dict, model: str) -> str:
     e = p["eot_polarity"]
     lines += ["", f"EOT-row polarity probe (held-out shape pairs): {100 * e['value']:.1f} % "
                   f"[{100 * e['low']:.1f}, {100 * e['high']:.1f}].", "",
-              "## Cross-attention shares", "", "| BOS | words | first EOT | padding |", "|---|---|---|---|",
+              "## Caption margins (mean cosine of a caption's rows and its changed version's)", "",
+              "| pairs | change | first EOT row | padding rows | captions |", "|---|---|---|---|---|"]
+    for group, changes in p.get("caption_margins", {}).items():
+        for change, m in changes.items():
+            lines.append(f"| {group} | {change.replace('_', ' ')} | {m['eot']:.3f} | {m['padding']:.3f} | "
+                         f"{m['captions']} |")
+    lines += ["", "## Cross-attention shares", "", "| BOS | words | first EOT | padding |", "|---|---|---|---|",
               "| " + " | ".join(f"{100 * p['attention_shares'][k]:.1f} %" for k in ("bos", "words", "eot", "padding"))
               + " |", "", "## Free-delta oracle (biased pairs; strict reading)", "",
               "| rows | direction acc. | unseen-direction relation acc. | object acc. | base direction | base unseen | "

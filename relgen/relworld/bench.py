@@ -698,7 +698,7 @@ def run(s: Settings, names: Sequence[str], out: Path) -> dict[str, TaskResult]:
 def model_probes(s: Settings, rows: Sequence[str] = ("eot", "eot_and_padding", "all"), num_scenes: int = 96,
                  oracle_steps: int = 150) -> dict[str, Any]:
     """The probes that say whether a method *can* work on the model: the diffusion classifier,
-    the EOT row's polarity probe, cross-attention shares, the free-delta oracle on each kind of rows, and the ``inside``
+    the EOT row's polarity probe, the text encoder's caption margins, cross-attention shares, the free-delta oracle on each kind of rows, and the ``inside``
     VAE ceiling of the strict reading."""
     from diffusers import DDPMScheduler
 
@@ -713,6 +713,7 @@ def model_probes(s: Settings, rows: Sequence[str] = ("eot", "eot_and_padding", "
                                                               pipe.vae, sched, spec, num_scenes=num_scenes,
                                                               seed=s.seed).to_dict()
     out["eot_polarity"] = plain(probes.eot_polarity_probe(pipe.text_encoder, pipe.tokenizer, spec, seed=s.seed))
+    out["caption_margins"] = probes.caption_margins(pipe.text_encoder, pipe.tokenizer, spec)
     scenes = probes.probe_scenes(spec, 32, seed=s.seed)
     out["attention_shares"] = probes.attention_shares(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae,
                                                       sched, scenes)

@@ -186,6 +186,10 @@ def save_pipeline(folder: str | Path, tokenizer_dir: str | Path, text_encoder, u
     # as SD 1.5's scheduler_config.json: DDIM/DDPM built from it must not clip latents to [-1, 1]
     sched_file = folder / "scheduler" / "scheduler_config.json"
     sched_file.write_text(json.dumps({**json.loads(sched_file.read_text()), "clip_sample": False}, indent=2))
+    for config_file in folder.glob("*/config.json"):  # a module loaded from a folder records its path
+        config = json.loads(config_file.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(folder / "tokenizer")
     (folder / "tokenizer").mkdir()
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):

@@ -10,6 +10,8 @@ a method has one.
 * :func:`eot_polarity_probe`: does the text encoder's first EOT row (the row RRNet edits)
   say which object comes first along the axis? A logistic-regression probe trained on the EOT
   rows of half the shape pairs' captions and tested on the other half.
+* :func:`caption_margins`: how close the text encoder puts a caption to its relation flip and
+  its object swap (cosine of the EOT and padding rows), for unbiased and biased pairs.
 * :func:`attention_shares`: where the UNet's text cross-attention looks: the share of its
   attention mass on BOS, the prompt's words, the first EOT token and the padding after it.
   RRNet edits the first EOT row only, so its effect is bounded by what that row steers.
@@ -217,6 +219,50 @@ def eot_polarity_probe(text_encoder, tokenizer, spec: Optional[rw.WorldSpec] = N
     return rate((pred.float() == y[~train_mask]).tolist())
 
 
+@torch.no_grad()
+def caption_margins(text_encoder, tokenizer, spec: Optional[rw.WorldSpec] = None) -> dict:
+    """How far the text encoder puts a caption from its relation flip and from its object swap:
+    the mean cosine similarity of the first EOT rows, and of the padding rows after it (aligned
+    from each caption's EOT), over the canonical captions of every ordered shape pair (first two
+    colours, ``above`` and ``left_of``), split into unbiased pairs and the biased pairs along
+    their biased axis. 1.0 is a bag of words for that change; a UNet has to tell apart rows whose
+    cosine is near 1 to render what changed."""
+    spec = spec or rw.WorldSpec()
+    colours = spec.colours[:2]
+    groups: dict[str, dict[str, list]] = {"unbiased": {"relation_flip": [], "object_swap": []},
+                                          "biased": {"relation_flip": [], "object_swap": []}}
+    biased = {frozenset((p.first, p.second)): rw.RELATION_AXIS[p.relation][0] for p in spec.biased}
+    for sa in spec.shapes:
+        for sb in spec.shapes:
+            if sa == sb:
+                continue
+            for relation in ("above", "left_of"):
+                a, b = (sa, colours[0]), (sb, colours[1])
+                group = "biased" if biased.get(frozenset((sa, sb))) == rw.RELATION_AXIS[relation][0] else "unbiased"
+                caption = rw.prompt(a, relation, b, spec)
+                groups[group]["relation_flip"].append((caption, rw.prompt(a, OPPOSITE[relation], b, spec)))
+                groups[group]["object_swap"].append((caption, rw.prompt(b, relation, a, spec)))
+    out: dict = {}
+    for group, changes in groups.items():
+        out[group] = {}
+        for change, pairs in changes.items():
+            enc = tokenizer([t for pair in pairs for t in pair], padding="max_length",
+                            max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+            hidden = text_encoder(enc.input_ids)[0]
+            eot = enc.attention_mask.sum(dim=1) - 1
+            eot_cos, pad_cos = [], []
+            for k in range(len(pairs)):
+                i, j = 2 * k, 2 * k + 1
+                n = hidden.shape[1] - int(max(eot[i], eot[j]))
+                x, y = hidden[i, int(eot[i]):int(eot[i]) + n], hidden[j, int(eot[j]):int(eot[j]) + n]
+                cos = torch.nn.functional.cosine_similarity(x, y, dim=-1)
+                eot_cos.append(float(cos[0]))
+                pad_cos.append(float(cos[1:].mean()))
+            out[group][change] = {"eot": float(np.mean(eot_cos)), "padding": float(np.mean(pad_cos)),
+                                  "captions": len(pairs)}
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Cross-attention shares
 # --------------------------------------------------------------------------------------------
@@ -403,6 +449,6 @@ def free_delta_oracle(pipe, spec: Optional[rw.WorldSpec] = None, rows: str = "eo
 
 
 __all__ = ["OPPOSITE", "ORACLE_ROWS", "ClassifierResult", "OracleResult", "ProbeScene", "attention_shares",
-           "eot_polarity_probe",
+           "caption_margins", "eot_polarity_probe",
            "caption_errors", "diffusion_classifier", "free_delta_oracle", "oracle_prompts", "probe_scenes",
            "row_mask"]

@@ -140,3 +140,32 @@ def test_oracle_prompts_put_the_unseen_order_first():
     assert len(orders) == 4 * len(spec.biased)
     for (a, r, b), (b2, r2, a2) in zip(orders[0::2], orders[1::2]):
         assert (a, r, b) == (a2, r2, b2) and spec.forbidden(r, a[0], b[0]) and not spec.forbidden(r, b[0], a[0])
+
+
+class _PrefixSum(torch.nn.Module):
+    """A text encoder whose row i is the sum of the embeddings of tokens 0..i: it sees every
+    earlier word but not their order (a causal bag of words)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab, 16)
+        torch.nn.init.normal_(self.table.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, ids):
+        return (self.table(ids).cumsum(dim=1),)
+
+
+def test_caption_margins_see_through_a_bag_of_words():
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(rb.shipped_model_folder() / "tokenizer")
+    margins = probes.caption_margins(_PrefixSum(len(tok)), tok, rw.WorldSpec())
+    # 5 shapes: 20 ordered pairs x (above, left of); circle/square above and triangle/diamond left
+    # of, both ways round, are the biased ones
+    assert {g: {c: m["captions"] for c, m in d.items()} for g, d in margins.items()} == {
+        "unbiased": {"relation_flip": 36, "object_swap": 36}, "biased": {"relation_flip": 4, "object_swap": 4}}
+    for group in margins.values():
+        # swapping the objects keeps the bag of words: every row after the last word is the same
+        assert group["object_swap"]["eot"] == pytest.approx(1.0) and group["object_swap"]["padding"] == pytest.approx(1.0)
+        # the opposite relation is another word
+        assert group["relation_flip"]["eot"] < 0.999 and group["relation_flip"]["padding"] < 0.999
