@@ -725,7 +725,7 @@ def layout_loss(hidden: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
 def biased_flips(records: list[dict], spec: rw.WorldSpec) -> list[tuple[int, str]]:
     """``(record index, its relation-flipped caption)`` for every relation caption of a biased
     pair: the direction pretraining never shows ("a square above a circle" from "a square below
-    a circle"), which the ``bind_text`` stage encodes like the record's own caption."""
+    a circle"), which the ``bind_text`` stage reads out as the record's own scene."""
     axes = {frozenset((p.first, p.second)): rw.RELATION_AXIS[p.relation][0] for p in spec.biased}
     flips = []
     for i, r in enumerate(records):
@@ -744,8 +744,9 @@ def stage_bind_text(args, work: Path, records: list[dict], budget: Budget, progr
     A contrastive text encoder separates "a red circle above a blue square" from "... below ..."
     and from the object swap only by the small margin its temperature needs (cosine 0.99 and
     0.96 on relworld 1's EOT row, 1.00 and 0.98 on its padding rows: the caption margins of
-    ``probes.py``), too little for the UNet's cross-attention to act on. Linear readouts (:func:`layout_heads`) of the scene's canonical layout
-    (:func:`layout_targets`) are trained with the encoder on every EOT and padding row (the
+    ``probes.py``), too little for the UNet's cross-attention to act on. Linear readouts
+    (:func:`layout_heads`) of the scene's canonical layout (:func:`layout_targets`) are trained
+    with the encoder by cross-entropy on every EOT and padding row (the
     rows that take most of the cross-attention), with ``--bind-layout-anchor`` times the mean
     squared change of all rows from the base encoder's to keep the rest; the readouts are
     dropped afterwards. With ``--bind-layout-bias`` > 0 the biased pairs keep their bias in the
@@ -820,7 +821,8 @@ def stage_bind_text(args, work: Path, records: list[dict], budget: Budget, progr
             flip_rows = positions[None] >= (flip_lengths[pick] - 1)[:, None]
             biased_readout, _ = layout_loss(text_encoder(flip_ids[pick])[0], flip_rows, flip_targets[pick], heads)
             loss = loss + args.bind_layout_bias * biased_readout
-        lr = args.bind_layout_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.bind_layout_steps))
+        warm = min(1.0, (step + 1) / 50)  # 50 warm-up steps, then cosine decay to 0
+        lr = args.bind_layout_lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.bind_layout_steps))
         optimizer_step(opt, params, loss, lr)
         step += 1
         losses = log_every_25(work, "bind_text", step, losses + [loss.item()], lr,

@@ -698,8 +698,9 @@ def run(s: Settings, names: Sequence[str], out: Path) -> dict[str, TaskResult]:
 def model_probes(s: Settings, rows: Sequence[str] = ("eot", "eot_and_padding", "all"), num_scenes: int = 96,
                  oracle_steps: int = 150) -> dict[str, Any]:
     """The probes that say whether a method *can* work on the model: the diffusion classifier,
-    the EOT row's polarity probe, the text encoder's caption margins, cross-attention shares, the free-delta oracle on each kind of rows, and the ``inside``
-    VAE ceiling of the strict reading."""
+    the EOT row's polarity probe, the text encoder's caption margins, cross-attention shares,
+    the free-delta oracle on each kind of rows, and the ``inside`` VAE ceiling of the strict
+    reading."""
     from diffusers import DDPMScheduler
 
     from relgen.relworld import probes

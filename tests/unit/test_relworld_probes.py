@@ -166,6 +166,7 @@ def test_caption_margins_see_through_a_bag_of_words():
         "unbiased": {"relation_flip": 36, "object_swap": 36}, "biased": {"relation_flip": 4, "object_swap": 4}}
     for group in margins.values():
         # swapping the objects keeps the bag of words: every row after the last word is the same
-        assert group["object_swap"]["eot"] == pytest.approx(1.0) and group["object_swap"]["padding"] == pytest.approx(1.0)
+        swap = group["object_swap"]
+        assert swap["eot"] == pytest.approx(1.0) and swap["padding"] == pytest.approx(1.0)
         # the opposite relation is another word
         assert group["relation_flip"]["eot"] < 0.999 and group["relation_flip"]["padding"] < 0.999
