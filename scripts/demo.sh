@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 run_dir="outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)"
+for arg in "$@"; do  # a run folder given on the command line is the one trained and scored
+  case "$arg" in hydra.run.dir=*) run_dir="${arg#hydra.run.dir=}" ;; esac
+done
 .venv/bin/python -m relgen method=rrnet backbone=relworld dataset=relworld_rrnet \
   hydra.run.dir="$run_dir" "$@"
 # writes <run_dir>/demo/before_after.png and demo.json

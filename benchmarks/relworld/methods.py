@@ -38,6 +38,12 @@ SHORT = dict(prompts=4, samples=6, steps=15, exemplars=8, inversion_steps=120, r
 #: The claims whose effect the regression test protects (when the calibration finds it reliable).
 CHECKS = ("reversion_vs_textual_inversion", "rrnet_vs_lambda0", "relationbooth_vs_identity_baseline")
 
+#: The base model's own checks in the regression test: the diffusion classifier (the UNet's
+#: denoising error picks a ground-truth scene's true caption over its relation-flipped and its
+#: object-swapped version) on ``scenes`` unbiased scenes. A model that ignores word order picks
+#: the true caption about half the time.
+BASE_SHORT = dict(scenes=48, kinds=("relation_flip", "object_swap"), chance=0.5)
+
 #: Quick development settings.
 QUICK = dict(prompts=4, samples=4, steps=15, inversion_steps=60, rrnet_steps=50, identity_steps=100,
              identity_images=6, grid_prompts=4)
@@ -132,7 +138,8 @@ def write_report(out: Path, tasks: dict[str, TaskResult], s: Settings, wall_s: f
 def calibrate(seeds: list[int], out: Path) -> dict:
     """Run the short version with each seed (training and sampling) and set every check's margin
     from the spread of its effect: mean - 2 standard deviations (ddof = 1). Only checks whose
-    margin is above zero are enforced by the regression test."""
+    margin is above zero are enforced by the regression test. The base model's checks
+    (:func:`calibrate_base`) are calibrated with the same seeds."""
     per_seed = []
     for seed in seeds:
         t0 = time.time()
@@ -146,7 +153,53 @@ def calibrate(seeds: list[int], out: Path) -> dict:
         checks.append({"claim": name, "effects": values.tolist(), "mean": mean, "sd": sd, "margin": mean - 2 * sd,
                        "enforced": bool(mean - 2 * sd > 0)})
     return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in SHORT.items()},
-            "seeds": seeds, "runs": per_seed, "checks": checks}
+            "model": model_digest(), "seeds": seeds, "runs": per_seed, "checks": checks,
+            **calibrate_base(seeds)}
+
+
+def base_rates(seed: int, model: str | None = None) -> dict[str, float]:
+    """The base model's diffusion-classifier rates (``BASE_SHORT``) on the scenes of ``seed``."""
+    from diffusers import DDPMScheduler
+
+    from relgen.relworld import probes
+    from relgen.relworld import world as rw
+
+    _, pipe = bench.load_pipeline(model)
+    scenes = probes.probe_scenes(rw.WorldSpec(), BASE_SHORT["scenes"], seed)
+    errors = probes.caption_errors(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae,
+                                   DDPMScheduler.from_config(pipe.scheduler.config), scenes, seed=seed)
+    return {k: float(np.mean(errors["true"] < errors[k])) for k in BASE_SHORT["kinds"]}
+
+
+def calibrate_base(seeds: list[int]) -> dict:
+    """The base model's checks for each seed, with the margin mean - 2 sd (ddof = 1) of each
+    rate, enforced when it is above chance."""
+    rates = [base_rates(seed) for seed in seeds]
+    checks = []
+    for kind in BASE_SHORT["kinds"]:
+        values = np.array([r[kind] for r in rates])
+        mean, sd = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        checks.append({"check": kind, "rates": values.tolist(), "mean": mean, "sd": sd, "margin": mean - 2 * sd,
+                       "enforced": bool(mean - 2 * sd > BASE_SHORT["chance"])})
+    return {"base_settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in BASE_SHORT.items()},
+            "base_checks": checks}
+
+
+def base_failures(calibration: dict, rates: dict[str, float]) -> list[str]:
+    """One line per enforced base check of ``calibration`` whose rate in ``rates`` falls below
+    its margin."""
+    return [f"base model, diffusion classifier against the {c['check'].replace('_', ' ')}: rate "
+            f"{rates.get(c['check'], float('nan')):.3f} below the margin {c['margin']:.3f} (calibrated rates {c['rates']})"
+            for c in calibration["base_checks"] if c["enforced"] and not rates.get(c["check"], float("nan")) >= c["margin"]]
+
+
+def model_digest(model: str | None = None) -> str:
+    """Content digest of the model the benchmark runs on (default: the shipped weights), which
+    ``regression.json`` records so that a retrained model cannot be checked against margins
+    calibrated on another."""
+    from relgen.backbones.loading import resolve_pretrained, weights_digest
+
+    return weights_digest(Path(resolve_pretrained(bench.backbone_config(model))))
 
 
 def regression_failures(calibration: dict, claims: dict) -> list[str]:
@@ -197,6 +250,9 @@ def main(argv=None) -> int:
         for c in result["checks"]:
             print(f"{c['claim']}: effects {c['effects']}, margin {c['margin']:.3f}"
                   + ("" if c["enforced"] else " (no reliable effect: not enforced)"))
+        for c in result["base_checks"]:
+            print(f"base model, {c['check']}: rates {c['rates']}, margin {c['margin']:.3f}"
+                  + ("" if c["enforced"] else " (not above chance: not enforced)"))
         return 0
     s = Settings(**{k: getattr(args, k) for k in vars(d) if hasattr(args, k) and k not in ("scales", "train_seeds")},
                  scales=tuple(float(x) for x in args.scales.split(",")),

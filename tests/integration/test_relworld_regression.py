@@ -1,12 +1,15 @@
 """Each method still has its effect on the relworld model (the benchmark's short version).
 
-``benchmarks/relworld/regression.json`` holds the short version's settings and, per claim of
-the benchmark (method against the baseline that could beat it, strict reading), the effect
-measured with three seeds and the margin set from their spread (mean - 2 sd). This test reruns
-the short version with the first seed and fails when a claim's effect falls below its margin: a
-change that breaks a method shows here. Claims whose calibrated margin is not above zero (no
-reliable effect in the short run) are recorded in the file but not enforced, and their tasks are
-not run.
+``benchmarks/relworld/regression.json`` holds the short version's settings, the content digest
+of the model it was calibrated on and, per claim of the benchmark (method against the baseline
+that could beat it, strict reading), the effect measured with three seeds and the margin set
+from their spread (mean - 2 sd). This test reruns the short version with the first seed and
+fails when a claim's effect falls below its margin: a change that breaks a method shows here.
+Claims whose calibrated margin is not above zero (no reliable effect in the short run) are
+recorded in the file but not enforced, and their tasks are not run. The file also holds the
+base model's own checks (the diffusion classifier against relation-flipped and object-swapped
+captions, calibrated the same way and enforced when the margin is above chance), so a change
+that stops the model reading word order shows here too.
 Recalibrate after changing the model or the short settings:
 ``python benchmarks/relworld/methods.py --calibrate 0,1,2``.
 """
@@ -25,23 +28,32 @@ def methods(relworld_script):
 
 
 @pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld/weights/ is not built")
-def test_each_method_beats_its_baseline_by_its_margin(methods, tmp_path):
+def test_each_method_and_the_base_model_keep_their_calibrated_margins(methods, tmp_path):
     import json
 
     reg = json.loads(methods.REGRESSION_FILE.read_text())
     short = {k: (list(v) if isinstance(v, tuple) else v) for k, v in methods.SHORT.items()}
     assert reg["settings"] == short, "the short settings changed: recalibrate regression.json"
     assert [c["claim"] for c in reg["checks"]] == list(methods.CHECKS), "the checks changed: recalibrate"
+    assert reg.get("model") == methods.model_digest(), "the relworld model changed: recalibrate regression.json"
     for c in reg["checks"]:  # the file is consistent with its own numbers
         mean = sum(c["effects"]) / len(c["effects"])
         assert abs(c["mean"] - mean) < 1e-9 and c["enforced"] == (c["margin"] > 0)
-    if not any(c["enforced"] for c in reg["checks"]):
-        pytest.skip("no claim showed a reliable effect in the calibration of regression.json (every margin "
-                    "<= 0): nothing to enforce until the relworld model is retrained and recalibrated")
+    base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in methods.BASE_SHORT.items()}
+    assert reg["base_settings"] == base, "the base checks' settings changed: recalibrate regression.json"
+    for c in reg["base_checks"]:
+        mean = sum(c["rates"]) / len(c["rates"])
+        assert abs(c["mean"] - mean) < 1e-9 and c["enforced"] == (c["margin"] > base["chance"])
+    enforced = [c for c in reg["checks"] if c["enforced"]]
+    base_enforced = [c for c in reg["base_checks"] if c["enforced"]]
+    if not enforced and not base_enforced:
+        pytest.skip("no claim and no base-model check showed a reliable effect in the calibration of "
+                    "regression.json: nothing to enforce until the relworld model is retrained and recalibrated")
     seed = reg["seeds"][0]
-    s = bench.Settings(**methods.SHORT, seed=seed, train_seeds=(seed,))
-    # only the tasks of enforced claims run (the others would cost minutes and check nothing)
-    tasks = sorted({bench.CLAIMS[c["claim"]][0] for c in reg["checks"] if c["enforced"]})
-    claims = bench.claims(bench.run(s, tasks, tmp_path), s)
-    failures = methods.regression_failures(reg, claims)
+    failures = methods.base_failures(reg, methods.base_rates(seed)) if base_enforced else []
+    if enforced:
+        s = bench.Settings(**methods.SHORT, seed=seed, train_seeds=(seed,))
+        # only the tasks of enforced claims run (the others would cost minutes and check nothing)
+        tasks = sorted({bench.CLAIMS[c["claim"]][0] for c in enforced})
+        failures += methods.regression_failures(reg, bench.claims(bench.run(s, tasks, tmp_path), s))
     assert not failures, "\n".join(failures)

@@ -289,3 +289,25 @@ def test_regression_failures_compare_enforced_effects_with_their_margins(methods
     [line] = methods.regression_failures(calibration, {})  # the claim did not run: NaN fails
     assert "effect nan below" in line
     assert methods.regression_failures({"checks": [dict(check, enforced=False)]}, claims(-1.0)) == []
+
+
+def test_base_checks_calibrate_to_mean_minus_two_sd_above_chance(methods, monkeypatch):
+    rates = {0: {"relation_flip": 0.95, "object_swap": 0.55}, 1: {"relation_flip": 0.9, "object_swap": 0.6},
+             2: {"relation_flip": 1.0, "object_swap": 0.5}}
+    monkeypatch.setattr(methods, "base_rates", lambda seed, model=None: rates[seed])
+    result = methods.calibrate_base([0, 1, 2])
+    flip, swap = result["base_checks"]
+    # relation flip: mean 0.95, sd 0.05 (ddof 1) -> margin 0.85 > chance 0.5: enforced
+    assert flip["check"] == "relation_flip" and flip["rates"] == [0.95, 0.9, 1.0]
+    assert flip["mean"] == pytest.approx(0.95) and flip["sd"] == pytest.approx(0.05)
+    assert flip["margin"] == pytest.approx(0.85) and flip["enforced"]
+    # object swap: mean 0.55, sd 0.05 -> margin 0.45, below chance: recorded, not enforced
+    assert swap["margin"] == pytest.approx(0.45) and not swap["enforced"]
+    assert result["base_settings"]["kinds"] == ["relation_flip", "object_swap"]
+
+    assert methods.base_failures(result, {"relation_flip": 0.86, "object_swap": 0.0}) == []
+    [line] = methods.base_failures(result, {"relation_flip": 0.8, "object_swap": 0.0})
+    assert line == ("base model, diffusion classifier against the relation flip: rate 0.800 below the margin "
+                    "0.850 (calibrated rates [0.95, 0.9, 1.0])")
+    [line] = methods.base_failures(result, {})  # not measured: NaN fails
+    assert "rate nan below" in line
