@@ -188,9 +188,13 @@ def calibrate_base(seeds: list[int]) -> dict:
 def base_failures(calibration: dict, rates: dict[str, float]) -> list[str]:
     """One line per enforced base check of ``calibration`` whose rate in ``rates`` falls below
     its margin."""
-    return [f"base model, diffusion classifier against the {c['check'].replace('_', ' ')}: rate "
-            f"{rates.get(c['check'], float('nan')):.3f} below the margin {c['margin']:.3f} (calibrated rates {c['rates']})"
-            for c in calibration["base_checks"] if c["enforced"] and not rates.get(c["check"], float("nan")) >= c["margin"]]
+    failures = []
+    for c in calibration["base_checks"]:
+        value = rates.get(c["check"], float("nan"))
+        if c["enforced"] and not value >= c["margin"]:  # NaN fails too
+            failures.append(f"base model, diffusion classifier against the {c['check'].replace('_', ' ')}: rate "
+                            f"{value:.3f} below the margin {c['margin']:.3f} (calibrated rates {c['rates']})")
+    return failures
 
 
 def model_digest(model: str | None = None) -> str:
