@@ -1,4 +1,4 @@
-"""Each method still has its effect on the relworld model (the benchmark's short version).
+"""Each method keeps its effect, and the base model keeps reading word order, on the relworld model.
 
 ``benchmarks/relworld/regression.json`` holds the short version's settings, the content digest
 of the model it was calibrated on and, per claim of the benchmark (method against the baseline
