@@ -146,15 +146,18 @@ def calibrate(seeds: list[int], out: Path) -> dict:
         s = Settings(**SHORT, seed=seed, train_seeds=(seed,))
         claims = bench.claims(bench.run(s, list(bench.TASKS), out / f"seed-{seed}"), s)
         per_seed.append({"seed": seed, "wall_s": time.time() - t0, "effects": [claims[c]["effect"] for c in CHECKS]})
-    checks = []
-    for k, name in enumerate(CHECKS):
-        values = np.array([r["effects"][k] for r in per_seed])
-        mean, sd = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        checks.append({"claim": name, "effects": values.tolist(), "mean": mean, "sd": sd, "margin": mean - 2 * sd,
-                       "enforced": bool(mean - 2 * sd > 0)})
-    return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in SHORT.items()},
-            "model": model_digest(), "seeds": seeds, "runs": per_seed, "checks": checks,
-            **calibrate_base(seeds)}
+    checks = [{"claim": name, "effects": [r["effects"][k] for r in per_seed],
+               **spread_margin([r["effects"][k] for r in per_seed], floor=0.0)} for k, name in enumerate(CHECKS)]
+    return {"settings": bench.plain(SHORT), "model": model_digest(), "seeds": seeds, "runs": per_seed,
+            "checks": checks, **calibrate_base(seeds)}
+
+
+def spread_margin(values: list[float], floor: float) -> dict:
+    """Mean, standard deviation (ddof = 1) and margin mean - 2 sd of one check's values over the
+    calibration seeds; enforced when the margin is above ``floor``."""
+    x = np.array(values, dtype=float)
+    mean, sd = float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "margin": mean - 2 * sd, "enforced": bool(mean - 2 * sd > floor)}
 
 
 def base_rates(seed: int, model: str | None = None) -> dict[str, float]:
@@ -165,11 +168,10 @@ def base_rates(seed: int, model: str | None = None) -> dict[str, float]:
     from relgen.relworld import world as rw
 
     _, pipe = bench.load_pipeline(model)
-    kinds = ("true", *BASE_SHORT["kinds"])  # only the captions the checks compare
-    scenes = [replace(p, captions={k: p.captions[k] for k in kinds})
-              for p in probes.probe_scenes(rw.WorldSpec(), BASE_SHORT["scenes"], seed)]
+    scenes = probes.probe_scenes(rw.WorldSpec(), BASE_SHORT["scenes"], seed)
     errors = probes.caption_errors(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae,
-                                   DDPMScheduler.from_config(pipe.scheduler.config), scenes, seed=seed)
+                                   DDPMScheduler.from_config(pipe.scheduler.config), scenes, seed=seed,
+                                   kinds=("true", *BASE_SHORT["kinds"]))
     return {k: float(np.mean(errors["true"] < errors[k])) for k in BASE_SHORT["kinds"]}
 
 
@@ -177,14 +179,9 @@ def calibrate_base(seeds: list[int]) -> dict:
     """The base model's checks for each seed, with the margin mean - 2 sd (ddof = 1) of each
     rate, enforced when it is above chance."""
     rates = [base_rates(seed) for seed in seeds]
-    checks = []
-    for kind in BASE_SHORT["kinds"]:
-        values = np.array([r[kind] for r in rates])
-        mean, sd = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        checks.append({"check": kind, "rates": values.tolist(), "mean": mean, "sd": sd, "margin": mean - 2 * sd,
-                       "enforced": bool(mean - 2 * sd > BASE_SHORT["chance"])})
-    return {"base_settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in BASE_SHORT.items()},
-            "base_checks": checks}
+    checks = [{"check": kind, "rates": [r[kind] for r in rates],
+               **spread_margin([r[kind] for r in rates], floor=BASE_SHORT["chance"])} for kind in BASE_SHORT["kinds"]]
+    return {"base_settings": bench.plain(BASE_SHORT), "base_checks": checks}
 
 
 def base_failures(calibration: dict, rates: dict[str, float]) -> list[str]:

@@ -91,8 +91,9 @@ def probe_scenes(spec: rw.WorldSpec, num: int, seed: int = 0, forbidden: bool = 
 @torch.no_grad()
 def caption_errors(unet, text_encoder, tokenizer, vae, scheduler, scenes: Sequence[ProbeScene],
                    timesteps: Sequence[int] = (100, 300, 500, 700, 900), noises: int = 2, seed: int = 0,
-                   batch_size: int = 128) -> dict[str, np.ndarray]:
-    """Expected denoising error of every caption of every scene: ``{kind: float64 [num_scenes]}``.
+                   batch_size: int = 128, kinds: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """Expected denoising error of every caption of every scene (or of the caption ``kinds``
+    named): ``{kind: float64 [num_scenes]}``.
 
     The error is the mean squared error of the UNet's prediction against the scheduler's
     training target (epsilon, or v for v-prediction) over the same ``timesteps`` x ``noises``
@@ -107,7 +108,7 @@ def caption_errors(unet, text_encoder, tokenizer, vae, scheduler, scenes: Sequen
     g = torch.Generator().manual_seed(seed)
     ts = torch.tensor(list(timesteps), dtype=torch.long).repeat_interleave(noises)  # [K]
     noise = torch.randn((len(scenes), len(ts), *x0.shape[1:]), generator=g).to(device)
-    kinds = list(scenes[0].captions)
+    kinds = list(kinds) if kinds is not None else list(scenes[0].captions)
     texts = [s.captions[k] for s in scenes for k in kinds]
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(device)

@@ -32,14 +32,13 @@ def test_each_method_and_the_base_model_keep_their_calibrated_margins(methods, t
     import json
 
     reg = json.loads(methods.REGRESSION_FILE.read_text())
-    short = {k: (list(v) if isinstance(v, tuple) else v) for k, v in methods.SHORT.items()}
-    assert reg["settings"] == short, "the short settings changed: recalibrate regression.json"
+    assert reg["settings"] == bench.plain(methods.SHORT), "the short settings changed: recalibrate regression.json"
     assert [c["claim"] for c in reg["checks"]] == list(methods.CHECKS), "the checks changed: recalibrate"
     assert reg.get("model") == methods.model_digest(), "the relworld model changed: recalibrate regression.json"
     for c in reg["checks"]:  # the file is consistent with its own numbers
         mean = sum(c["effects"]) / len(c["effects"])
         assert abs(c["mean"] - mean) < 1e-9 and c["enforced"] == (c["margin"] > 0)
-    base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in methods.BASE_SHORT.items()}
+    base = bench.plain(methods.BASE_SHORT)
     assert reg["base_settings"] == base, "the base checks' settings changed: recalibrate regression.json"
     for c in reg["base_checks"]:
         mean = sum(c["rates"]) / len(c["rates"])

@@ -77,6 +77,11 @@ def test_caption_errors_share_the_noise_between_captions(shipped):
         pred = pipe.unet(sched.add_noise(x0, eps, t), t, pipe.text_encoder(ids)[0]).sample
         expected = (pred - sched.get_velocity(x0, eps, t)).pow(2).mean().item()
     assert err["true"][0] == pytest.approx(expected, rel=1e-4)
+    # ``kinds`` scores only the captions named, on the same noisy inputs
+    some = probes.caption_errors(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, sched, twins,
+                                 timesteps=(700,), noises=1, seed=5, batch_size=4, kinds=("true", "swap"))
+    assert list(some) == ["true", "swap"]
+    assert some["true"] == pytest.approx(err["true"], rel=1e-5) and some["swap"] == pytest.approx(err["swap"], rel=1e-5)
 
 
 def test_bind_loss_is_the_logistic_loss_on_the_relative_gap(relworld_script):
