@@ -115,6 +115,9 @@ class TrainerConfig:
     sample_at_end: bool = True
     num_samples: int = 2  # images per sample prompt in the grid
     log_every: int = 1
+    # a "step N/M · loss · lr · s/step · time left" line in the log (and train.log) every N steps;
+    # None (null): about 20 lines per run
+    status_every: Optional[int] = None
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers; [] for none
     tensorboard: Optional[bool] = None  # replaced by report_to; set only to get the migration message
     progress: bool = True

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -38,14 +39,20 @@ def run_training(cfg: DictConfig, run_dir: str | Path, *, default_run_dir: bool 
     """
     from relgen import rundir
 
-    state = _RunState(Path(run_dir))
+    state = _RunState(Path(run_dir), early_log=_hold_early_lines())
     given = state.run_dir
     if not given.exists():
         rundir.note_created(given)
+    level = log.level
+    if log.getEffectiveLevel() > logging.INFO:  # called from Python without logging set up: train.log still tells all
+        log.setLevel(logging.INFO)
     try:
         _run(cfg, state, default_run_dir, write_extra)
         return 0
     finally:
+        log.setLevel(level)
+        logging.getLogger().removeHandler(state.early_log)
+        state.early_log.close()
         if state.log_handler is not None:
             logging.getLogger().removeHandler(state.log_handler)
             state.log_handler.close()
@@ -65,6 +72,14 @@ class _RunState:
     started: bool = False  # the first training step began: from then on the folder stays
     lock: Optional[Any] = None
     log_handler: Optional[logging.Handler] = None
+    early_log: Optional[logging.Handler] = None  # lines logged before train.log exists, written into it
+    started_at: float = field(default_factory=time.time)
+
+    def say(self, text: str) -> None:
+        """Print ``text`` and write it to train.log (the run's story, for reading it afterwards)."""
+        print(text)
+        if self.log_handler is not None:
+            self.log_handler.handle(logging.LogRecord("relgen", logging.INFO, __file__, 0, text, None, None))
 
 
 def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra) -> None:
@@ -98,7 +113,7 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     import torch
     from accelerate import Accelerator
 
-    from relgen.train.loop import Trainer, write_json
+    from relgen.train.loop import Trainer, resolved_max_steps, write_json
 
     from accelerate.utils import ProjectConfiguration
 
@@ -116,7 +131,10 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
         _write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if write_extra is not None:
             write_extra(run_dir)
-        state.log_handler = _log_to_file(run_dir / "train.log")
+        state.log_handler = _log_to_file(run_dir / "train.log", state.early_log)
+        log.info("relgen: run %s: method=%s backbone=%s dataset=%s, %s steps, seed %d, %d process(es) on %s",
+                 run_dir, cfg.method.name, cfg.backbone.name, cfg.dataset.name, resolved_max_steps(cfg), cfg.seed,
+                 acc.num_processes, acc.device)
     torch.manual_seed(cfg.seed)
     what = f"tiny random weights ({cfg.backbone.tiny})" if cfg.backbone.tiny else cfg.backbone.pretrained
     log.info("relgen: loading backbone %s from %s (%s)", cfg.backbone.name, what, cfg.backbone.dtype)
@@ -134,6 +152,7 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
 
     with trainer.averaged_weights():  # the EMA of the trained tensors when trainer.ema_decay is on
         export_dir = export_run(cfg, run_dir, method, step=trainer.step)
+    log.info("relgen: step %d: export %s", trainer.step, export_dir)
     samples = None
     if cfg.trainer.sample_at_end:
         samples = trainer.sample_grid("final")
@@ -153,10 +172,12 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     write_json(run_dir / "summary.json", summary)
     what = (f"trained {cfg.method.name} on {cfg.backbone.name} for {trainer.step} steps" if resume is None else
             f"trained {cfg.method.name} on {cfg.backbone.name} from step {resume.step} to {trainer.step}")
-    print(f"relgen: {what}")
-    for key in ("run_dir", "export", "samples", "checkpoints", "metrics"):
-        if summary[key]:
-            print(f"  {key:12s} {summary[key]}")
+    wall = time.time() - state.started_at
+    summary_lines = [f"relgen: {what} in {_duration(wall)} (wall time; training {_duration(result['seconds'])})"]
+    summary_lines += [f"  {key:12s} {summary[key]}" for key in ("run_dir", "export", "samples", "checkpoints",
+                                                                  "metrics") if summary[key]]
+    for line in summary_lines:
+        state.say(line)
 
 
 def apply_dataset_resolution(cfg: DictConfig) -> None:
@@ -271,9 +292,33 @@ def _write_atomic(path: Path, text: str) -> None:
         raise write_error(exc, path, "run config") from None
 
 
-def _log_to_file(path: Path) -> logging.Handler:
-    """Also write the run's log lines to ``path`` (appending, so a resume continues the file)."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+def _hold_early_lines() -> logging.Handler:
+    """Keep the lines logged before the run folder's train.log exists (the checks' warnings and
+    notes), so :func:`_log_to_file` writes them first."""
+    from logging.handlers import MemoryHandler
+
+    handler = MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1, flushOnClose=False)
+    handler.setLevel(logging.INFO)
     logging.getLogger().addHandler(handler)
     return handler
+
+
+def _log_to_file(path: Path, early: Optional[logging.Handler] = None) -> logging.Handler:
+    """Also write the run's log lines to ``path`` (appending, so a resume continues the file),
+    starting with those ``early`` held."""
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    if early is not None:
+        logging.getLogger().removeHandler(early)
+        early.setTarget(handler)
+        early.flush()
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _duration(seconds: float) -> str:
+    """``12:03`` / ``1:02:03`` (tqdm's format), ``4.2 s`` under a minute."""
+    from tqdm import tqdm
+
+    return f"{seconds:.1f} s" if seconds < 60 else tqdm.format_interval(seconds)

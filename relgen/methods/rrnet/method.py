@@ -378,7 +378,8 @@ class RRNet(Method):
         cfg = self.cfg
         return RRNetArtifact(self.gnn, self.relation_meta(), scale=cfg.inference_scale,
                              grid_scales=cfg.grid_scales, object_template=cfg.object_template,
-                             prompts=self.sample_prompts(), movable=False, edit_rows=cfg.edit_rows)
+                             prompts=self.sample_prompts(), movable=False, edit_rows=cfg.edit_rows,
+                             columns_by_default=True)  # sample grids: λ = 0 beside the grid scales
 
     def sample_prompts(self) -> list[str]:
         if self.cfg.sample_prompts:
