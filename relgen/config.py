@@ -106,6 +106,9 @@ class TrainerConfig:
 
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (trainable parameters stay fp32)
     cpu: bool = False  # force the CPU even when an accelerator is present
+    # CPU threads torch uses (torch.set_num_threads); None (null): torch's choice, every core. On a
+    # machine shared with other jobs, a share of the cores avoids oversubscription.
+    num_threads: Optional[int] = None
     max_steps: Optional[int] = None  # overrides method.max_steps (e.g. trainer=debug)
     checkpoint_every: Optional[int] = None  # overrides method.checkpoint_every
     keep_checkpoints: int = 2

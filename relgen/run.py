@@ -51,6 +51,10 @@ def run_training(cfg: DictConfig, run_dir: str | Path, *, default_run_dir: bool 
         return 0
     finally:
         log.setLevel(level)
+        if state.threads_before is not None:  # a caller in this process gets its thread count back
+            import torch
+
+            torch.set_num_threads(state.threads_before)
         logging.getLogger().removeHandler(state.early_log)
         state.early_log.close()
         if state.log_handler is not None:
@@ -74,6 +78,7 @@ class _RunState:
     log_handler: Optional[logging.Handler] = None
     early_log: Optional[logging.Handler] = None  # lines logged before train.log exists, written into it
     started_at: float = field(default_factory=time.time)
+    threads_before: Optional[int] = None  # torch's thread count before trainer.num_threads
 
     def say(self, text: str) -> None:
         """Print ``text`` and write it to train.log (the run's story, for reading it afterwards)."""
@@ -113,6 +118,13 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     import torch
     from accelerate import Accelerator
 
+    from relgen.train.threads import busy_machine_warning, set_num_threads
+
+    busy = busy_machine_warning(cfg.trainer.num_threads)
+    if busy:
+        log.warning("relgen: warning: %s", busy)
+    state.threads_before = set_num_threads(cfg.trainer.num_threads)
+
     from relgen.train.loop import Trainer, resolved_max_steps, write_json
 
     from accelerate.utils import ProjectConfiguration
@@ -132,9 +144,9 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
         if write_extra is not None:
             write_extra(run_dir)
         state.log_handler = _log_to_file(run_dir / "train.log", state.early_log)
-        log.info("relgen: run %s: method=%s backbone=%s dataset=%s, %s steps, seed %d, %d process(es) on %s",
-                 run_dir, cfg.method.name, cfg.backbone.name, cfg.dataset.name, resolved_max_steps(cfg), cfg.seed,
-                 acc.num_processes, acc.device)
+        log.info("relgen: run %s: method=%s backbone=%s dataset=%s, %s steps, seed %d, %d process(es) on %s, "
+                 "%d CPU threads", run_dir, cfg.method.name, cfg.backbone.name, cfg.dataset.name,
+                 resolved_max_steps(cfg), cfg.seed, acc.num_processes, acc.device, torch.get_num_threads())
     torch.manual_seed(cfg.seed)
     what = f"tiny random weights ({cfg.backbone.tiny})" if cfg.backbone.tiny else cfg.backbone.pretrained
     log.info("relgen: loading backbone %s from %s (%s)", cfg.backbone.name, what, cfg.backbone.dtype)
