@@ -11,8 +11,14 @@ from relgen.testing import short_run
 
 
 def test_train_log_holds_the_story_once_and_rrnet_grid_has_lambda_zero(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
     import relgen.grid
 
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(os, "getloadavg", lambda: (97.0, 50.0, 20.0))  # a machine busier than its cores
     headers = []
     real = relgen.grid.labelled_grid
     monkeypatch.setattr(relgen.grid, "labelled_grid",
@@ -20,7 +26,8 @@ def test_train_log_holds_the_story_once_and_rrnet_grid_has_lambda_zero(tmp_path,
     run = short_run(tmp_path / "run", "method=rrnet", "backbone=tiny_sd15", "dataset=shapes_rrnet",
                     "dataset.relations=[circle above square,star below cross]", "trainer.max_steps=4",
                     "trainer.checkpoint_every=2", "trainer.status_every=2", "trainer.sample_at_end=true",
-                    "method.sample_steps=1", "method.grid_scales=[0.5,1]")
+                    "method.sample_steps=1", "method.grid_scales=[0.5,1]", f"trainer.num_threads={threads + 1}")
+    assert torch.get_num_threads() == threads  # the caller's count is back after the run
     messages = [line.split("] - ", 1)[1] for line in (run / "train.log").read_text().splitlines()]
     assert len(messages) == len(set(messages)), messages  # no line twice
     assert sum("rrnet: the dataset holds 2 relations" in m for m in messages) == 1  # logged before the file existed
@@ -35,6 +42,9 @@ def test_train_log_holds_the_story_once_and_rrnet_grid_has_lambda_zero(tmp_path,
     assert [s[0] for s in step_lines] == ["step 2/4", "step 4/4"]  # every trainer.status_every steps
     for parts, row in zip(step_lines, (rows[1], rows[3])):
         assert parts[1] == f"loss {float(row['loss']):.4f}" and parts[2] == f"lr {float(row['lr']):.2e}"
+    # the busy-machine warning, logged before train.log existed, is in it; the run used trainer.num_threads
+    assert index(f"relgen: warning: the machine's load is 97.0 (1-minute average) on {os.cpu_count()} cores") == 1
+    assert messages[index("relgen: run ")].endswith(f"on cpu, {threads + 1} CPU threads")
     order = [index(f"relgen: run {run}: method=rrnet backbone=tiny_sd15 dataset=shapes_rrnet, 4 steps"),
              index("relgen: loading backbone tiny_sd15"), index("step 2/4"),
              index(f"relgen: step 2: checkpoint {run / 'checkpoints' / 'step-000002'}"), index("step 4/4"),
