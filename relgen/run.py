@@ -153,6 +153,8 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     backbone = get_backbone(cfg.backbone.name)(cfg.backbone, cfg.cache_dir, acc.device)
     if cfg.trainer.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
+    log.info("relgen: setting up %s (its trained modules; text features and image latents are computed or "
+             "read from the cache once)", cfg.method.name)
     method = method_cls(cfg.method, backbone, data)
     trainer = Trainer(cfg, run_dir, acc, backbone, method)
     if resume is not None:

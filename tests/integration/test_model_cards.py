@@ -53,3 +53,25 @@ def test_card_blocks_run_as_written(method, tmp_path, monkeypatch):
         peft = getattr(scope["pipe"].unet, "peft_config", None) or {}
         assert len(peft) == (1 if method == "relationbooth" else 0)  # the LoRA is loaded once, never twice
         (run / f"{method}-sample.png").unlink()
+
+
+def test_relworld_card_names_the_shipped_weights_real_folder():
+    from diffusers import StableDiffusionPipeline
+    from omegaconf import OmegaConf
+
+    import relgen.relworld
+    from relgen.export import model_card
+
+    backbone = OmegaConf.to_container(compose("backbone=relworld").backbone, resolve=True)
+    assert backbone["pretrained"] == "pkg://relgen.relworld/weights"  # what neither the hub nor diffusers reads
+    meta = {"method": "reversion", "backbone": backbone, "method_config": {"placeholder_token": "<R>"},
+            "files": {"embeddings": "reversion-R.safetensors"}, "step": 3, "dataset": "relworld_reversion"}
+    card = model_card(meta)
+    real = str((Path(relgen.relworld.__file__).parent / "weights").resolve())
+    assert re.findall(r"^base_model: (.*)$", card, flags=re.M) == [real]
+    (code,) = _blocks(card)
+    assert f'pipe = StableDiffusionPipeline.from_pretrained("{real}")' in code
+    assert 'pipe.load_textual_inversion("export/reversion-R.safetensors", token="<R>")' in code
+    assert "num_inference_steps=25, guidance_scale=5, height=64, width=64" in code  # relworld's own settings
+    pipe = StableDiffusionPipeline.from_pretrained(real)  # the reference is one diffusers reads
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
