@@ -10,8 +10,13 @@ base model and the image with :func:`program`; one block is one way of loading i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
+
+from omegaconf import OmegaConf
+
+from relgen.config import BackboneConfig
 
 #: Keys :func:`relgen.export.model_card` adds to the ``relgen.json`` content it gives ``card_usage``.
 EXPORT_PATH_KEY = "card_export_path"
@@ -21,8 +26,6 @@ FOLDER_KEY = "card_folder"
 
 def export_json(meta: dict, name: str) -> dict:
     """A JSON file the method wrote into the export being carded (``{}`` when absent)."""
-    import json
-
     folder = meta.get(FOLDER_KEY)
     path = Path(folder) / name if folder else None
     if path is None or not path.is_file():
@@ -39,10 +42,7 @@ def base_model(backbone: dict, cache_dir=None) -> str:
     A tiny backbone is the diffusers folder its seeded weights are saved to (built now if the
     cache lost it); ``pkg://<package>/<folder>`` is that folder's real path.
     """
-    from omegaconf import OmegaConf
-
-    from relgen.backbones.loading import materialize_tiny, resolve_pretrained
-    from relgen.config import BackboneConfig
+    from relgen.backbones.loading import materialize_tiny, resolve_pretrained  # imports torch
 
     cfg = OmegaConf.merge(OmegaConf.structured(BackboneConfig), backbone)
     if cfg.tiny:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from relgen.errors import ConfigError
 from relgen.export import exchange_paths, export_run  # noqa: F401  (also imported from here)
@@ -333,6 +334,4 @@ def _log_to_file(path: Path, early: Optional[logging.Handler] = None) -> logging
 
 def _duration(seconds: float) -> str:
     """``12:03`` / ``1:02:03`` (tqdm's format), ``4.2 s`` under a minute."""
-    from tqdm import tqdm
-
     return f"{seconds:.1f} s" if seconds < 60 else tqdm.format_interval(seconds)

@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from relgen.errors import RelgenError
 from relgen.methods.base import Method, StepContext
@@ -167,10 +169,6 @@ class Trainer:
         main = self.acc.is_main_process
         metrics = _MetricsWriter(self.run_dir) if main else None
         self.start_trackers()
-        from tqdm.auto import tqdm
-
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not (main and tcfg.progress),
                    desc=f"{self.cfg.method.name}", dynamic_ncols=True)
         last_logs: dict[str, float] = {}
@@ -395,8 +393,6 @@ class _MetricsWriter:
 
 def status_line(step: int, max_steps: int, logs: dict[str, float], seconds: float, done: int) -> str:
     """``step 40/500 · loss 0.1234 · lr 1.00e-04 · 1.23 s/step · 09:50 left``: one line of the log."""
-    from tqdm import tqdm
-
     per_step = seconds / max(1, done)
     parts = [f"step {step}/{max_steps}", f"loss {logs.get('loss', float('nan')):.4f}"]
     if "lr" in logs:
