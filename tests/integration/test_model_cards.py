@@ -26,7 +26,11 @@ def _blocks(card: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```$", card, flags=re.S | re.M)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+#: The SDXL token block runs in the slow suite (the same diffusers lines run in test_textual_inversion).
+_SLOW = {"textual_inversion-sdxl"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW else c for c in sorted(CASES)])
 def test_card_blocks_run_as_written(case, tmp_path, monkeypatch):
     from PIL import Image
 
