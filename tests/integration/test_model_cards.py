@@ -86,3 +86,24 @@ def test_relworld_card_names_the_shipped_weights_real_folder():
     assert "num_inference_steps=25, guidance_scale=5, height=64, width=64" in code  # relworld's own settings
     pipe = StableDiffusionPipeline.from_pretrained(real)  # the reference is one diffusers reads
     assert pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("words", [(), ("A=circle", "R=above", "B=square")])
+def test_imported_rrnet_card_runs_as_written(words, tmp_path, monkeypatch):
+    import torch
+
+    from relgen.import_official import main as import_main
+    from relgen.methods.rrnet.gnn import RelationGAT
+
+    torch.manual_seed(0)
+    official = tmp_path / "gat_above"
+    torch.save(RelationGAT(32, 32, hidden=512, heads=2).state_dict(), official)  # RRNet's released layout
+    out = tmp_path / "imported"
+    assert import_main(["method=rrnet", f"file={official}", "backbone=tiny_sd21", f"run_dir={out}", *words]) == 0
+    (code,) = _blocks((out / "export" / "README.md").read_text())
+    prompt = "a circle is above a square" if words else "a book is placed in a bowl"  # the words the prompt holds
+    assert f"run.pipeline_inputs(pipe, ['{prompt}']" in code
+    monkeypatch.chdir(out)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["image"].size == (64, 64)

@@ -354,6 +354,8 @@ class RRNet(Method):
         relation = export_json(meta, RELATION_FILE)
         prompt = (mcfg.get("sample_prompts") or [relation.get("ARB")])[0]
         words = ""
+        if not prompt and all(relation.get(k) for k in ("A", "R", "B")):  # imported with its words only
+            prompt = f"a {relation['A']} is {relation['R']} a {relation['B']}"
         if not prompt:  # an imported network that names no relation: the prompt's words are given
             prompt, words = "a book is placed in a bowl", ", A=\"book\", R=\"placed\", B=\"bowl\""
         scale = float(relation.get("scale", mcfg.get("inference_scale", 0.6)))
