@@ -50,7 +50,8 @@ def base_model(backbone: dict, cache_dir=None) -> str:
     if not cfg.pretrained:
         return str(cfg.name)
     source = resolve_pretrained(cfg)
-    return str(Path(source).resolve()) if Path(source).expanduser().exists() else source
+    local = Path(source).expanduser()
+    return str(local.resolve()) if local.exists() else source
 
 
 def export_ref(meta: dict, name: str = "") -> str:

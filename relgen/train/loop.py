@@ -39,6 +39,9 @@ from relgen.train.timesteps import make_timestep_sampler
 
 log = logging.getLogger("relgen")
 
+#: Step lines in the log of a run without ``trainer.status_every``.
+STATUS_LINES = 20
+
 
 def effective_lr(mcfg, num_processes: int) -> float:
     """``scale_lr`` multiplies by batch × accumulation × processes (diffusers' --scale_lr)."""
@@ -173,7 +176,7 @@ class Trainer:
                    desc=f"{self.cfg.method.name}", dynamic_ncols=True)
         last_logs: dict[str, float] = {}
         started, first_step = time.time(), self.step
-        status_every = tcfg.status_every or max(1, self.max_steps // 20)
+        status_every = tcfg.status_every or max(1, self.max_steps // STATUS_LINES)
         log.info("relgen: training %s on %s for steps %d to %d (a line every %d steps; checkpoints every %d)",
                  self.cfg.method.name, self.cfg.backbone.name, self.step + 1, self.max_steps, status_every,
                  self.checkpoint_every)
