@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from relgen.errors import ConfigError
+from relgen.errors import ConfigError, RelgenError
 from relgen.export import exchange_paths, export_run  # noqa: F401  (also imported from here)
 
 log = logging.getLogger("relgen")
@@ -50,6 +50,10 @@ def run_training(cfg: DictConfig, run_dir: str | Path, *, default_run_dir: bool 
     try:
         _run(cfg, state, default_run_dir, write_extra)
         return 0
+    except (Exception, KeyboardInterrupt) as exc:  # the end of the story goes to train.log too; the caller reports it
+        state.file_only(_how_it_ended(exc, time.time() - state.started_at),
+                        exc_info=None if isinstance(exc, (RelgenError, KeyboardInterrupt)) else exc)
+        raise
     finally:
         log.setLevel(level)
         if state.threads_before is not None:  # a caller in this process gets its thread count back
@@ -84,8 +88,13 @@ class _RunState:
     def say(self, text: str) -> None:
         """Print ``text`` and write it to train.log (the run's story, for reading it afterwards)."""
         print(text)
+        self.file_only(text)
+
+    def file_only(self, text: str, level: int = logging.INFO, exc_info: Optional[BaseException] = None) -> None:
+        """Write ``text`` to train.log only (once it exists)."""
         if self.log_handler is not None:
-            self.log_handler.handle(logging.LogRecord("relgen", logging.INFO, __file__, 0, text, None, None))
+            info = (type(exc_info), exc_info, exc_info.__traceback__) if exc_info is not None else None
+            self.log_handler.handle(logging.LogRecord("relgen", level, __file__, 0, text, None, info))
 
 
 def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra) -> None:
@@ -305,6 +314,16 @@ def _write_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise write_error(exc, path, "run config") from None
+
+
+def _how_it_ended(exc: BaseException, seconds: float) -> str:
+    """train.log's last line for a run that did not finish (the console gets the caller's report)."""
+    after = f"after {_duration(seconds)} (wall time)"
+    if isinstance(exc, RelgenError):
+        return f"relgen: stopped {after}: error: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"relgen: interrupted {after}; the last checkpoint is intact (resume=latest)"
+    return f"relgen: failed {after}: {type(exc).__name__}: {exc}"
 
 
 def _hold_early_lines() -> logging.Handler:

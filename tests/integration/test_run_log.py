@@ -64,3 +64,23 @@ def test_train_log_holds_the_story_once_and_rrnet_grid_has_lambda_zero(tmp_path,
     # the grid: rows ARB and BRA (one seed), columns λ = 0 (the base model) then the grid scales
     assert headers == [["lambda = 0 (base model)", "lambda = 0.5", "lambda = 1"]]
     assert grid_cells(run / "samples" / "final.png") == (2, 3)
+
+
+def test_train_log_ends_with_why_a_run_stopped(tmp_path, monkeypatch):
+    import re
+
+    import pytest
+
+    from relgen.errors import RelgenError
+    from relgen.train.loop import Trainer
+
+    def refuse(self):
+        raise RelgenError(f"step {self.step}: refused for the test")
+
+    monkeypatch.setattr(Trainer, "save", refuse)
+    with pytest.raises(RelgenError, match="^step 1: refused for the test$"):
+        short_run(tmp_path / "run", "method=textual_inversion", "backbone=tiny_sd15", "dataset=shapes_reversion")
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert "][relgen][INFO] - step 1/2 · loss " in lines[-2]  # the step's line came before
+    assert re.fullmatch(r"\[[^]]+\]\[relgen\]\[INFO\] - relgen: stopped after \d+\.\d s \(wall time\): error: step 1: "
+                        r"refused for the test", lines[-1]), lines[-1]
