@@ -20,6 +20,8 @@ import os
 import sys
 from typing import Callable, Optional
 
+from relgen.hints import FLAG_KEYS, command_line_hints
+
 # Quiet, offline-friendly defaults; set before torch/diffusers/dgl are imported.
 os.environ.setdefault("DGLBACKEND", "pytorch")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -52,22 +54,23 @@ def task_started() -> None:
     _task_started = True
 
 
-def run_hydra_app(app: Callable[[], None], argv: Optional[list[str]] = None) -> None:
+def run_hydra_app(app: Callable[[], None], argv: Optional[list[str]] = None,
+                  flag_keys: Optional[dict[str, str]] = None) -> None:
     """Run a ``@hydra.main`` app under relgen's exit-status rule.
 
     Hydra reports a refused command line or config (an override its grammar cannot read, an
     unknown key, a missing config option) and exits 1; that is the user's input, so relgen exits
     2, as for its own errors, after the hints of :func:`relgen.hints.command_line_hints`
     (argparse's "unrecognized arguments" exits 2 already and gets the hints too). An exit after
-    the task function began keeps its status.
+    the task function began keeps its status. ``flag_keys``: the peers' flags this command maps to
+    its keys (default: the training flags of :data:`relgen.hints.FLAG_KEYS`).
     """
-    from relgen.hints import command_line_hints
-
     try:
         app()
     except SystemExit as exc:
         if exc.code not in (0, None) and not _task_started:
-            for hint in command_line_hints(list(sys.argv[1:] if argv is None else argv)):
+            args = list(sys.argv[1:] if argv is None else argv)
+            for hint in command_line_hints(args, FLAG_KEYS if flag_keys is None else flag_keys):
                 print(f"relgen: hint: {hint}", file=sys.stderr)
             if exc.code == EXIT_FAILURE:
                 sys.exit(EXIT_USAGE)

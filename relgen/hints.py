@@ -73,15 +73,16 @@ HYDRA_FLAGS = frozenset({"--help", "-h", "--hydra-help", "--version", "--cfg", "
 _NEEDS_QUOTES = set("<>")
 
 
-def flag_hint(arg: str, next_arg: str | None = None) -> str | None:
-    """The relgen override for a diffusers/kohya ``--flag[=value]`` (``None`` for other arguments)."""
+def flag_hint(arg: str, next_arg: str | None = None, flag_keys: dict[str, str] = FLAG_KEYS) -> str | None:
+    """The relgen override for a diffusers/kohya ``--flag[=value]`` (``None`` for other arguments);
+    ``flag_keys``: the flags this command maps (``{}``: say only that relgen takes no flags)."""
     if not arg.startswith("--") or arg.split("=", 1)[0] in HYDRA_FLAGS:
         return None
     name, sep, value = arg[2:].partition("=")
     name = name.replace("-", "_")
     if not sep and next_arg is not None and not next_arg.startswith("-") and "=" not in next_arg:
         value = next_arg  # "--max_train_steps 20"
-    key = FLAG_KEYS.get(name)
+    key = flag_keys.get(name)
     if key is None:
         return (f"{arg}: relgen takes key=value overrides, not --flags (--help lists the config groups; "
                 "--cfg job shows every key)")
@@ -100,12 +101,12 @@ def quoting_hint(arg: str) -> str | None:
             f"override for the shell: '{key}=\"{value}\"'")
 
 
-def command_line_hints(argv: Sequence[str]) -> list[str]:
+def command_line_hints(argv: Sequence[str], flag_keys: dict[str, str] = FLAG_KEYS) -> list[str]:
     """One hint per argument of ``argv`` that looks like a peer's flag or needs quoting."""
     hints = []
     for i, arg in enumerate(argv):
         nxt = argv[i + 1] if i + 1 < len(argv) else None
-        hint = flag_hint(arg, nxt) if arg.startswith("--") else quoting_hint(arg)
+        hint = flag_hint(arg, nxt, flag_keys) if arg.startswith("--") else quoting_hint(arg)
         if hint:
             hints.append(hint)
     return hints

@@ -51,7 +51,7 @@ def main() -> None:
             sys.exit(code)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    relgen.cli.run_hydra_app(_app)  # relgen's exit statuses (relgen.cli)
+    relgen.cli.run_hydra_app(_app, flag_keys={})  # relgen's exit statuses (relgen.cli); no training flags here
 
 
 if __name__ == "__main__":
