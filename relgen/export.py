@@ -24,7 +24,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from relgen.card import BASE_MODEL_KEY, EXPORT_PATH_KEY, FOLDER_KEY, base_model, generation_kwargs, load_run_line, program
+from relgen.card import (BASE_MODEL_KEY, EXPORT_PATH_KEY, FOLDER_KEY, base_model, generation_kwargs, load_run_line,
+                         program)
 from relgen.names import META_FILE
 
 CARD_FILE = "README.md"
@@ -175,7 +176,8 @@ def _file_names(meta: dict) -> list[str]:
 
 def _generic_usage(meta: dict) -> str:
     return program(meta, [load_run_line(meta), "run.apply(pipe)",
-                          f"image = pipe(**run.pipeline_inputs(pipe, [\"a prompt\"]), {generation_kwargs(meta)}).images[0]"],
+                          "image = pipe(**run.pipeline_inputs(pipe, [\"a prompt\"]), "
+                          f"{generation_kwargs(meta)}).images[0]"],
                    imports=["import relgen"])
 
 

@@ -60,7 +60,8 @@ def test_card_blocks_run_as_written(case, tmp_path, monkeypatch):
         pipe = scope["pipe"]
         if case == "textual_inversion-sdxl":  # pooled outputs read the EOS row, not the added token's
             for enc, tok in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)):
-                assert getattr(enc, "text_model", enc).eos_token_id == tok.eos_token_id < tok.convert_tokens_to_ids("<R>")
+                eos = getattr(enc, "text_model", enc).eos_token_id
+                assert eos == tok.eos_token_id < tok.convert_tokens_to_ids("<R>")
         peft = getattr(pipe.unet, "peft_config", None) or {}
         assert len(peft) == (1 if method == "relationbooth" else 0)  # the LoRA is loaded once, never twice
         (run / f"{method}-sample.png").unlink()

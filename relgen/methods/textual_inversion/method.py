@@ -112,7 +112,7 @@ class TextualInversion(Method):
                     "# pool at EOS, not at the new token (SDXL's encoder configs carry the legacy eos_token_id 2)",
                     "for enc, tok in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)):",
                     "    enc.config.eos_token_id = tok.eos_token_id",
-                    "    getattr(enc, \"text_model\", enc).eos_token_id = tok.eos_token_id  # where transformers reads it"]
+                    "    getattr(enc, \"text_model\", enc).eos_token_id = tok.eos_token_id  # read there"]
         else:
             imports, body = [], [f"pipe.load_textual_inversion(\"{path}\", token=\"{token}\")"]
         prompt = (mcfg.get("sample_prompts") or [f"a cat {token} a stone"])[0]
