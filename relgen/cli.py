@@ -26,6 +26,15 @@ def run_cli(body: Callable[[], int]) -> int:
     except RelgenError as exc:
         print(f"relgen: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a folder that cannot be written (a read-only or full cache, output or export folder) wherever
+        # the write happens: one line naming it; any other OSError is a bug and keeps its traceback
+        from relgen.errors import WRITE_ERRNOS, write_error
+
+        if exc.errno not in WRITE_ERRNOS or not exc.filename:
+            raise
+        print(f"relgen: error: {write_error(exc, exc.filename, 'file or folder there')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("relgen: interrupted; the last checkpoint is intact (resume=latest)", file=sys.stderr)
         return 130
@@ -124,11 +133,41 @@ def _run_dir_given(hc) -> bool:
     return False
 
 
+def unknown_preset(argv: list[str]) -> str | None:
+    """One line for an ``experiment=<name>`` that names no shipped preset (``None`` when it names one).
+
+    Only the shipped presets are known here: with ``--config-dir``/``-cd`` or a search-path
+    override the name is left to Hydra, which also fails on a missing one.
+    """
+    import difflib
+    from importlib import resources
+
+    if any(a.startswith(("--config-dir", "-cd", "--config-path", "-cp")) or "searchpath" in a for a in argv):
+        return None
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if key.lstrip("+~") != "experiment" or not sep or value in ("", "null") or "," in value:
+            continue
+        folder = resources.files("relgen.conf") / "experiment"
+        known = sorted(p.name[:-len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        if value in known:
+            return None
+        close = difflib.get_close_matches(value, known, n=1)
+        hint = f"did you mean experiment={close[0]}? " if close else ""
+        return f"experiment={value} is not a preset; {hint}known: {', '.join(known)}"
+    return None
+
+
 def train_main() -> None:
     """``python -m relgen method=<m> backbone=<b> dataset=<d> [trainer=...]``."""
     import hydra
 
     from relgen.registry import register_builtin_schemas
+
+    bad = unknown_preset(sys.argv[1:])
+    if bad:  # before Hydra composes: one line, not its search-path report
+        print(f"relgen: error: {bad}", file=sys.stderr)
+        sys.exit(2)
 
     register_builtin_schemas()  # before Hydra composes
 
