@@ -55,6 +55,8 @@ def run_training(cfg: DictConfig, run_dir: str | Path, *, default_run_dir: bool 
             for path in {given, state.run_dir}:
                 if path != state.run_dir or not state.started:
                     rundir.remove_if_created(path, held=state.lock)
+                else:  # training began: the folder is a run now, which a later refused run must keep
+                    rundir.forget_created(path)
         finally:
             if state.lock is not None:
                 state.lock.release()

@@ -148,6 +148,11 @@ def note_created(path: Path) -> None:
     _CREATED[str(path)] = top
 
 
+def forget_created(path: Path) -> None:
+    """``path`` holds a run now: never remove it as a folder this process made."""
+    _CREATED.pop(os.path.abspath(path), None)
+
+
 def was_created(path: Path) -> bool:
     return os.path.abspath(path) in _CREATED
 

@@ -381,9 +381,8 @@ def placeholder_conflict(tokenizer, token: str) -> Optional[str]:
     inside = [t for t in vocab if needle in t.lower().replace("</w>", "")]
     if inside:
         example = min(inside, key=lambda t: (len(t), t))
-        return (f"is a piece of the existing token '{example}' (and {len(inside) - 1} more), so it would be "
-                "captured inside other words" if len(inside) > 1 else
-                f"is a piece of the existing token '{example}', so it would be captured inside other words")
+        more = f" (and {len(inside) - 1} more)" if len(inside) > 1 else ""
+        return f"is a piece of the existing token '{example}'{more} and would be captured inside those words"
     return None
 
 

@@ -84,7 +84,7 @@ def check_token_for_tokenizers(token: str, folder, source) -> None:
 
     for sub in ("tokenizer", "tokenizer_2"):
         path = Path(folder) / sub
-        if not (path / "vocab.json").is_file():
+        if not any((path / name).is_file() for name in ("vocab.json", "tokenizer.json")):
             continue
         reason = placeholder_conflict(CLIPTokenizer.from_pretrained(str(path)), token)
         if reason:
