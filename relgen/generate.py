@@ -212,7 +212,6 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     from relgen.api import load
     from relgen.errors import ConfigError
     from relgen.grid import labelled_grid
-
     from relgen.validation import check_generation_options, prompts_missing_token
 
     check_generation_options(opts)

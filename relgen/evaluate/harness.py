@@ -168,13 +168,15 @@ def _load_run(path: str, key: str):
 def apply_run_defaults(cfg: EvaluateConfig, loaded: Any) -> None:
     """Fill ``metrics`` and ``prompts`` left unset (``None``) from the run: a run on the relworld
     model is scored offline by relworld's exact detector on its relation's object-swapped pairs
-    (an RRNet run's ``rrnet_pairs``); any other run by CLIP-T and CLIP-R on ReVersion's benchmark."""
+    (an RRNet run's ``rrnet_pairs``, else ``relworld_relation``); any other run by CLIP-T and CLIP-R
+    on ReVersion's benchmark."""
     backbone = ((loaded.meta.get("backbone") or {}).get("name") if loaded is not None else None)
     relworld = backbone == "relworld"
     if cfg.metrics is None:
         cfg.metrics = ["relworld"] if relworld else ["clip_t", "clip_r"]
     if cfg.prompts is None:
-        cfg.prompts = "rrnet_pairs" if relworld and loaded.method == "rrnet" else "reversion_benchmark"
+        cfg.prompts = (("rrnet_pairs" if loaded.method == "rrnet" else "relworld_relation") if relworld
+                       else "reversion_benchmark")
 
 
 def plan(cfg: EvaluateConfig) -> Evaluation:

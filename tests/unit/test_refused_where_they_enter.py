@@ -206,9 +206,23 @@ def test_a_relworld_rrnet_run_is_scored_offline_by_default(tmp_path):
     cfg = EvaluateConfig()
     apply_run_defaults(cfg, SimpleNamespace(meta={"backbone": {"name": "relworld"}}, method="rrnet"))
     assert (cfg.metrics, cfg.prompts) == (["relworld"], "rrnet_pairs")
+    inversion = EvaluateConfig()
+    apply_run_defaults(inversion, SimpleNamespace(meta={"backbone": {"name": "relworld"}}, method="reversion"))
+    assert (inversion.metrics, inversion.prompts) == (["relworld"], "relworld_relation")
     other = EvaluateConfig()
     apply_run_defaults(other, SimpleNamespace(meta={"backbone": {"name": "sd15"}}, method="reversion"))
     assert (other.metrics, other.prompts) == (["clip_t", "clip_r"], "reversion_benchmark")
+    # a relworld ReVersion run's relation ('inside' by default), in relworld's words, both orders
+    from relgen.evaluate.prompts import relworld_relation, run_relation
+
+    (tmp_path / "config.yaml").write_text("dataset:\n  relations: []\n")
+    assert run_relation(tmp_path) == "inside"
+    inside = relworld_relation("inside")
+    assert len(inside) == 16 and len({p.id for p in inside}) == 16
+    assert (inside[0].text, inside[0].readable, inside[0].objects) == (
+        "a cyan diamond {} a green cross", "a cyan diamond inside a green cross",
+        {"a": ["diamond", "cyan"], "b": ["cross", "green"]})
+    assert (inside[1].text, inside[1].order) == ("a green cross {} a cyan diamond", 1)
 
     # the pair of relworld's RRNet data, as relation.json records it
     relation = {"A": "square", "R": "above", "B": "circle", "ARB": "a cyan square is above a red circle",
