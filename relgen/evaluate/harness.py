@@ -197,8 +197,6 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
         get_metric(name)
     if not cfg.metrics:
         raise ConfigError("metrics=[] names no metric; e.g. metrics=[clip_t,vlm_relation]")
-    for name in cfg.metrics:  # every metric's weights, before minutes of rendering
-        check_metric_weights(name, get_metric(name), cfg.eval)
     prompt_set, prompts = resolve_prompts(cfg.prompts, cfg.relation_words, loaded, cfg.relation, cfg.limit)
     if "relworld" in cfg.metrics and not all(p.objects for p in prompts):
         raise ConfigError(f"metrics: relworld scores relworld prompts only (each with its objects), and "
@@ -253,6 +251,8 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
                        mcfg.get("sample_guidance") if mcfg.get("sample_guidance") is not None else bcfg.get("guidance_scale")),
                    "scheduler": cfg.scheduler or bcfg.get("inference_scheduler"),
                    "resolution": bcfg.get("resolution")}
+    for name in cfg.metrics:  # every metric's weights, once the input is known good, before any rendering
+        check_metric_weights(name, get_metric(name), cfg.eval)
     return Evaluation(cfg, prompt_set, prompts, seeds, conditions, baseline, sampler)
 
 

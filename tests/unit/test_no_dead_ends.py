@@ -5,6 +5,7 @@ nested keys are classed on resume."""
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -251,3 +252,20 @@ def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, caps
     with pytest.raises(FileNotFoundError):
         run_cli(lambda: open(tmp_path / "missing"))
 
+
+
+def test_help_is_relgens_own_and_names_every_shipped_option():
+    from pathlib import Path
+
+    from relgen.testing import run_relgen
+
+    done = run_relgen("--help", timeout=120)
+    assert done.returncode == 0
+    assert done.stdout.startswith("relgen: train a relation method on a text-to-image backbone")
+    assert "Powered by Hydra" not in done.stdout
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    for group in ("method", "backbone", "dataset", "trainer", "experiment"):
+        names = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        block = re.search(rf"\n  {group}=(.*?)\n(?:  [a-z]+=|\n)", done.stdout, re.S).group(1)
+        missing = [n for n in names if not re.search(rf"\b{n}\b", block)]
+        assert names and not missing, (group, missing)
