@@ -269,3 +269,8 @@ def test_help_is_relgens_own_and_names_every_shipped_option():
         block = re.search(rf"\n  {group}=(.*?)\n(?:  [a-z]+=|\n)", done.stdout, re.S).group(1)
         missing = [n for n in names if not re.search(rf"\b{n}\b", block)]
         assert names and not missing, (group, missing)
+    evaluate = run_relgen("--help", module="relgen.evaluate", timeout=120)
+    assert evaluate.returncode == 0 and "Powered by Hydra" not in evaluate.stdout
+    assert evaluate.stdout.startswith("relgen.evaluate: render a finished run and its baselines with shared seeds")
+    for name in ("reversion_benchmark", "rrnet_pairs", "relworld_relation", "vlm_relation", "relworld"):
+        assert name in evaluate.stdout
