@@ -158,13 +158,68 @@ def unknown_preset(argv: list[str]) -> str | None:
     return None
 
 
+def composition_error(argv: list[str]) -> str | None:
+    """One line for command-line overrides Hydra cannot compose (``None`` when they compose).
+
+    A misspelt key says which key was meant (``method.lrr`` -> ``did you mean method.lr?``), a
+    value of the wrong type names the key and the type, an unknown group option lists the known
+    ones. Sweeps, Hydra's own flags and config-dir options are left to Hydra.
+    """
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    from relgen.config import compose_run
+
+    if any(a.startswith("-") for a in argv):
+        return None
+    overrides = [a for a in argv if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        compose_run(*overrides)
+        return None
+    except Exception as exc:  # noqa: BLE001 - Hydra's composition errors, turned into one line below
+        error = exc
+    cause = error.__cause__
+    key = getattr(cause, "full_key", None)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if key and type(cause).__name__ in ("ConfigAttributeError", "ConfigKeyError"):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        rest = [a for a in overrides if a.lstrip("+~").split("=", 1)[0] != key]
+        try:
+            cfg = compose_run(*rest)
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            known = [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+        except Exception:  # noqa: BLE001 - no suggestion then
+            known = []
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        where = f" of {parent}" if parent else ""
+        return (f"{key} is not a key{where}; {hint}(to add a new key, write +{key}=...; "
+                f"relgen --help lists the groups)")
+    if key:  # a value that does not fit the key's type
+        reason = str(cause).strip().splitlines()[0] if cause is not None else first
+        return f"{key}: {reason}"
+    if type(error).__name__ == "MissingConfigException":
+        import re
+
+        missing = re.search(r"Could not find '([^']+)'", str(error))
+        options = re.findall(r"^\t(\S+)$", str(error).split("Config search path")[0], re.M)
+        if missing:
+            group, _, name = missing.group(1).rpartition("/")
+            close = difflib.get_close_matches(name, options, n=1)
+            hint = f"did you mean {group}={close[0]}? " if close else ""
+            return (f"{group}={name} is not an option ({missing.group(1)} not found); {hint}known: "
+                    f"{', '.join(options)}")
+    return None  # anything else: Hydra's own report
+
+
 def train_main() -> None:
     """``python -m relgen method=<m> backbone=<b> dataset=<d> [trainer=...]``."""
     import hydra
 
     from relgen.registry import register_builtin_schemas
 
-    bad = unknown_preset(sys.argv[1:])
+    bad = unknown_preset(sys.argv[1:]) or composition_error(sys.argv[1:])
     if bad:  # before Hydra composes: one line, not its search-path report
         print(f"relgen: error: {bad}", file=sys.stderr)
         sys.exit(2)

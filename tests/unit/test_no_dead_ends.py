@@ -274,3 +274,19 @@ def test_help_is_relgens_own_and_names_every_shipped_option():
     assert evaluate.stdout.startswith("relgen.evaluate: render a finished run and its baselines with shared seeds")
     for name in ("reversion_benchmark", "rrnet_pairs", "relworld_relation", "vlm_relation", "relworld"):
         assert name in evaluate.stdout
+
+
+def test_a_misspelt_key_or_option_is_one_line_saying_what_was_meant():
+    from relgen.cli import composition_error
+
+    assert composition_error(["method=rrnet", "method.lr=0.1", "hydra.run.dir=x"]) is None
+    assert composition_error(["-m", "seed=0,1"]) is None  # sweeps are Hydra's
+    assert composition_error(["method.lrr=1"]) == (
+        "method.lrr is not a key of method; did you mean method.lr? (to add a new key, write +method.lrr=...; "
+        "relgen --help lists the groups)")
+    assert composition_error(["method=rrnet", "trainer.max_step=3"]).startswith(
+        "trainer.max_step is not a key of trainer; did you mean trainer.max_steps?")
+    assert composition_error(["method.lr=abc"]) == "method.lr: Value 'abc' of type 'str' could not be converted to Float"
+    assert composition_error(["method=rrnett"]) == (
+        "method=rrnett is not an option (method/rrnett not found); did you mean method=rrnet? known: relationbooth, "
+        "reversion, rrnet, textual_inversion")
