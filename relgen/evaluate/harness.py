@@ -187,8 +187,6 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
     from relgen.evaluate.prompts import resolve_prompts
     from relgen.evaluate.references import default_references
 
-    from relgen.evaluate.loading import check_metric_weights
-
     if cfg.run_dir is None and cfg.images_dir is None:
         raise ConfigError("give run_dir=<a finished run> (to generate) or images_dir=<a folder of images> (to score)")
     loaded = _load_run(cfg.run_dir, "run_dir") if cfg.run_dir else None
@@ -251,8 +249,6 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
                        mcfg.get("sample_guidance") if mcfg.get("sample_guidance") is not None else bcfg.get("guidance_scale")),
                    "scheduler": cfg.scheduler or bcfg.get("inference_scheduler"),
                    "resolution": bcfg.get("resolution")}
-    for name in cfg.metrics:  # every metric's weights, once the input is known good, before any rendering
-        check_metric_weights(name, get_metric(name), cfg.eval)
     return Evaluation(cfg, prompt_set, prompts, seeds, conditions, baseline, sampler)
 
 
@@ -609,6 +605,16 @@ def score_all(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = Tru
 # ------------------------------------------------------------------------------------ entry
 
 
+def check_weights(cfg: EvaluateConfig) -> None:
+    """Fail at once when a metric's weights cannot be had (see
+    :func:`relgen.evaluate.loading.check_metric_weights`); nothing has rendered yet."""
+    from relgen.evaluate.loading import check_metric_weights
+    from relgen.evaluate.metrics import get_metric
+
+    for name in cfg.metrics:
+        check_metric_weights(name, get_metric(name), cfg.eval)
+
+
 def default_out_dir(ev: Evaluation) -> Path:
     cfg = ev.cfg
     if cfg.out_dir:
@@ -648,6 +654,7 @@ def evaluate(cfg: Any = None, progress: bool = True, **overrides) -> Path:
     cfg = as_object(cfg, EvaluateConfig)
     start = time.perf_counter()
     ev = plan(cfg)
+    check_weights(ev.cfg)  # every metric's weights, once the input is known good, before any rendering
     device = resolve_device(cfg.eval.device)
     out = default_out_dir(ev)
     if out.exists():
