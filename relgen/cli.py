@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 # Quiet, offline-friendly defaults; set before torch/diffusers/dgl are imported.
 os.environ.setdefault("DGLBACKEND", "pytorch")
@@ -18,13 +18,15 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run_cli(body: Callable[[], int]) -> int:
+def run_cli(body: Callable[[], int], on_error: Optional[Callable[[str], None]] = None) -> int:
     from relgen.errors import RelgenError
 
     try:
         return body()
     except RelgenError as exc:
         print(f"relgen: error: {exc}", file=sys.stderr)
+        if on_error is not None:
+            on_error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("relgen: interrupted; the last checkpoint is intact (resume=latest)", file=sys.stderr)
@@ -124,6 +126,34 @@ def _run_dir_given(hc) -> bool:
     return False
 
 
+def _sweep_job(hc, run_dir: str, train: Callable[[], int]) -> float:
+    """One job of a sweep: its row in ``sweep.csv`` and its objective for the sweeper (NaN when
+    it failed; a pruned run raises :class:`relgen.train.loop.Pruned` for the sweeper to see)."""
+    import time
+
+    from relgen.sweep import record_row
+
+    errors: list[str] = []
+    started = time.time()
+    overrides = list(hc.overrides.task)
+    try:
+        code = run_cli(train, on_error=errors.append)
+    except Exception as exc:
+        from relgen.train.loop import Pruned
+
+        status = "pruned" if isinstance(exc, Pruned) else "failed"
+        record_row(hc.sweep.dir, hc.job.num, overrides, run_dir, status, time.time() - started,
+                   "" if status == "pruned" else f"{type(exc).__name__}: {exc}")
+        record_job(hc.sweep.dir, hc.job.num, hc.job.override_dirname, 0 if status == "pruned" else 1)
+        raise
+    if code and not errors:
+        errors.append(f"exit status {code}")
+    value = record_row(hc.sweep.dir, hc.job.num, overrides, run_dir, "failed" if code else "completed",
+                       time.time() - started, errors[0] if errors else "")
+    record_job(hc.sweep.dir, hc.job.num, hc.job.override_dirname, code)
+    return float("nan") if code or value is None else value
+
+
 def train_main() -> None:
     """``python -m relgen method=<m> backbone=<b> dataset=<d> [trainer=...]``."""
     import hydra
@@ -133,7 +163,7 @@ def train_main() -> None:
     register_builtin_schemas()  # before Hydra composes
 
     @hydra.main(config_path="pkg://relgen.conf", config_name="config", version_base="1.3")
-    def _app(cfg) -> None:
+    def _app(cfg) -> Optional[float]:
         from hydra.core.hydra_config import HydraConfig
 
         from relgen.rundir import note_created
@@ -145,12 +175,13 @@ def train_main() -> None:
         if multirun and not os.listdir(run_dir):
             note_created(run_dir)  # the job folder Hydra just made for this job
         default_run_dir = not multirun and not _run_dir_given(hc)
-        code = run_cli(lambda: run_training(cfg, run_dir, default_run_dir=default_run_dir,
-                                            write_extra=_hydra_record(cfg, hc)))
+        train = lambda: run_training(cfg, run_dir, default_run_dir=default_run_dir,  # noqa: E731
+                                     write_extra=_hydra_record(cfg, hc))
         if multirun:
             # The other jobs still run; the sweep reports every failure once at its end.
-            record_job(hc.sweep.dir, hc.job.num, hc.job.override_dirname, code)
-        elif code:
+            return _sweep_job(hc, run_dir, train)
+        code = run_cli(train)
+        if code:
             sys.exit(code)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

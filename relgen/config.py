@@ -125,6 +125,15 @@ class TrainerConfig:
     noise_offset: float = 0.0  # as diffusers' --noise_offset (0.05-0.1 is usual)
     input_perturbation: float = 0.0  # as diffusers' --input_perturbation (0.1 in the paper)
     ema_decay: Optional[float] = None  # EMA of the trained tensors (diffusers' EMAModel), e.g. 0.999
+    # The validation loss: the method's own-image denoising term on val_batches fixed micro-batches
+    # (data, noise and timesteps drawn from val_seed alone, so every run of a sweep sees the same),
+    # on the EMA weights when trainer.ema_decay is on; every validate_every steps and at the end.
+    validate_every: Optional[int] = None  # None: only at the end
+    val_batches: int = 4
+    val_seed: int = 1234
+    # What the run reports to a sweeper (summary.json "objective", the task function's return value):
+    # "val_loss" (minimised) is the only objective computed inside a run.
+    objective: str = "val_loss"
 
 
 @dataclass
@@ -166,6 +175,16 @@ def _run_name() -> str:
 
 # ``${relgen_run_name:}``: the default run folder name (cached: one name per composed config).
 OmegaConf.register_new_resolver("relgen_run_name", _run_name, use_cache=True, replace=True)
+
+
+def _job_name(sweep_dir, num, overrides) -> str:
+    from relgen.sweep import job_name
+
+    return job_name(sweep_dir, num, overrides)
+
+
+# ``${relgen_job_name:<sweep dir>,<job num>,<job overrides>}``: a sweep job's folder name
+OmegaConf.register_new_resolver("relgen_job_name", _job_name, replace=True)
 
 
 def register_schema(group: str, name: str, node: type) -> None:

@@ -125,10 +125,26 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
         backbone.unet.enable_gradient_checkpointing()
     method = method_cls(cfg.method, backbone, data)
     trainer = Trainer(cfg, run_dir, acc, backbone, method)
+    from relgen.sweep import pruning_hook
+
+    hook = pruning_hook() if main else None  # a trial of an Optuna search with a pruner
+    if hook is not None:
+        trainer.validation_hooks.append(hook)
     if resume is not None:
         trainer.resume(resume.path, resume.state)
     state.started = True
-    result = trainer.train()
+    from relgen.train.loop import Pruned
+
+    try:
+        result = trainer.train()
+    except Pruned as stop:
+        if main:
+            trainer.finish()
+            write_json(run_dir / "summary.json", {
+                "method": cfg.method.name, "backbone": cfg.backbone.name, "dataset": cfg.dataset.name,
+                "status": "pruned", "steps": trainer.step, "run_dir": str(run_dir),
+                "objective": objective_record(cfg, stop.value, stop.step)})
+        raise
     if not main:
         return
 
@@ -145,6 +161,7 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
         "run_dir": str(run_dir), "export": str(export_dir),
         "samples": str(samples) if samples else None,
         "checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.csv"),
+        "status": "completed", "objective": objective_record(cfg, result["val_loss"], trainer.step),
     }
     if resume is not None:
         summary["resumed_from"] = str(resume.path)
@@ -157,6 +174,18 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     for key in ("run_dir", "export", "samples", "checkpoints", "metrics"):
         if summary[key]:
             print(f"  {key:12s} {summary[key]}")
+    print(f"  {'objective':12s} {cfg.trainer.objective}={result['val_loss']:.6g} (minimize; validation.csv)")
+
+
+#: Whether a larger objective is better, by ``trainer.objective``.
+OBJECTIVE_DIRECTIONS = {"val_loss": "minimize"}
+
+
+def objective_record(cfg: DictConfig, value: float, step: int) -> dict[str, Any]:
+    """summary.json's ``objective``: what a sweeper optimises, its value and direction."""
+    name = cfg.trainer.objective
+    return {"name": name, "value": float(value), "direction": OBJECTIVE_DIRECTIONS[name], "step": int(step),
+            "val_batches": int(cfg.trainer.val_batches), "val_seed": int(cfg.trainer.val_seed)}
 
 
 def apply_dataset_resolution(cfg: DictConfig) -> None:
