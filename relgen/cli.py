@@ -161,6 +161,9 @@ def train_main() -> None:
     from relgen.registry import register_builtin_schemas
 
     register_builtin_schemas()  # before Hydra composes
+    from hydra_plugins.relgen_sweeper import ensure_registered
+
+    ensure_registered()  # hydra/sweeper=relgen_optuna
 
     @hydra.main(config_path="pkg://relgen.conf", config_name="config", version_base="1.3")
     def _app(cfg) -> Optional[float]:

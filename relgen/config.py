@@ -161,6 +161,9 @@ def compose_run(*overrides: str):
     from relgen.registry import register_builtin_schemas
 
     register_builtin_schemas()  # the built-in methods' schemas, as the command line registers them
+    from hydra_plugins.relgen_sweeper import ensure_registered
+
+    ensure_registered()  # hydra/sweeper=relgen_optuna, as the command line registers it
     if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app
         return compose("config", overrides=list(overrides))
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):

@@ -197,8 +197,8 @@ class SweepCallback(_HydraCallback):
             return
         best = summary.get("best")
         if best:
-            print(f"relgen: sweep: best job #{best['job']} ({best['overrides'] or 'no overrides'}): "
-                  f"{summary['objective']}={best['objective']:.6g}; summary in {sweep_dir / SUMMARY}")
+            print(f"relgen: sweep: best job {Path(best['run_dir']).name}: {summary['objective']}="
+                  f"{best['objective']:.6g} ({summary['direction']}); summary in {sweep_dir / SUMMARY}")
 
 
 # ---------------------------------------------------------------------------------- the summary
@@ -394,13 +394,26 @@ def optuna_search(impl: Any, pruner: Any, arguments: list[str]) -> None:
     study = optuna.create_study(study_name=impl.study_name, storage=storage, sampler=impl.sampler,
                                 directions=impl._get_directions(), pruner=pruner or optuna.pruners.NopPruner(),
                                 load_if_exists=True)
+    rows = {int(r["job"]): r for r in read_rows(Path(str(impl.sweep_dir)))}
     finished = 0
     for trial in study.get_trials(deepcopy=False):
         if trial.state in (TrialState.RUNNING, TrialState.WAITING):
-            study._storage.set_trial_user_attr(trial._trial_id, "relgen_interrupted", True)
-            study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
-        elif trial.state != TrialState.FAIL or not trial.user_attrs.get("relgen_interrupted"):
-            finished += 1
+            row = rows.get(trial.number)
+            value = _number(row["objective"]) if row else None
+            if row and row["status"] == "completed" and value is not None:
+                # the job ended but the sweep was killed before it told the study
+                study._storage.set_trial_values(trial._trial_id, [value])
+                study._storage.set_trial_state(trial._trial_id, TrialState.COMPLETE)
+            elif row and row["status"] in ("pruned", "failed"):
+                study._storage.set_trial_state(trial._trial_id, TrialState.PRUNED if row["status"] == "pruned"
+                                               else TrialState.FAIL)
+            else:  # killed with its job: not counted, so that a new trial takes its place
+                study._storage.set_trial_user_attr(trial._trial_id, "relgen_interrupted", True)
+                study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
+                continue
+        elif trial.state == TrialState.FAIL and trial.user_attrs.get("relgen_interrupted"):
+            continue
+        finished += 1
     remaining = impl.n_trials - finished
     log.info("relgen: optuna study %s in %s: %d of %d trials finished, %d to run", study.study_name, storage,
              finished, impl.n_trials, max(remaining, 0))

@@ -40,3 +40,18 @@ if OptunaSweeper is not None:
 
     ConfigStore.instance().store(group="hydra/sweeper", name="relgen_optuna", node=RelgenOptunaSweeperConf,
                                  provider="relgen")
+
+
+def ensure_registered() -> None:
+    """Make the sweeper known to Hydra also where its plugin scan misses this folder.
+
+    Hydra finds plugins by listing the ``hydra_plugins`` folders on disk; an editable install
+    (``pip install -e``) serves this package through an import hook that listing does not see.
+    Importing this module has already stored the config (``hydra/sweeper=relgen_optuna``).
+    """
+    if OptunaSweeper is None:
+        return
+    from hydra.core.plugins import Plugins
+
+    name = f"{RelgenOptunaSweeper.__module__}.{RelgenOptunaSweeper.__name__}"
+    Plugins.instance().class_name_to_class.setdefault(name, RelgenOptunaSweeper)

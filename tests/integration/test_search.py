@@ -1,0 +1,169 @@
+"""Searches: an Optuna search that resumes after a kill, pruning, sweep.csv and the summary, and
+the SLURM submission file of a sweep."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+SEARCH = ["-m", "experiment=search_reversion", "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
+          "trainer.sample_at_end=false", "trainer.validate_every=1", "hydra.sweeper.n_trials=3",
+          "hydra.sweeper.sampler.seed=0", "hydra.sweeper.pruner=null"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _rows(sweep: Path) -> list[dict]:
+    if not (sweep / "sweep.csv").exists():
+        return []
+    with open(sweep / "sweep.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _study(sweep: Path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name="relgen", storage=f"sqlite:///{sweep}/optuna.db")
+
+
+def test_optuna_search_resumes_after_a_kill_and_reports_the_best_row(tmp_path):
+    started = time.time()
+    sweep = tmp_path / "search"
+    args = [sys.executable, "-m", "relgen", *SEARCH, f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        while len(_rows(sweep)) < 2 and proc.poll() is None and time.time() - started < 300:
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep, mid-way
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
+    before = _study(sweep).trials
+    assert len(before) in (2, 3)  # the third trial had been asked for, or not yet
+
+    # the same command with the same folder continues the study to 3 finished trials, the
+    # remaining one pruned at its first validation (a pruner every loss is above)
+    resumed = subprocess.run(args + ["+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+                                     "+hydra.sweeper.pruner.upper=0.0"],
+                             cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    elapsed = time.time() - started
+
+    study = _study(sweep)
+    states = [t.state for t in study.trials]
+    interrupted = [t.number for t in study.trials if t.user_attrs.get("relgen_interrupted")]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert states.count(optuna.trial.TrialState.PRUNED) == 1
+    assert len(states) == 3 + len(interrupted)  # an interrupted trial is failed and replaced
+    assert all(study.trials[n].state == optuna.trial.TrialState.FAIL for n in interrupted)
+    assert not any(s == optuna.trial.TrialState.RUNNING for s in states)
+
+    rows = _rows(sweep)
+    assert [r["status"] for r in rows] == ["completed", "completed", "pruned"]
+    assert [int(r["job"]) for r in rows] == [t.number for t in study.trials
+                                             if t.state != optuna.trial.TrialState.FAIL]
+    for row in rows:  # job n is trial n, in a folder named by its searched values
+        trial = study.trials[int(row["job"])]
+        folder = Path(row["run_dir"])
+        assert folder.parent == sweep and folder.name.startswith(f"{trial.number:03d}_lr=")
+        assert f"method.lr={trial.params['method.lr']}" in row["overrides"].split()
+        if row["status"] == "completed":
+            assert float(row["objective"]) == trial.value
+            summary = json.loads((folder / "summary.json").read_text())
+            assert summary["objective"]["value"] == float(row["objective"])
+            assert summary["objective"]["direction"] == "minimize"
+    pruned = [r for r in rows if r["status"] == "pruned"][0]
+    assert pruned["steps"] == "1" and pruned["error"] == ""
+
+    best_row = min((r for r in rows if r["status"] == "completed"), key=lambda r: float(r["objective"]))
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["best"]["job"] == int(best_row["job"]) == study.best_trial.number
+    assert summary["best"]["objective"] == float(best_row["objective"]) == study.best_value
+    assert summary["study"]["best_trial"] == study.best_trial.number
+    assert (summary["completed"], summary["pruned"], summary["failed"]) == (2, 1, 0)
+    assert sorted(Path(p).name for p in summary["plots"]) == [
+        "objective_by_job.png", "objective_vs_method.lr.png", "objective_vs_method.steer_loss_weight.png",
+        "objective_vs_method.temperature.png"]
+    assert f"relgen: sweep: best job {Path(best_row['run_dir']).name}" in resumed.stdout
+    assert elapsed < 60 * (3 if os.cpu_count() <= 2 else 1), elapsed  # a shared 2-core machine gets slack
+
+
+def test_grid_sweep_names_its_jobs_by_what_varies_and_records_a_failed_job(tmp_path):
+    from relgen.sweep import job_name
+
+    (tmp_path / ".relgen-sweep.json").write_text(json.dumps({"varying": ["method.lr", "seed"]}))
+    assert job_name(str(tmp_path), 7, ["backbone=tiny_sd15", "method.lr=0.00012345678", "seed=3",
+                                       "dataset.root=/a b/c"]) == "007_lr=0.0001235,seed=3"
+    assert job_name(str(tmp_path / "none"), 0, ["dataset.root=/a b/c"]) == "000_root=-a-b-c"
+
+
+def test_slurm_submission_file_of_a_sweep(tmp_path, monkeypatch):
+    """The relgen_slurm launcher submits one array job with the configured resources; sbatch is
+    replaced by a stand-in that keeps the submission file (no scheduler needed)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+    from submitit.slurm import slurm
+
+    submitted = []
+
+    def fake_sbatch(self, submission_file_path):
+        submitted.append(Path(submission_file_path).read_text())
+        raise RuntimeError("stop after the submission file")
+
+    monkeypatch.setattr(slurm.SlurmExecutor, "_make_submission_command", fake_sbatch)
+    monkeypatch.setattr(slurm.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # as if srun were there
+    from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    from relgen.registry import register_builtin_schemas
+
+    register_builtin_schemas()
+    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=relgen_slurm", "hydra.launcher.partition=gpu",
+                                           f"hydra.sweep.dir={tmp_path}", "backbone=tiny_sd15"],
+                      return_hydra_config=True)
+    params = {k: v for k, v in cfg.hydra.launcher.items() if k != "_target_"}
+    HydraConfig.instance().set_config(cfg)
+    launcher = SlurmLauncher(**params)
+    from hydra.core.utils import setup_globals
+    from hydra.types import HydraContext
+
+    setup_globals()
+    launcher.setup(hydra_context=HydraContext(config_loader=_Loader(cfg), callbacks=_NoCallbacks()),
+                   task_function=lambda c: 0.0, config=cfg)
+    with pytest.raises(RuntimeError, match="stop after the submission file"):
+        launcher.launch([["seed=1"], ["seed=2"]], initial_job_idx=0)
+    (text,) = submitted
+    lines = text.splitlines()
+    assert "#SBATCH --array=0-1%2" in lines  # one array job, both tasks at once
+    for expected in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8",
+                     "#SBATCH --mem=48GB", "#SBATCH --time=240", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1"):
+        assert expected in lines, (expected, text)
+    # each array task runs the pickled sweep job with this interpreter; logs stay in the sweep folder
+    assert f"{sys.executable} -u -m submitit.core._submit {tmp_path}/.submitit/%j" in lines[-1]
+    assert f"#SBATCH --output={tmp_path}/.submitit/%A_%a/%A_%a_0_log.out" in lines
+    assert submitit.__version__
+
+
+class _NoCallbacks:
+    def on_job_start(self, **kwargs):
+        pass
+
+    def on_job_end(self, **kwargs):
+        pass
+
+
+class _Loader:
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        return self.cfg
