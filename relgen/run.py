@@ -174,7 +174,8 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     for key in ("run_dir", "export", "samples", "checkpoints", "metrics"):
         if summary[key]:
             print(f"  {key:12s} {summary[key]}")
-    print(f"  {'objective':12s} {cfg.trainer.objective}={result['val_loss']:.6g} (minimize; validation.csv)")
+    print(f"  {'objective':12s} {cfg.trainer.objective}={result['val_loss']:.6g} "
+          f"({OBJECTIVE_DIRECTIONS[cfg.trainer.objective]}; validation.csv)")
 
 
 #: Whether a larger objective is better, by ``trainer.objective``.

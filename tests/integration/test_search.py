@@ -167,3 +167,88 @@ class _Loader:
 
     def load_sweep_config(self, master_config, sweep_overrides):
         return self.cfg
+
+
+@pytest.mark.parametrize("method, params", [
+    ("reversion", ["method.lr", "method.steer_loss_weight", "method.temperature"]),
+    ("rrnet", ["method.lr", "method.max_steps", "method.neg_weight"]),
+    ("relationbooth", ["method.lr", "method.rank", "method.kp_weight"]),
+])
+def test_search_presets_name_existing_keys_of_their_method(method, params):
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from relgen.testing import compose as compose_run
+    from relgen.validation import validate
+
+    from hydra_plugins.relgen_sweeper import ensure_registered
+
+    ensure_registered()
+    with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment=search_{method}"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.relgen_sweeper.RelgenOptunaSweeper"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.direction == "minimize"
+    assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db"
+    assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
+    assert list(sweeper.params) == params
+    run = compose_run(f"experiment=search_{method}")
+    assert run.method.name == method and run.trainer.validate_every > 0
+    for override in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()]):
+        assert override.is_sweep_override()
+        key = override.get_key_element()
+        assert OmegaConf.select(run, key) is not None, key  # a key of the method's schema
+        values = list(override.sweep_iterator()) if override.is_discrete_sweep() else [
+            override.value().start, override.value().end]
+        for value in values:  # both ends of every range pass the run's checks
+            assert isinstance(validate(compose_run(f"experiment=search_{method}", f"{key}={value}")), list)
+
+
+@pytest.mark.slow  # a Ray cluster takes most of a minute to start on a small machine
+def test_ray_launcher_runs_a_sweep_on_a_local_cluster(tmp_path):
+    """A Ray head started here on the loopback address runs both jobs of a sweep (relgen[ray])."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import shutil
+    import tempfile
+
+    ray = Path(sys.executable).parent / "ray"
+    env = {**ENV, "RAY_AUTH_MODE": "disabled"}  # a loopback-only cluster of this test; no token files
+    temp = tempfile.mkdtemp(prefix="rg-ray-", dir="/tmp")  # Ray's socket paths must stay short
+    head = subprocess.Popen([str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:  # the head's GCS listens on the port
+            assert head.poll() is None, head.stderr.read()[-3000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "the Ray head did not start in 2 minutes"
+                time.sleep(0.5)
+        sweep = tmp_path / "sweep"
+        proc = subprocess.run([sys.executable, "-m", "relgen", "-m", "hydra/launcher=relgen_ray",
+                               f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+                               "hydra.launcher.ray.remote.num_gpus=0", "hydra.launcher.ray.remote.num_cpus=1",
+                               "backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
+                               "trainer.max_steps=1", "trainer.sample_at_end=false", "seed=1,2",
+                               f"hydra.sweep.dir={sweep}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head and every Ray process it started
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"127.0.0.1:{port}" in proc.stderr + proc.stdout  # it joined this cluster, not a new one
+    rows = sorted(_rows(sweep), key=lambda r: r["job"])
+    assert [(r["job"], r["status"], Path(r["run_dir"]).name) for r in rows] == [
+        ("0", "completed", "000_seed=1"), ("1", "completed", "001_seed=2")]
+    for row in rows:
+        assert (Path(row["run_dir"]) / "export" / "textual_inversion-R.safetensors").is_file()
