@@ -132,8 +132,12 @@ class TrainerConfig:
     val_batches: int = 4
     val_seed: int = 1234
     # What the run reports to a sweeper (summary.json "objective", the task function's return value):
-    # "val_loss" (minimised) is the only objective computed inside a run.
+    # "val_loss" (minimised), or "<metric>[.<output>]" of relgen.evaluate scored on the final export
+    # (e.g. clip_t, detector_relation.relation_accuracy, relworld.relation_accuracy; FID minimised,
+    # every other metric maximised), with objective_eval holding the evaluation's settings
+    # (prompts, num_images, seeds, eval models: the keys of python -m relgen.evaluate).
     objective: str = "val_loss"
+    objective_eval: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -127,7 +127,7 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     trainer = Trainer(cfg, run_dir, acc, backbone, method)
     from relgen.sweep import pruning_hook
 
-    hook = pruning_hook() if main else None  # a trial of an Optuna search with a pruner
+    hook = pruning_hook(cfg) if main else None  # a trial of an Optuna search with a pruner
     if hook is not None:
         trainer.validation_hooks.append(hook)
     if resume is not None:
@@ -161,8 +161,13 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
         "run_dir": str(run_dir), "export": str(export_dir),
         "samples": str(samples) if samples else None,
         "checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.csv"),
-        "status": "completed", "objective": objective_record(cfg, result["val_loss"], trainer.step),
+        "status": "completed", "val_loss": result["val_loss"],
+        "objective": objective_record(cfg, result["val_loss"], trainer.step),
     }
+    if cfg.trainer.objective != "val_loss":  # a relgen.evaluate metric of the export
+        from relgen.sweep import metric_objective
+
+        summary["objective"] = metric_objective(cfg, run_dir, trainer.step)
     if resume is not None:
         summary["resumed_from"] = str(resume.path)
         summary["resumed_at_step"] = resume.step
@@ -174,18 +179,14 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     for key in ("run_dir", "export", "samples", "checkpoints", "metrics"):
         if summary[key]:
             print(f"  {key:12s} {summary[key]}")
-    print(f"  {'objective':12s} {cfg.trainer.objective}={result['val_loss']:.6g} "
-          f"({OBJECTIVE_DIRECTIONS[cfg.trainer.objective]}; validation.csv)")
-
-
-#: Whether a larger objective is better, by ``trainer.objective``.
-OBJECTIVE_DIRECTIONS = {"val_loss": "minimize"}
+    objective = summary["objective"]
+    print(f"  {'objective':12s} {objective['name']}={objective['value']:.6g} ({objective['direction']}; "
+          f"{objective.get('report', 'validation.csv')})")
 
 
 def objective_record(cfg: DictConfig, value: float, step: int) -> dict[str, Any]:
-    """summary.json's ``objective``: what a sweeper optimises, its value and direction."""
-    name = cfg.trainer.objective
-    return {"name": name, "value": float(value), "direction": OBJECTIVE_DIRECTIONS[name], "step": int(step),
+    """summary.json's ``objective`` for the validation loss: its value and direction (minimize)."""
+    return {"name": "val_loss", "value": float(value), "direction": "minimize", "step": int(step),
             "val_batches": int(cfg.trainer.val_batches), "val_seed": int(cfg.trainer.val_seed)}
 
 

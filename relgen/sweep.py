@@ -337,9 +337,10 @@ def plot_sweep(sweep_dir: Path, rows: list[dict[str, str]], name: str, direction
 
 
 # ---------------------------------------------------------------------------------- pruning
-def pruning_hook():
+def pruning_hook(cfg=None):
     """In a trial of :class:`RelgenOptunaSweeper` with a pruner: ``hook(step, val_loss) -> stop``
-    reporting each validation loss to the study; else None."""
+    reporting each validation loss to the study; else None (also when the run's objective is not
+    the validation loss: its intermediate values would not be the study's objective)."""
     try:
         from hydra.core.hydra_config import HydraConfig
     except ImportError:  # pragma: no cover
@@ -349,6 +350,10 @@ def pruning_hook():
     hc = HydraConfig.get()
     sweeper = hc.sweeper
     if hc.mode is None or hc.mode.name != "MULTIRUN" or sweeper.get("pruner") is None or not sweeper.get("storage"):
+        return None
+    if cfg is not None and cfg.trainer.objective != "val_loss":
+        log.warning("relgen: hydra.sweeper.pruner is ignored: trainer.objective=%s is scored only at the end",
+                    cfg.trainer.objective)
         return None
     import optuna
     from hydra.utils import instantiate
@@ -368,6 +373,17 @@ def pruning_hook():
 
 
 # ---------------------------------------------------------------------------------- the search
+def _check_direction(sweep_dir: Path, numbers: list[int], direction: str) -> None:
+    """The study optimises in the direction of the runs' objective, or the sweep stops with one line."""
+    from relgen.errors import ConfigError
+
+    for row in read_rows(sweep_dir):
+        if int(row["job"]) in numbers and row["status"] == "completed" and row["direction"] not in ("", direction):
+            raise ConfigError(f"hydra.sweeper.direction={direction}, but trainer.objective={row['name']} is "
+                              f"{row['direction']}d (job {row['job']} in {sweep_dir / SWEEP_CSV}); set "
+                              f"hydra.sweeper.direction={row['direction']}")
+
+
 def optuna_search(impl: Any, pruner: Any, arguments: list[str]) -> None:
     """The sweep of :class:`hydra_plugins.relgen_sweeper.RelgenOptunaSweeper`: Hydra's Optuna
     sweeper loop (``impl`` is its ``OptunaSweeperImpl``) with resume and pruning.
@@ -426,6 +442,7 @@ def optuna_search(impl: Any, pruner: Any, arguments: list[str]) -> None:
                                "sweep its own hydra.sweep.dir or hydra.sweeper.study_name")
         overrides = impl._configure_trials(trials, distributions, fixed)
         returns = impl.launcher.launch(overrides, initial_job_idx=first)
+        _check_direction(Path(str(impl.sweep_dir)), [t.number for t in trials], study.direction.name.lower())
         for trial, ret in zip(trials, returns):
             if ret.status == JobStatus.FAILED:  # the task raised: pruned, or an unexpected error
                 state = TrialState.PRUNED if isinstance(ret._return_value, Pruned) else TrialState.FAIL
@@ -446,3 +463,59 @@ def optuna_search(impl: Any, pruner: Any, arguments: list[str]) -> None:
         log.warning("relgen: optuna study %s: no trial completed", study.study_name)
         return
     log.info("relgen: best trial #%d: %.6g with %s", best.number, best.value, best.params)
+
+
+# ---------------------------------------------------------------------------------- metric objectives
+#: Metrics whose smaller values are better; every other relgen.evaluate output is maximised.
+MINIMIZED_METRICS = {"fid"}
+
+
+def metric_objective_parts(objective: str) -> tuple[str, str]:
+    """``"<metric>[.<output>]"`` -> ``(metric, output)``; the output defaults to the metric's first.
+
+    Raises:
+        ConfigError: an unknown metric or output (the known ones listed).
+    """
+    from relgen.errors import ConfigError
+    from relgen.evaluate.metrics.base import get_metric, list_metrics
+
+    metric, _, output = objective.partition(".")
+    try:
+        cls = get_metric(metric)
+    except ConfigError:
+        raise ConfigError(f"trainer.objective={objective!r}: accepted: val_loss or <metric>[.<output>] with a "
+                          f"relgen.evaluate metric: {', '.join(list_metrics())}") from None
+    output = output or next(iter(cls.outputs))
+    if output not in cls.outputs:
+        raise ConfigError(f"trainer.objective={objective!r}: metric {metric} reports {', '.join(cls.outputs)}")
+    return metric, output
+
+
+def metric_objective(cfg, run_dir: Path, step: int) -> dict[str, Any]:
+    """Score the run's final export with ``relgen.evaluate`` (``trainer.objective_eval``: its settings)
+    and return summary.json's ``objective``: the method condition's value of the metric's output."""
+    from omegaconf import OmegaConf
+
+    from relgen.errors import ConfigError
+    from relgen.evaluate import evaluate
+
+    metric, output = metric_objective_parts(cfg.trainer.objective)
+    settings = OmegaConf.to_container(cfg.trainer.objective_eval, resolve=True) if cfg.trainer.objective_eval else {}
+    settings.setdefault("include_base", False)  # only the run's own images are needed
+    settings["metrics"] = [metric]
+    log.info("relgen: scoring the export for trainer.objective=%s", cfg.trainer.objective)
+    report = evaluate(run_dir=str(run_dir), progress=False, **settings)
+    results = json.loads((Path(report) / "results.json").read_text())
+    runs = [c["name"] for c in results["conditions"] if c["kind"] == "run"]
+    if not runs:
+        raise ConfigError(f"trainer.objective={cfg.trainer.objective}: the evaluation in {report} scored no "
+                          "condition of this run")
+    # the run's first condition (RRNet: its first λ of trainer.objective_eval.lambdas or method.grid_scales)
+    condition = runs[0]
+    if metric in results.get("set_metrics", {}):
+        value = results["set_metrics"][metric][condition][output]  # {fid, n, n_reference}
+    else:
+        value = results["results"][condition][metric][output]["value"]
+    return {"name": f"{metric}.{output}", "value": float(value),
+            "direction": "minimize" if metric in MINIMIZED_METRICS else "maximize", "step": int(step),
+            "condition": condition, "report": str(Path(report) / "results.json")}

@@ -95,7 +95,7 @@ def test_optuna_search_resumes_after_a_kill_and_reports_the_best_row(tmp_path):
     assert elapsed < 60 * (3 if os.cpu_count() <= 2 else 1), elapsed  # a shared 2-core machine gets slack
 
 
-def test_grid_sweep_names_its_jobs_by_what_varies_and_records_a_failed_job(tmp_path):
+def test_job_folder_names_show_what_varies_shortened(tmp_path):
     from relgen.sweep import job_name
 
     (tmp_path / ".relgen-sweep.json").write_text(json.dumps({"varying": ["method.lr", "seed"]}))
@@ -252,3 +252,22 @@ def test_ray_launcher_runs_a_sweep_on_a_local_cluster(tmp_path):
         ("0", "completed", "000_seed=1"), ("1", "completed", "001_seed=2")]
     for row in rows:
         assert (Path(row["run_dir"]) / "export" / "textual_inversion-R.safetensors").is_file()
+
+
+def test_a_study_in_the_wrong_direction_stops_with_one_line(tmp_path):
+    from relgen.errors import ConfigError
+    from relgen.sweep import _check_direction, record_row
+
+    run = tmp_path / "000_lr=1"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"steps": 2, "objective": {
+        "name": "clip_t.clip_t", "value": 0.25, "direction": "maximize"}}))
+    assert record_row(str(tmp_path), 0, ["method.lr=1"], str(run), "completed", 1.0) == 0.25
+    _check_direction(tmp_path, [0], "maximize")
+    _check_direction(tmp_path, [1], "minimize")  # not a job of this batch
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.direction=minimize, but trainer.objective=clip_t.clip_t is "
+                                          r"maximized \(job 0 in .*sweep.csv\); set hydra.sweeper.direction=maximize"):
+        _check_direction(tmp_path, [0], "minimize")
+    assert _rows(tmp_path)[0] == {"job": "0", "status": "completed", "objective": "0.25", "name": "clip_t.clip_t",
+                                  "direction": "maximize", "steps": "2", "seconds": "1.0", "run_dir": str(run),
+                                  "overrides": "method.lr=1", "error": ""}

@@ -77,8 +77,43 @@ def test_the_validation_batches_do_not_depend_on_the_run_seed(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("trainer.validate_every=0", "trainer.validate_every=0 must be >= 1 (steps) or null"),
     ("trainer.val_batches=0", "trainer.val_batches=0 must be >= 1"),
-    ("trainer.objective=clip_t", "trainer.objective='clip_t' is not computed by a run; accepted: val_loss"),
 ])
 def test_bad_validation_settings_are_one_line(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(compose(*TI, override))
+
+
+def test_a_relgen_evaluate_metric_of_the_export_is_the_objective(tmp_path):
+    """trainer.objective=clip_t: the final export is scored with relgen.evaluate (a tiny CLIP here)
+    and summary.json's objective is the run's clip_t in that report, maximised."""
+    from omegaconf import OmegaConf
+
+    from relgen.evaluate import tiny
+
+    clip = tiny.write_tiny_clip(tmp_path / "clip", words=["red", "circle", "blue", "square"])
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"name": "shapes", "prompts": [
+        {"text": "red circle {} blue square", "readable": "red circle above blue square", "a": "red circle",
+         "b": "blue square", "predicate": "above"}]}))
+    cfg = compose(*TI, "trainer.objective=clip_t")
+    cfg.trainer.objective_eval = OmegaConf.create({"prompts": str(prompts), "num_images": 2, "steps": 2,
+                                                   "eval": {"device": "cpu", "clip": {"pretrained": str(clip)}}})
+    run = tmp_path / "run"
+    assert run_training(cfg, run) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    objective = summary["objective"]
+    report = json.loads(Path(objective["report"]).read_text())
+    assert [c["name"] for c in report["conditions"]] == [objective["condition"]]  # no base condition
+    assert objective["value"] == report["results"][objective["condition"]]["clip_t"]["clip_t"]["value"]
+    assert (objective["name"], objective["direction"], objective["step"]) == ("clip_t.clip_t", "maximize", 2)
+    assert summary["val_loss"] == float(_csv(run / "validation.csv")[-1]["val_loss"])  # still recorded
+
+
+@pytest.mark.parametrize("objective, message", [
+    ("clip", "trainer.objective='clip': accepted: val_loss or <metric>[.<output>] with a relgen.evaluate metric: "),
+    ("detector_relation.accuracy", "trainer.objective='detector_relation.accuracy': metric detector_relation "
+                                   "reports object_accuracy, relation_accuracy"),
+])
+def test_an_unknown_metric_objective_is_one_line(objective, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate(compose(*TI, f"trainer.objective={objective}"))
