@@ -117,3 +117,28 @@ def test_a_relgen_evaluate_metric_of_the_export_is_the_objective(tmp_path):
 def test_an_unknown_metric_objective_is_one_line(objective, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         validate(compose(*TI, f"trainer.objective={objective}"))
+
+
+def test_with_an_ema_the_validation_scores_the_averaged_weights(tmp_path, monkeypatch):
+    from relgen.train.loop import Trainer
+
+    seen = []
+    real = Trainer.validation_losses
+
+    def also_raw(self):
+        averaged = real(self)
+        ema, self.ema = self.ema, None  # the same pass on the raw trained tensors
+        try:
+            raw = real(self)
+        finally:
+            self.ema = ema
+        seen.append((averaged["val_loss"], raw["val_loss"]))
+        return averaged
+
+    monkeypatch.setattr(Trainer, "validation_losses", also_raw)
+    run = tmp_path / "run"
+    assert run_training(compose(*TI, "trainer.ema_decay=0.5", "method.lr=0.05"), run) == 0
+    (averaged, raw), = seen  # one validation, at the end
+    assert averaged != raw
+    assert float(_csv(run / "validation.csv")[-1]["val_loss"]) == averaged
+    assert json.loads((run / "summary.json").read_text())["objective"]["value"] == averaged
