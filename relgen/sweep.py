@@ -296,6 +296,9 @@ def plot_sweep(sweep_dir: Path, rows: list[dict[str, str]], name: str, direction
     if pruned:
         ax.scatter([int(r["job"]) for r in pruned], [float(r["objective"]) for r in pruned], marker="x",
                    color="gray", label="pruned (last validation)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("job (trial) number")
     ax.set_ylabel(f"{name} ({direction})")
     ax.set_title(f"{name} by job: {sweep_dir.name}")

@@ -91,6 +91,11 @@ def test_optuna_search_resumes_after_a_kill_and_reports_the_best_row(tmp_path):
     assert sorted(Path(p).name for p in summary["plots"]) == [
         "objective_by_job.png", "objective_vs_method.lr.png", "objective_vs_method.steer_loss_weight.png",
         "objective_vs_method.temperature.png"]
+    from PIL import Image
+
+    for plot in summary["plots"]:
+        with Image.open(plot) as image:
+            assert image.format == "PNG" and image.size == (600, 400)
     assert f"relgen: sweep: best job {Path(best_row['run_dir']).name}" in resumed.stdout
     assert elapsed < 60 * (3 if os.cpu_count() <= 2 else 1), elapsed  # a shared 2-core machine gets slack
 
