@@ -135,6 +135,19 @@ class TrainerConfig:
     # run stops naming the last good checkpoint. Trained token rows, graph weights and LoRA entries sit
     # orders of magnitude below; float16 overflows at 65504. null: only NaN/inf stop a run.
     max_abs_weight: Optional[float] = 1.0e4
+    # The validation loss: the method's own-image denoising term on val_batches fixed micro-batches
+    # (data, noise and timesteps drawn from val_seed alone, so every run of a sweep sees the same),
+    # on the EMA weights when trainer.ema_decay is on; every validate_every steps and at the end.
+    validate_every: Optional[int] = None  # None: only at the end
+    val_batches: int = 4
+    val_seed: int = 1234
+    # What the run reports to a sweeper (summary.json "objective", the task function's return value):
+    # "val_loss" (minimised), or "<metric>[.<output>]" of relgen.evaluate scored on the final export
+    # (e.g. clip_t, detector_relation.relation_accuracy, relworld.relation_accuracy; FID minimised,
+    # every other metric maximised), with objective_eval holding the evaluation's settings
+    # (prompts, num_images, seeds, eval models: the keys of python -m relgen.evaluate).
+    objective: str = "val_loss"
+    objective_eval: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,6 +175,9 @@ def compose_run(*overrides: str):
     from relgen.registry import register_builtin_schemas
 
     register_builtin_schemas()  # the built-in methods' schemas, as the command line registers them
+    from hydra_plugins.relgen_sweeper import ensure_registered
+
+    ensure_registered()  # hydra/sweeper=relgen_optuna, as the command line registers it
     if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app
         return compose("config", overrides=list(overrides))
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
@@ -176,6 +192,16 @@ def _run_name() -> str:
 
 # ``${relgen_run_name:}``: the default run folder name (cached: one name per composed config).
 OmegaConf.register_new_resolver("relgen_run_name", _run_name, use_cache=True, replace=True)
+
+
+def _job_name(sweep_dir, num, overrides) -> str:
+    from relgen.sweep import job_name
+
+    return job_name(sweep_dir, num, overrides)
+
+
+# ``${relgen_job_name:<sweep dir>,<job num>,<job overrides>}``: a sweep job's folder name
+OmegaConf.register_new_resolver("relgen_job_name", _job_name, replace=True)
 
 
 def register_schema(group: str, name: str, node: type) -> None:

@@ -231,6 +231,15 @@ def check_training_options(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={tcfg[key]} must be >= 0 (0 is off)")
     if tcfg.ema_decay is not None and not 0 < tcfg.ema_decay < 1:
         raise ConfigError(f"trainer.ema_decay={tcfg.ema_decay} must be in (0, 1), e.g. 0.999, or null (off)")
+    if tcfg.validate_every is not None and tcfg.validate_every < 1:
+        raise ConfigError(f"trainer.validate_every={tcfg.validate_every} must be >= 1 (steps) or null (only at "
+                          "the end)")
+    if tcfg.val_batches < 1:
+        raise ConfigError(f"trainer.val_batches={tcfg.val_batches} must be >= 1")
+    if tcfg.objective != "val_loss":
+        from relgen.sweep import metric_objective_parts
+
+        metric_objective_parts(tcfg.objective)  # a known metric and output, or one line naming them
 
 
 def check_report_to(cfg: DictConfig) -> None:

@@ -94,6 +94,8 @@ APPLY: frozenset[str] = frozenset({
     # loop-wide loss options
     "trainer.snr_gamma", "trainer.noise_offset", "trainer.input_perturbation", "trainer.report_to",
     "trainer.max_abs_weight",
+    # the validation loss and the objective (read-only passes over fixed batches)
+    "trainer.validate_every", "trainer.val_batches", "trainer.val_seed", "trainer.objective",
 })
 
 
