@@ -168,3 +168,33 @@ def test_fp16_only_folder_loads_with_and_without_variant(tmp_path, caplog):
             assert torch.equal(bb.unet.state_dict()[key], value.half().float()), key
         assert torch.equal(bb.slots[0].encoder.get_input_embeddings().weight,
                            tiny.slots[0].encoder.get_input_embeddings().weight.half().float())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,tiny,ext", [("sd15", "tiny_sd15", ".safetensors"), ("sd21_base", "tiny_sd21", ".ckpt"),
+                                              ("sd21", "tiny_sd21", ".safetensors"), ("sdxl", "tiny_sdxl", ".safetensors")])
+def test_full_size_files_load_with_the_shipped_configs(tmp_path, preset, tiny, ext, caplog):
+    """Random weights in the published architectures, written in the original layout (fp16, as model
+    sites ship them), load through backbone.pretrained= alone: no hub, no single_file_config."""
+    from safetensors.torch import load_file
+
+    from relgen.backbones.loading import load_backbone
+
+    path = tmp_path / f"{preset}{ext}"
+    folder = write_single_file(path, tiny, size="full", dtype=torch.float16)
+    with caplog.at_level(logging.INFO, logger="relgen"):
+        bb = load_backbone(compose(f"backbone={preset}", f"backbone.pretrained={path}").backbone)
+    assert f"configs: the published {preset} configs shipped with relgen" in caplog.text
+    assert bb.prediction_type == compose(f"backbone={preset}").backbone.prediction_type
+    modules = {"unet": bb.unet, "vae": bb.vae, "text_encoder": bb.slots[0].encoder}
+    if preset == "sdxl":
+        modules["text_encoder_2"] = bb.slots[1].encoder
+    for sub, module in modules.items():
+        ref = {}
+        for part in sorted((folder / sub).glob("*.safetensors")):
+            ref.update(load_file(str(part)))
+        got = module.state_dict()
+        ref = {k[len("text_model."):] if k.startswith("text_model.") and k not in got else k: v for k, v in ref.items()}
+        assert set(ref) <= set(got), (sub, sorted(set(ref) - set(got))[:3])
+        for key, value in ref.items():  # fp16 in the file, the backbone's float32 in memory
+            assert torch.equal(got[key], value.half().to(got[key].dtype)), (sub, key)
