@@ -239,7 +239,8 @@ def _load_single_file(cfg: BackboneConfig, source: str) -> dict:
     info = single_file.detect(path)
     prediction = single_file.check_backbone(cfg, info, path)
     if cfg.single_file_config:
-        folder, components = Path(cfg.single_file_config).expanduser(), {}
+        local = Path(cfg.single_file_config).expanduser()
+        folder, components = (local if local.is_dir() else cfg.single_file_config), {}  # a folder or a hub id
         what = f"backbone.single_file_config={cfg.single_file_config}"
     else:
         folder = single_file.config_folder(info.architecture, prediction)

@@ -198,3 +198,46 @@ def test_full_size_files_load_with_the_shipped_configs(tmp_path, preset, tiny, e
         assert set(ref) <= set(got), (sub, sorted(set(ref) - set(got))[:3])
         for key, value in ref.items():  # fp16 in the file, the backbone's float32 in memory
             assert torch.equal(got[key], value.half().to(got[key].dtype)), (sub, key)
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sd21", "sdxl"])
+def test_original_layout_of_the_published_architectures_maps_back_exactly(preset):
+    """Every key of the published architectures (built on the meta device from the shipped configs:
+    no memory, no weights) survives the trip to the original layout and back through diffusers' own
+    single-file converters, with its shape."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint, convert_open_clip_checkpoint)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from relgen.backbones.original_layout import original_state_dict
+    from relgen.backbones.single_file import CONFIGS
+
+    folder = CONFIGS / preset
+    arch = {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}[preset]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads((folder / "unet" / "config.json").read_text()))
+        vae = AutoencoderKL.from_config(json.loads((folder / "vae" / "config.json").read_text()))
+        encoders = [CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))]
+        if arch == "sdxl":
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2")))
+    original = original_state_dict(arch, unet, vae, encoders)
+    prefixes = {"sd1": "cond_stage_model.", "sd2": "cond_stage_model.", "sdxl": "conditioner."}[arch]
+    assert sum(k.startswith(prefixes) for k in original) > 0
+    back = {"unet": convert_ldm_unet_checkpoint(original, unet.config),
+            "vae": convert_ldm_vae_checkpoint(original, vae.config)}
+    if arch == "sd2":
+        back["text"] = [convert_open_clip_checkpoint(encoders[0], original, prefix="cond_stage_model.model.")]
+    else:
+        back["text"] = [convert_ldm_clip_checkpoint(original)]
+        if arch == "sdxl":
+            back["text"].append(convert_open_clip_checkpoint(encoders[1], original,
+                                                             prefix="conditioner.embedders.1.model."))
+    for name, module, got in (("unet", unet, back["unet"]), ("vae", vae, back["vae"])):
+        want = {k: v.shape for k, v in module.state_dict().items()}
+        assert {k: v.shape for k, v in got.items()} == want, name
+    for encoder, got in zip(encoders, back["text"]):
+        want = {k: v.shape for k, v in encoder.state_dict().items()}
+        got = {(k[len("text_model."):] if k.startswith("text_model.") and not hasattr(encoder, "text_model") else k):
+               v.shape for k, v in got.items() if not k.endswith("position_ids")}
+        assert got == want
