@@ -44,16 +44,17 @@ PAPER = [
     {"method": "rrnet", "family": "sd21", "resolution": 512, "extra": ["backbone.prediction_type=epsilon"]},
     {"method": "relationbooth", "family": "sdxl", "resolution": 1024, "extra": []},
 ]
-#: the precision settings users pick, as command-line overrides
+#: the precision settings users pick, as command-line overrides, the most used first (a plan cut by
+#: the time budget loses the last ones, for every method alike)
 SETTINGS = {
-    "fp32": ["trainer.mixed_precision=no"],
-    "fp16-mixed": ["trainer.mixed_precision=fp16"],
     "bf16-mixed": ["trainer.mixed_precision=bf16"],
     # trainer=lowvram: bf16 autocast and gradient checkpointing
-    "lowvram": ["trainer=lowvram", "trainer.report_to=[]", "trainer.progress=false"],
+    "lowvram": ["trainer=lowvram"],
     "bf16-weights": ["trainer.mixed_precision=bf16", "backbone.dtype=bfloat16"],
     "bf16-weights+checkpointing+adamw8bit": ["trainer.mixed_precision=bf16", "backbone.dtype=bfloat16",
                                              "trainer.gradient_checkpointing=true", "method.optimizer=adamw8bit"],
+    "fp16-mixed": ["trainer.mixed_precision=fp16"],
+    "fp32": ["trainer.mixed_precision=no"],
 }
 
 
@@ -90,11 +91,11 @@ def cannot_run(overrides: list[str], cuda: bool) -> str | None:
 
 def plan(methods=None, settings=None) -> list[dict]:
     rows = []
-    for paper in PAPER:
-        if methods and paper["method"] not in methods:
+    for name, over in SETTINGS.items():
+        if settings and name not in settings:
             continue
-        for name, over in SETTINGS.items():
-            if settings and name not in settings:
+        for paper in PAPER:
+            if methods and paper["method"] not in methods:
                 continue
             rows.append({**paper, "setting": name, "overrides": paper["extra"] + over})
     return rows

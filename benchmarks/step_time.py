@@ -320,8 +320,11 @@ def _memory_parts(bb, method, trainer, allocated_before) -> dict:
     frozen = {id(p): p for m in modules for p in m.parameters()}
     trained = {id(p): p for p in trainer.params}
     state = [v for s in trainer.optimizer.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-    out = {"weights_gib": _tensor_gib({**frozen, **trained}.values()), "trained_gib": _tensor_gib(trained.values()),
-           "optimizer_state_gib": _tensor_gib(state)}
+    weights = {**frozen, **trained}.values()
+    by_dtype = {str(d).replace("torch.", ""): _tensor_gib([p for p in weights if p.dtype == d])
+                for d in sorted({p.dtype for p in weights}, key=str)}
+    out = {"weights_gib": _tensor_gib(weights), "weights_by_dtype_gib": by_dtype,
+           "trained_gib": _tensor_gib(trained.values()), "optimizer_state_gib": _tensor_gib(state)}
     if allocated_before is not None:
         out["peak_above_weights_gib"] = (torch.cuda.max_memory_allocated() - allocated_before) / 2**30
         out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
