@@ -125,7 +125,8 @@ def write_single_file(path, name: str = "tiny_sd15", size: str = "tiny", v_pred_
         text = comps["text_encoder_2"].config.to_dict()
         text.update(hidden_size=48, projection_dim=48)
         comps["text_encoder_2"] = CLIPTextModelWithProjection(type(comps["text_encoder_2"].config)(**text))
-        unet = dict(_UNET[("tiny", "sdxl")], cross_attention_dim=32 + 48, projection_class_embeddings_input_dim=6 * 8 + 48)
+        unet = dict(_UNET[("tiny", "sdxl")], cross_attention_dim=32 + 48,
+                    projection_class_embeddings_input_dim=6 * 8 + 48)  # 6 time ids x 8 + the pooled width
         comps["unet"] = UNet2DConditionModel(**unet)
     if cfg.family == "sdxl":
         pipe = StableDiffusionXLPipeline(**comps)

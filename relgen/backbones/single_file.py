@@ -140,10 +140,14 @@ def check_backbone(cfg, info: CheckpointInfo, path) -> str:
                           f"({info.architecture_evidence}), not {ARCH_NAMES.get(expected, cfg.family)}; "
                           f"use backbone={choices[info.architecture]}")
     if info.prediction_type and info.prediction_type != cfg.prediction_type:
-        raise ConfigError(f"backbone {cfg.name}: {path} is a {info.prediction_type} checkpoint "
+        if info.architecture == "sd2":
+            fix = ("use backbone=sd21 (768, v-prediction)" if info.prediction_type == "v_prediction"
+                   else "use backbone=sd21_base (512, epsilon)")
+        else:
+            fix = f"set backbone.prediction_type={info.prediction_type}"
+        raise ConfigError(f"backbone {cfg.name}: {path} records prediction type {info.prediction_type} "
                           f"({info.prediction_evidence}) but backbone.prediction_type is '{cfg.prediction_type}'; "
-                          + ("use backbone=sd21 (768, v-prediction)" if info.architecture == "sd2"
-                             else f"set backbone.prediction_type={info.prediction_type}"))
+                          + fix)
     return info.prediction_type or cfg.prediction_type
 
 

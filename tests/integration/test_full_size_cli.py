@@ -33,10 +33,11 @@ RUNS = {
                           extra=["trainer=lowvram"]),
 }
 #: runs a module and prints its own peak RSS (GiB) as the last stderr line
-_PEAK = ("import json, resource, runpy, sys\n"
+_PEAK = ("import resource, runpy, sys\n"
          "sys.argv = [sys.argv[1]] + sys.argv[2:]\n"
          "try:\n    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
-         "finally:\n    print('PEAK_RSS_GIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, file=sys.stderr)\n")
+         "finally:\n    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20\n"
+         "    print('PEAK_RSS_GIB', peak, file=sys.stderr)\n")
 
 
 def _run(module: str, *args: str, timeout: int = 6 * 3600) -> tuple[subprocess.CompletedProcess, float, float]:

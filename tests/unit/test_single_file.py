@@ -84,9 +84,14 @@ def test_wrong_backbone_is_refused_in_one_line(tmp_path, files):
     with pytest.raises(ConfigError) as err:  # before any weight loads: the dry-run checks refuse it too
         check_weights(compose("backbone=sd21_base", f"backbone.pretrained={v}"))
     msg = str(err.value)
-    assert "\n" not in msg and "v_prediction checkpoint (the file's v_pred marker)" in msg
+    assert "\n" not in msg and "records prediction type v_prediction (the file's v_pred marker)" in msg
     assert "use backbone=sd21 (768, v-prediction)" in msg
     check_weights(compose("backbone=sd21", f"backbone.pretrained={v}"))  # the matching preset passes
+    eps = tmp_path / "eps.safetensors"
+    write_single_file(eps, "tiny_sd21", metadata={"modelspec.prediction_type": "epsilon"})
+    with pytest.raises(ConfigError, match=r"records prediction type epsilon \(modelspec.prediction_type in the "
+                                          r"file's metadata\) .*; use backbone=sd21_base \(512, epsilon\)$"):
+        check_weights(compose("backbone=sd21", f"backbone.pretrained={eps}"))
 
 
 def test_unreadable_files_are_named(tmp_path, files):
@@ -171,8 +176,10 @@ def test_fp16_only_folder_loads_with_and_without_variant(tmp_path, caplog):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset,tiny,ext", [("sd15", "tiny_sd15", ".safetensors"), ("sd21_base", "tiny_sd21", ".ckpt"),
-                                              ("sd21", "tiny_sd21", ".safetensors"), ("sdxl", "tiny_sdxl", ".safetensors")])
+@pytest.mark.parametrize("preset,tiny,ext", [("sd15", "tiny_sd15", ".safetensors"),
+                                              ("sd21_base", "tiny_sd21", ".ckpt"),
+                                              ("sd21", "tiny_sd21", ".safetensors"),
+                                              ("sdxl", "tiny_sdxl", ".safetensors")])
 def test_full_size_files_load_with_the_shipped_configs(tmp_path, preset, tiny, ext, caplog):
     """Random weights in the published architectures, written in the original layout (fp16, as model
     sites ship them), load through backbone.pretrained= alone: no hub, no single_file_config."""
