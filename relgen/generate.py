@@ -118,15 +118,35 @@ def prompt_grid(rows: list[list[Any]], prompts: list[str], seed: int, title: Opt
 
 
 def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions, path: Path,
-                title: Optional[str] = None) -> Path:
-    """Render ``prompts`` on the backbone's own modules and save one labelled grid PNG."""
+                title: Optional[str] = None, progress: bool = False) -> Path:
+    """Render ``prompts`` on the backbone's own modules and save one labelled grid PNG
+    (``progress``: a bar counts the images)."""
     pipe = backbone.pipeline(opts.scheduler)
     was_training = backbone.unet.training
-    rows = render(pipe, artifact, prompts, opts, backbone.cfg)
+    columns = getattr(artifact, "grid_columns", None)  # e.g. RRNet's λ columns
+    spec = columns(pipe, prompts, opts, backbone.cfg, progress=progress) if columns is not None else None
+    if spec is not None:
+        image = columns_grid(spec, prompts, opts.seed, title)
+    else:
+        image = prompt_grid(render(pipe, artifact, prompts, opts, backbone.cfg, progress=progress), prompts,
+                            opts.seed, title)
     backbone.unet.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_png(prompt_grid(rows, prompts, opts.seed, title), path)
+    _save_png(image, path)
     return path
+
+
+def columns_grid(spec: "GridColumns", prompts: list[str], seed: int, title: Optional[str] = None):
+    """The labelled grid of an artifact's :class:`GridColumns`: a row per prompt and seed, a column
+    per condition, headed by the artifact's labels."""
+    from relgen.grid import labelled_grid
+
+    grid_rows, labels = [], []
+    for p, prompt in enumerate(prompts):
+        for i in range(len(spec.cells[p][0])):
+            grid_rows.append([spec.cells[p][c][i] for c in range(len(spec.columns))])
+            labels.append(f"{prompt}\nseed {seed + i}")
+    return labelled_grid(grid_rows, row_labels=labels, column_labels=spec.columns, title=title)
 
 
 def _save_png(image, path: Path) -> None:
@@ -208,7 +228,6 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     import relgen
     from relgen.api import load
     from relgen.errors import ConfigError
-    from relgen.grid import labelled_grid
 
     check_out_dir(run_dir, out_dir)
     loaded = load(run_dir, step=step)
@@ -236,18 +255,14 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     files: list[Path] = []
     if spec is not None:  # rows = prompt x seed, columns = the artifact's conditions
         kind = spec.kind if kind == "prompts" else f"{kind}-{spec.kind}"
-        grid_rows, labels = [], []
         for p, prompt in enumerate(prompts):
-            for i in range(len(spec.cells[p][0])):
-                grid_rows.append([spec.cells[p][c][i] for c in range(len(spec.columns))])
-                labels.append(f"{prompt}\nseed {opts.seed + i}")
             for c, folder_name in enumerate(spec.folders):
                 folder = out / slug(prompt) / folder_name
                 folder.mkdir(parents=True, exist_ok=True)
                 for i, img in enumerate(spec.cells[p][c]):
                     _save_png(img, folder / f"{i:04d}.png")
                     files.append(folder / f"{i:04d}.png")
-        image = labelled_grid(grid_rows, row_labels=labels, column_labels=spec.columns, title=title)
+        image = columns_grid(spec, prompts, opts.seed, title)
     else:
         rows = render(pipe, loaded.artifact, prompts, opts, backbone.cfg, progress=progress)
         for prompt, images in zip(prompts, rows):
@@ -282,8 +297,9 @@ class GridColumns:
 
     Attributes:
         kind: What the columns vary, used in the grid's file name (``"lambda"``).
-        columns: One header per column (``"λ = 0.6"``).
-        folders: One folder name per column for the single images (``"w=0.6"``).
+        columns: One header per column (``"lambda = 0.6"``).
+        folders: One folder name per column for the single images (``"lambda=0.6"``): the
+            same name as the header.
         cells: ``cells[p][c]``: the images of prompt ``p`` under column ``c`` (image ``i``
             drawn with seed ``opts.seed + i``).
     """
