@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = {
-    "reversion": dict(backbone="sd15", tiny="tiny_sd15", dataset="shapes_reversion", resolution=512, extra=[]),
+    "reversion": dict(backbone="sd15", tiny="tiny_sd15", dataset="shapes_reversion", resolution=512, extra=[],
+                      prompt="a cat {} a book"),  # the others render their runs' own sample prompts
     "rrnet": dict(backbone="sd21_base", tiny="tiny_sd21", dataset="shapes_rrnet", resolution=512, extra=[]),
     "relationbooth": dict(backbone="sdxl", tiny="tiny_sdxl", dataset="shapes_dreamrelation", resolution=1024,
                           extra=["trainer=lowvram"]),
@@ -89,8 +90,8 @@ def cli_run_from_single_file(method, tmp_path, size="full"):
     assert f"{ckpt.name} is an " in log  # the detected family
     assert ("published" in log) == (size == "full")  # the shipped configs read the published architectures
 
-    gen, gen_peak, gen_wall = _run("relgen.generate", f"run_dir={run}", "steps=2",  # the run's sample prompts
-                                   "num_images=1")
+    prompt = [f"prompt={spec['prompt']}"] if spec.get("prompt") else []
+    gen, gen_peak, gen_wall = _run("relgen.generate", f"run_dir={run}", *prompt, "steps=2", "num_images=1")
     assert gen.returncode == 0, gen.stderr[-3000:]
 
     import torch
