@@ -14,8 +14,9 @@ is the step plus that work, timed on the same shapes. A measurement that would p
 the overall budget is cut and recorded as such; a setting the machine cannot run (8-bit AdamW
 without bitsandbytes, fp16 autocast on a CPU) is recorded with the reason.
 
-``--dry`` runs the same plan in this process on tiny backbones (one pair each), collects the
-``gpu`` tests instead of running them, and checks each skipped setting's overrides compose.
+``--dry`` runs the same plan on tiny backbones (one pair each; the first measurement in its own
+process as on the accelerator, the rest in this one), collects the ``gpu`` tests instead of running
+them, and checks that each skipped setting's overrides compose.
 """
 
 from __future__ import annotations
@@ -132,9 +133,9 @@ def measure_here(row: dict, full: bool, pairs: int) -> dict:
     return result
 
 
-def measure_child(row: dict, pairs: int, cap: float) -> dict:
-    """One full-size measurement in a subprocess, cut at ``cap`` seconds."""
-    args = [sys.executable, __file__, "--one", json.dumps(row), "--pairs", str(pairs)]
+def measure_child(row: dict, pairs: int, cap: float, full: bool = True) -> dict:
+    """One measurement (full size unless ``full`` is false) in a subprocess, cut at ``cap`` seconds."""
+    args = [sys.executable, __file__, "--one", json.dumps(row), "--pairs", str(pairs)] + ([] if full else ["--tiny"])
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=cap, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -171,8 +172,10 @@ def run(args) -> dict:
             entry["skipped"] = reason
         elif left < 10:
             entry["skipped"] = f"the {args.budget:.0f} s budget is spent"
-        elif args.dry:
+        elif args.dry and any("via" in r for r in rows):
             entry.update(measure_here(row, full=False, pairs=args.pairs))
+        elif args.dry:  # the first one goes the way every measurement goes on the accelerator
+            entry.update(measure_child(row, args.pairs, min(args.cap, left), full=False), via="subprocess")
         else:
             entry.update(measure_child(row, args.pairs, min(args.cap, left)))
         rows.append(entry)
@@ -201,11 +204,12 @@ def main() -> int:
     ap.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS))
     ap.add_argument("--out", type=Path, default=None, help="the JSON file (default: results/gpu_check_<card>.json)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pairs is None:
         args.pairs = 1 if args.dry else 5
-    if args.one:  # child: one full-size measurement
-        print(json.dumps(measure_here(json.loads(args.one), full=True, pairs=args.pairs)))
+    if args.one:  # child: one measurement
+        print(json.dumps(measure_here(json.loads(args.one), full=not args.tiny, pairs=args.pairs)))
         return 0
     report = run(args)
     out = args.out or RESULTS / f"gpu_check_{slug(report['card'])}.json"

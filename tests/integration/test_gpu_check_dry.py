@@ -29,6 +29,8 @@ def test_gpu_check_dry_runs_the_whole_plan(tmp_path):
                                                 "bf16-weights+checkpointing+adamw8bit", "fp16-mixed", "fp32"]
     assert rows[4]["overrides"] == ["backbone.prediction_type=epsilon", "trainer=lowvram"]  # RRNet: SD 2.1-base
     assert len(rows) == 18 and not any("error" in r for r in rows)
+    # the first measurement ran in its own process, as every one does on the accelerator
+    assert [r.get("via") for r in rows if "step_s" in r][:2] == ["subprocess", None] and rows[0]["step_s"] > 0
     for r in rows:
         if r["setting"] in ("fp16-mixed", "bf16-weights+checkpointing+adamw8bit"):  # CUDA-only on a CPU
             assert r["skipped"] in ("fp16 autocast needs an accelerator", "8-bit AdamW needs CUDA",
