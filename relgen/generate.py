@@ -118,18 +118,23 @@ def prompt_grid(rows: list[list[Any]], prompts: list[str], seed: int, title: Opt
 
 
 def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions, path: Path,
-                title: Optional[str] = None, progress: bool = False) -> Path:
+                title: Optional[str] = None, progress: bool = False, inspect_rows=None) -> Path:
     """Render ``prompts`` on the backbone's own modules and save one labelled grid PNG
-    (``progress``: a bar counts the images)."""
+    (``progress``: a bar counts the images; ``inspect_rows(rows)`` is called with the rendered
+    images first, every column's for a grid of columns)."""
     pipe = backbone.pipeline(opts.scheduler)
     was_training = backbone.unet.training
     columns = getattr(artifact, "grid_columns", None)  # e.g. RRNet's λ columns
     spec = columns(pipe, prompts, opts, backbone.cfg, progress=progress) if columns is not None else None
     if spec is not None:
+        if inspect_rows is not None:
+            inspect_rows([images for cells in spec.cells for images in cells])
         image = columns_grid(spec, prompts, opts.seed, title)
     else:
-        image = prompt_grid(render(pipe, artifact, prompts, opts, backbone.cfg, progress=progress), prompts,
-                            opts.seed, title)
+        rows = render(pipe, artifact, prompts, opts, backbone.cfg, progress=progress)
+        if inspect_rows is not None:
+            inspect_rows(rows)
+        image = prompt_grid(rows, prompts, opts.seed, title)
     backbone.unet.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save_png(image, path)
@@ -228,9 +233,13 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     import relgen
     from relgen.api import load
     from relgen.errors import ConfigError
+    from relgen.validation import check_generation_options, prompts_missing_token
 
+    check_generation_options(opts)
     check_out_dir(run_dir, out_dir)
     loaded = load(run_dir, step=step)
+    if getattr(loaded.artifact, "check_options", None) is not None:
+        loaded.artifact.check_options(opts.method_options)
     mcfg = loaded.meta.get("method_config") or {}
     if opts.steps is None and mcfg.get("sample_steps"):
         opts = replace(opts, steps=int(mcfg["sample_steps"]))
@@ -242,6 +251,9 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     prompts = [p.format(token) if "{}" in p else p for p in prompts]
     if not prompts:
         raise ConfigError("relgen.generate: give prompt=... (or prompts=[...], or relation=<benchmark relation>)")
+    for prompt in prompts_missing_token(prompts, getattr(loaded.artifact, "token", None)):
+        print(f"relgen: warning: prompt {prompt!r} does not contain the run's token {token}; it renders without "
+              "what the run learnt", file=sys.stderr)
     print(f"relgen: loading backbone {loaded.meta['backbone'].get('name')} and the {loaded.method} artifact "
           f"of {loaded.export_dir}", file=sys.stderr, flush=True)
     backbone = loaded.load_backbone(**(backbone_overrides or {}))

@@ -133,6 +133,11 @@ def _reversion(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]:
         raise RelgenError(f"{file}: ReVersion's learned_embeds.bin holds one text encoder's row; backbone "
                           f"{cfg.backbone.name} has two (use an SD 1.x/2.x backbone)")
     art = import_official_embeds(file, lowercase_prompts=cfg.method.lowercase_prompts)
+    folder = _config_folder(cfg.backbone, cfg.cache_dir)
+    if folder is not None:  # the token as training checks it (else at generation, by apply())
+        from relgen.methods.reversion.importer import check_token_for_tokenizers
+
+        check_token_for_tokenizers(art.token, folder, file)
     row = art.rows["text_encoder"]
     _check_width(file, f"the '{art.token}' row", row.shape[1], text_encoder_widths(cfg.backbone, cfg.cache_dir),
                  cfg.backbone)
@@ -203,6 +208,9 @@ def _relationbooth(cfg, file: Path, words: dict) -> Callable[[Path], list[Path]]
             lora = load_file(str(file))
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise RelgenError(f"{file}: cannot be read as a safetensors LoRA ({exc})") from exc
+        from relgen.tensorfile import check_finite
+
+        check_finite(lora, file, "DreamRelation LoRA")
         if not any("lora" in k for k in lora):
             raise RelgenError(f"{file}: holds no LoRA weights (no 'lora' keys); give DreamRelation's "
                               "pytorch_lora_weights.safetensors, or MS-Diffusion's ms_adapter.bin alone")

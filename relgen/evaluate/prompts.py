@@ -40,7 +40,10 @@ from relgen.errors import ConfigError, DataError
 from relgen.evaluate.samples import EvalPrompt
 
 #: Named prompt sets.
-PROMPT_SETS = ("reversion_benchmark", "rrnet_pairs")
+PROMPT_SETS = ("reversion_benchmark", "rrnet_pairs", "relworld_relation")
+
+#: ``relworld_relation``: object pairs per prompt set (each drawn in both orders).
+RELWORLD_RELATION_PAIRS = 8
 
 _FILE_KEYS = {"id", "text", "readable", "a", "b", "predicate", "relation", "swapped", "order", "references",
               "reference_boxes", "objects"}
@@ -81,10 +84,88 @@ def rrnet_pairs(relation: dict[str, Any]) -> list[EvalPrompt]:
                           f"{missing} (an imported official checkpoint?): use prompts=<file.json>")
     arb, bra = relation["ARB"], relation["BRA"]
     r = relation["R"]
+    # on relworld the pair also carries its objects, so relworld's exact detector can score it
+    world = relworld_pair_objects(relation) if relation.get("backbone") == "relworld" else None
+    key, objects_arb, objects_bra = world if world is not None else (r, None, None)
     return [EvalPrompt(id=arb, text=arb, readable=arb, a=relation["A"], b=relation["B"], predicate=r,
-                       relation=r, swapped=bra, order=0),
+                       relation=key, swapped=bra, order=0, objects=objects_arb),
             EvalPrompt(id=bra, text=bra, readable=bra, a=relation["B"], b=relation["A"], predicate=r,
-                       relation=r, swapped=arb, order=1)]
+                       relation=key, swapped=arb, order=1, objects=objects_bra)]
+
+
+def relworld_pair_objects(relation: dict[str, Any]) -> Optional[tuple[str, dict, dict]]:
+    """For an RRNet relation written by relworld's RRNet dataset ("a red square is above a blue
+    circle", A = ``square``, R = ``above``, B = ``circle``): the relation key and the
+    ``objects`` of its ARB and BRA prompts (``{"a": [shape, colour], "b": [shape, colour]}``),
+    which relworld's detector reads. ``None`` for any other relation."""
+    import re
+
+    from relgen.data.shapes import COLOURS, RELATIONS
+
+    key = next((k for k, r in RELATIONS.items() if r.word == relation.get("R")), None)
+    if key is None:
+        return None
+
+    def colour_of(shape: str, text: str) -> Optional[str]:
+        found = re.search(rf"\b(\w+) {re.escape(shape)}\b", text)
+        return found.group(1) if found and found.group(1) in COLOURS else None
+
+    a, b, arb = relation["A"], relation["B"], relation["ARB"]
+    ca, cb = colour_of(a, arb), colour_of(b, arb)
+    if ca is None or cb is None:
+        return None
+    return key, {"a": [a, ca], "b": [b, cb]}, {"a": [b, cb], "b": [a, ca]}
+
+
+def relworld_relation(relation: str, pairs: int = RELWORLD_RELATION_PAIRS, seed: int = 0) -> list[EvalPrompt]:
+    """Object-swapped pairs "a red square {} a blue circle" / "a blue circle {} a red square" in
+    relworld's words for the relation a relworld run learnt (``{}`` takes the run's token; the base
+    model reads the relation's phrase): relworld's datasets write their captions this way, and the
+    prompts carry their objects, so the ``relworld`` metric scores them.
+
+    Args:
+        relation: The relation key (``inside``: what ``relworld_reversion`` teaches by default).
+        pairs: Object pairs, each in both orders; two different shapes and colours, drawn with ``seed``.
+        seed: Seed of the draw.
+    """
+    import numpy as np
+
+    from relgen.relworld import world as rw
+
+    spec = rw.WorldSpec()
+    if relation not in spec.phrases:
+        raise ConfigError(f"prompts=relworld_relation: '{relation}' is not a relworld relation; known: "
+                          f"{sorted(spec.phrases)}")
+    rng = np.random.default_rng(seed)
+    phrase = spec.phrases[relation][0]
+    out: list[EvalPrompt] = []
+    seen: set = set()
+    while len(seen) < pairs:
+        sa, sb = (spec.shapes[i] for i in rng.choice(len(spec.shapes), 2, replace=False))
+        ca, cb = (spec.colours[i] for i in rng.choice(len(spec.colours), 2, replace=False))
+        a, b = (sa, ca), (sb, cb)
+        if (a, b) in seen or (b, a) in seen:
+            continue
+        seen.add((a, b))
+        for order, (x, y) in enumerate(((a, b), (b, a))):
+            nx, ny = rw.object_name(x), rw.object_name(y)
+            out.append(EvalPrompt(id=f"a {nx} {phrase} a {ny}", text=f"a {nx} {{}} a {ny}",
+                                  readable=f"a {nx} {phrase} a {ny}", a=nx, b=ny, predicate=phrase, relation=relation,
+                                  swapped=f"a {ny} {phrase} a {nx}", order=order,
+                                  objects={"a": list(x), "b": list(y)}))
+    return out
+
+
+def run_relation(run_dir: Any) -> str:
+    """The relation key a relworld run's data showed (``dataset.relations`` of its ``config.yaml``,
+    else relworld's held-out relation, which its ReVersion data shows by default)."""
+    from omegaconf import OmegaConf
+
+    from relgen.relworld import world as rw
+
+    path = Path(run_dir) / "config.yaml"
+    relations = OmegaConf.select(OmegaConf.load(path), "dataset.relations") if path.is_file() else None
+    return str(relations[0]) if relations else str(rw.WorldSpec().heldout_relation)
 
 
 def load_prompt_file(path: str | Path) -> tuple[str, list[EvalPrompt]]:
@@ -151,6 +232,10 @@ def resolve_prompts(spec: str, relation_words: dict[str, str], loaded_run: Any =
     """``(name, prompts)`` of ``prompts=<spec>``."""
     if spec == "reversion_benchmark":
         return spec, reversion_benchmark(relation_words, relation, limit)
+    if spec == "relworld_relation":
+        if loaded_run is None:
+            raise ConfigError("prompts=relworld_relation takes the relation of a relworld run: give run_dir=")
+        return spec, relworld_relation(run_relation(loaded_run.run_dir))[: limit or None]
     if spec == "rrnet_pairs":
         rel = getattr(getattr(loaded_run, "artifact", None), "relation", None)
         if not isinstance(rel, dict):

@@ -228,6 +228,14 @@ class MSAdapterWeights:
 
 
 def _read_adapter_file(path: Path) -> Mapping[str, Any]:
+    from relgen.tensorfile import check_finite
+
+    raw = _read_adapter_raw(path)
+    check_finite(raw, path, "MS-Diffusion adapter")
+    return raw
+
+
+def _read_adapter_raw(path: Path) -> Mapping[str, Any]:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

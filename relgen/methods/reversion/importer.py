@@ -68,3 +68,26 @@ def import_official_embeds(path, lowercase_prompts: bool = True):
     artifact = ReVersionArtifact(token, rows, [], "reversion", lowercase_prompts)
     artifact.source = path
     return artifact
+
+
+def check_token_for_tokenizers(token: str, folder, source) -> None:
+    """Refuse a token that training would refuse (see
+    :func:`relgen.backbones.base.placeholder_conflict`), read against the tokenizers of the diffusers
+    folder ``folder`` (``tokenizer/``, ``tokenizer_2/``; those missing are skipped).
+
+    Raises:
+        RelgenError: naming ``source``, the token and the tokenizer.
+    """
+    from transformers import CLIPTokenizer
+
+    from relgen.backbones.base import placeholder_conflict
+
+    for sub in ("tokenizer", "tokenizer_2"):
+        path = Path(folder) / sub
+        if not any((path / name).is_file() for name in ("vocab.json", "tokenizer.json")):
+            continue
+        reason = placeholder_conflict(CLIPTokenizer.from_pretrained(str(path)), token)
+        if reason:
+            raise RelgenError(f"{source}: its token '{token}' {reason} of the backbone's {sub}; training "
+                              "refuses such a token because it would change existing words, so it is not "
+                              "imported; rename the key of the file to a new string such as '<R>'")
