@@ -26,8 +26,11 @@ class BackboneConfig:
         name: registry name (``sd15``, ``sd21_base``, ``sd21``, ``sdxl``, ``tiny_*``).
         family: ``sd`` (one CLIP text encoder: SD 1.x / 2.x) or ``sdxl`` (two encoders).
         pretrained: a hub id, a local diffusers folder, or a single ``.safetensors`` file.
-        single_file_config: for a single file, a local diffusers folder (or hub id available
-            offline) holding the model's configs; required when the hub is unreachable.
+        single_file_config: for a single file, a local diffusers folder holding the model's
+            configs, instead of the published ones shipped with relgen (for fine-tunes whose
+            architecture differs from the published model's).
+        architecture: ``sd1`` | ``sd2`` | ``sdxl``: what a single checkpoint file must be (read
+            from its keys; another architecture is refused); ``None`` checks only the family.
         tiny: build seeded random weights of this structure ("sd15", "sd21", "sdxl") instead.
         resolution: native training and generation resolution in pixels.
         prediction_type: what the checkpoint predicts; checked against its scheduler config.
@@ -42,6 +45,7 @@ class BackboneConfig:
     revision: Optional[str] = None
     variant: Optional[str] = None
     single_file_config: Optional[str] = None
+    architecture: Optional[str] = None
     tiny: Optional[str] = None  # "sd15" | "sd21" | "sdxl": build random weights of that structure
     tiny_seed: int = 0
     resolution: int = 512

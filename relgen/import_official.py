@@ -104,7 +104,12 @@ def _config_folder(bcfg, cache_dir: Optional[str]) -> Optional[Path]:
     if local.is_dir():
         return local
     if local.suffix in (".safetensors", ".ckpt"):
-        return Path(bcfg.single_file_config).expanduser() if bcfg.single_file_config else None
+        if bcfg.single_file_config:
+            return Path(bcfg.single_file_config).expanduser()
+        from relgen.backbones import single_file
+
+        info = single_file.detect(local)
+        return single_file.config_folder(info.architecture, info.prediction_type or bcfg.prediction_type)
     try:  # a hub id: its configs, if they are in the local cache
         from huggingface_hub import snapshot_download
 

@@ -367,8 +367,18 @@ def check_weights(cfg: DictConfig) -> None:
         if local.is_dir() and not (local / "model_index.json").is_file():
             raise ConfigError(f"backbone.pretrained={b.pretrained}: not a diffusers folder (no model_index.json); "
                               "point it at the folder save_pretrained wrote")
-        if local.is_file() and b.single_file_config and not Path(b.single_file_config).expanduser().exists():
-            check_hub_source("backbone.single_file_config", b.single_file_config, None, "model_index.json")
+        if local.is_file() and b.single_file_config and not Path(b.single_file_config).expanduser().is_dir():
+            if not _looks_like_path(b.single_file_config):  # a hub id: cached, or a hub that answers
+                check_hub_source("backbone.single_file_config", b.single_file_config, None, "model_index.json")
+            else:
+                raise ConfigError(f"backbone.single_file_config={b.single_file_config}: no such folder; point it at a "
+                                  "local diffusers folder with the model's configs, or leave it unset to use "
+                                  "the published configs shipped with relgen")
+        if local.is_file() and local.suffix in (".safetensors", ".ckpt"):
+            from relgen.backbones import single_file
+
+            # the file's architecture and recorded prediction type, from its header alone
+            single_file.check_backbone(b, single_file.detect(local), local)
         return
     check_hub_source("backbone.pretrained", b.pretrained, b.revision, "model_index.json",
                      hint="download the weights where there is network access, or set "

@@ -36,7 +36,8 @@ REFUSE: frozenset[str] = frozenset({
     "method.image_resample",
     # the backbone: which weights, which structure, which target
     "backbone.name", "backbone.family", "backbone.pretrained", "backbone.revision", "backbone.variant",
-    "backbone.single_file_config", "backbone.tiny", "backbone.tiny_seed", "backbone.prediction_type",
+    "backbone.single_file_config", "backbone.architecture", "backbone.tiny", "backbone.tiny_seed",
+    "backbone.prediction_type",
     "backbone.resolution",
     # the data
     "dataset.name", "dataset.root", "dataset.seed", "dataset.size", "dataset.relations",
