@@ -175,13 +175,13 @@ def verdict_tile(image: Image.Image, verdict: str, text: str = "", min_cell: int
     return out
 
 
-def strip(images: Sequence[Image.Image], caption: str = "", gap: int = 2) -> Image.Image:
-    """Images side by side (``gap`` pixels apart) under an optional one-line ``caption``: one grid
-    cell holding several seeds."""
+def strip(images: Sequence[Image.Image], caption: str = "", gap: int = 2, margin: int = 0) -> Image.Image:
+    """Images side by side (``gap`` pixels apart, ``margin`` blank pixels after the last) under an
+    optional one-line ``caption``: one grid cell holding several seeds."""
     font = default_font()
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (FONT_SIZE, 2)
     top = ascent + descent + 2 * _PAD if caption else 0
-    width = sum(im.size[0] for im in images) + gap * (len(images) - 1)
+    width = sum(im.size[0] for im in images) + gap * (len(images) - 1) + margin
     out = Image.new("RGB", (width, top + max(im.size[1] for im in images)), _BACKGROUND)
     if caption:
         ImageDraw.Draw(out).text((_PAD, _PAD), drawable(caption), fill=_INK, font=font)

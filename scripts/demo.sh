@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A complete job with no downloads: train RRNet on the relworld model (shipped in the package)
-# to rectify a relation direction pretraining never showed ("a square above a circle"), then
-# render the same prompts and seeds with RRNet off and on, read every image with relworld's
-# exact detector, and print the counts the labelled before/after grid shows.
+# to rectify a relation direction pretraining never showed ("a cyan square is above a red
+# circle" and its object swap), then render that same pair at new seeds at λ = 0 (the base
+# model), 0.6 and 1 as RRNet's paper evaluates it, read every image with relworld's detector
+# (relation by the objects' colours, objects by colour and shape), and print the counts the
+# picture shows, then one line on other colour pairs, which RRNet was not trained on.
 #   bash scripts/demo.sh                                       # RRNet, "a square above a circle"
 #   bash scripts/demo.sh method.relation=left_of               # the other biased pair
 # Any other overrides are passed to python -m relgen.

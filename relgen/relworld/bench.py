@@ -119,16 +119,19 @@ def plain(v):
     return v
 
 
-def mark_verdict(image, ok: Optional[bool]):
-    """A copy of ``image`` (PIL) with the detector's verdict drawn along its bottom edge: a green
-    bar for right, red for wrong, none for unknown (enlarged cells keep it visible)."""
+def mark_verdict(image, ok):
+    """A copy of ``image`` (PIL) with a verdict drawn along its bottom edge: ``True`` or
+    ``"right"`` green, ``"partly"`` amber, ``False`` or ``"wrong"`` red, ``None`` none (enlarged
+    cells keep it visible)."""
     from PIL import ImageDraw
+
+    from relgen.grid import VERDICT_COLOURS
 
     out = image.convert("RGB").copy()
     if ok is not None:
+        verdict = ok if isinstance(ok, str) else ("right" if ok else "wrong")
         w, h = out.size
-        ImageDraw.Draw(out).rectangle([0, h - max(2, h // 16), w - 1, h - 1],
-                                      fill=(40, 170, 60) if ok else (210, 40, 40))
+        ImageDraw.Draw(out).rectangle([0, h - max(2, h // 16), w - 1, h - 1], fill=VERDICT_COLOURS[verdict])
     return out
 
 

@@ -123,7 +123,7 @@ def score(run_dir: Path, seeds: int = 8, scales: Sequence[float] = (0.0, 0.6, 1.
                 cells.setdefault(p.text, []).append(strip(
                     [verdict_tile(sample.image, v, t) for sample, (v, t) in zip(row, verdicts)],
                     caption=f"λ = {lam:g}: relation right {sum(right[-1])}/{seeds}, "
-                            f"objects right {sum(objects[-1])}/{seeds}"))
+                            f"objects right {sum(objects[-1])}/{seeds}", margin=24))
             counts[f"{lam:g}"] = {"unseen_direction_right": int(sum(right[0])), "seen_direction_right": int(sum(right[1])),
                                   "direction_right": _direction(right), "objects_right": [int(sum(o)) for o in objects],
                                   "of": seeds}
