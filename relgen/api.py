@@ -26,7 +26,7 @@ class LoadedRun:
     Attributes:
         run_dir: The run folder.
         meta: ``relgen.json`` of the export.
-        artifact: The method's :class:`~relgen.methods.base.Artifact`.
+        artifact: The method's :class:`~relgen.plugin.Artifact`.
         export_dir: The export folder read (``export/`` or ``export/step-NNNNNN/``).
     """
 

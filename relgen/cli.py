@@ -11,24 +11,7 @@ import os
 import sys
 from typing import Callable
 
-# Quiet, offline-friendly defaults; set before torch/diffusers/dgl are imported.
-os.environ.setdefault("DGLBACKEND", "pytorch")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def run_cli(body: Callable[[], int]) -> int:
-    from relgen.errors import RelgenError
-
-    try:
-        return body()
-    except RelgenError as exc:
-        print(f"relgen: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("relgen: interrupted; the last checkpoint is intact (resume=latest)", file=sys.stderr)
-        return 130
+from relgen.console import run_cli  # noqa: F401 (sets the library defaults; re-exported)
 
 
 #: In a sweep folder: one line per finished job (number, exit status, overrides), appended by

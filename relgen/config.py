@@ -17,6 +17,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from relgen.registry import register_builtin_schemas, register_schema
+from relgen.rundir import run_name
+
 
 @dataclass
 class BackboneConfig:
@@ -149,8 +152,6 @@ def compose_run(*overrides: str):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from relgen.registry import register_builtin_schemas
-
     register_builtin_schemas()  # the built-in methods' schemas, as the command line registers them
     if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app
         return compose("config", overrides=list(overrides))
@@ -159,18 +160,11 @@ def compose_run(*overrides: str):
 
 
 def _run_name() -> str:
-    from relgen.rundir import run_name
-
     return run_name()
 
 
 # ``${relgen_run_name:}``: the default run folder name (cached: one name per composed config).
 OmegaConf.register_new_resolver("relgen_run_name", _run_name, use_cache=True, replace=True)
-
-
-def register_schema(group: str, name: str, node: type) -> None:
-    """Make ``/schema/<group>/<name>`` available to YAML defaults lists."""
-    _store.store(group=f"schema/{group}", name=name, node=node)
 
 
 register_schema("backbone", "backbone", BackboneConfig)

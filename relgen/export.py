@@ -120,8 +120,7 @@ def model_card(meta: dict) -> str:
     source = backbone.get("pretrained") or f"tiny random weights ({backbone.get('tiny')}, seed {backbone.get('tiny_seed')})"
     revision = backbone.get("revision") or ("main" if backbone.get("pretrained") else "—")
     method_cls = get_method(meta["method"])
-    usage = getattr(method_cls, "card_usage", None)
-    usage_text, limits = usage(meta) if usage is not None else (_generic_usage(meta), [])
+    usage_text, limits = method_cls.card_usage(meta)
     step = meta.get("step")
     lines = [
         "---",
@@ -160,11 +159,6 @@ def model_card(meta: dict) -> str:
 def _file_names(meta: dict) -> list[str]:
     files = meta.get("files") or []
     return list(files.values()) if isinstance(files, dict) else list(files)  # a list: exports of older relgen
-
-
-def _generic_usage(meta: dict) -> str:
-    return ("```python\nimport relgen\nrun = relgen.load(\"<run_dir>\")\nrun.apply(pipe)  # pipe: a diffusers "
-            "pipeline of the backbone above\nimages = pipe(**run.pipeline_inputs(pipe, [\"a prompt\"])).images\n```")
 
 
 __all__ = ["CARD_FILE", "META_FILE", "export_run", "model_card"]

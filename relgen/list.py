@@ -6,7 +6,7 @@ import sys
 
 
 def main() -> int:
-    from relgen.cli import run_cli
+    from relgen.console import run_cli
     from relgen.registry import BACKBONES, DATASETS, METHODS, list_methods
 
     def body() -> int:

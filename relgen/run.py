@@ -69,7 +69,7 @@ class _RunState:
 
 def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra) -> None:
     from relgen.data.registry import open_dataset
-    from relgen.methods.base import check_capabilities
+    from relgen.plugin import check_capabilities
     from relgen.registry import get_backbone, get_method
     from relgen.validation import validate
 
@@ -80,9 +80,7 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     check_capabilities(method_cls, cfg.backbone.family, dataset.format, dataset.provides,
                        cfg.method.name, cfg.backbone.name, cfg.dataset.name)
     data = dataset.load()  # reads and validates every file now
-    check_data = getattr(method_cls, "check_data", None)
-    if check_data is not None:  # optional hook: method checks that need the data, not weights
-        check_data(cfg.method, data)
+    method_cls.check_data(cfg.method, data)  # method checks that need the data, not weights
     from relgen.data.images import check_images, image_paths
     from relgen.validation import training_resolution
 

@@ -736,3 +736,33 @@ __all__ = [
     "read_rrnet_folder",
     "validate_boxes",
 ]
+
+
+#: The key of reference images that belong to the whole image rather than to one entity.
+WHOLE_IMAGE = "*"
+
+
+def reference_images(layout: str, data: Any) -> Optional[dict[str, list[str]]]:
+    """The reference images a dataset of ``layout`` holds, as read by its reader: ``{entity:
+    paths}`` (DreamRelation: each entity's concept images; RRNet: the object images of A and B)
+    or ``{WHOLE_IMAGE: paths}`` (ReVersion: the exemplars), in the reader's order; ``None`` for
+    a layout without reference images."""
+    out: dict[str, list[str]] = {}
+
+    def add(key: str, paths: Any) -> None:
+        known = out.setdefault(key, [])
+        known += [str(p) for p in paths if str(p) not in known]
+
+    if layout == "reversion":
+        add(WHOLE_IMAGE, [item.image for item in data.items])
+    elif layout == "rrnet":
+        for relation in data:
+            add(relation.A, relation.images["A"])
+            add(relation.B, relation.images["B"])
+    elif layout == "dreamrelation":
+        for item in data:
+            for entity, image in zip(item.entities, item.concept_images):
+                add(entity, [image])
+    else:
+        return None
+    return out

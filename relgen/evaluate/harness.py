@@ -201,16 +201,10 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
             raise ConfigError(f"baseline={cfg.baseline}: not a condition folder of images_dir; known: {names}")
     else:
         ident = run_identity(loaded)
-        artifact = loaded.artifact
-        if loaded.method == "rrnet":
-            lambdas = cfg.lambdas if cfg.lambdas is not None else list(getattr(artifact, "grid_scales", [artifact.scale]))
-            for lam in lambdas:
-                conditions.append(Condition(f"lambda={float(lam):g}", str(loaded.run_dir), "run", {"scale": float(lam)},
-                                            ident, loaded))
-            lambda0 = next((c.name for c in conditions if c.options["scale"] == 0.0), None)
-        else:
-            conditions.append(Condition("method", str(loaded.run_dir), "run", {}, ident, loaded))
-            lambda0 = None
+        own = loaded.artifact.evaluation_conditions(cfg)  # e.g. RRNet: one condition per λ
+        for c in own:
+            conditions.append(Condition(c.name, str(loaded.run_dir), "run", dict(c.options), ident, loaded))
+        lambda0 = next((c.name for c in own if c.baseline), None)  # the run's own baseline condition
         if (cfg.include_base and lambda0 is None) or cfg.baseline == "base":
             conditions.insert(0, Condition("base", "base", "base", {}, f"base-{_digest(loaded.meta.get('backbone'))}",
                                            loaded))
@@ -241,22 +235,18 @@ def _condition_text(prompt: EvalPrompt, condition: Condition) -> str:
     artifact gets its own token where the prompt has ``{}``."""
     if condition.kind == "base":
         return prompt.readable
-    token = getattr(condition.loaded.artifact, "token", None)
+    token = condition.loaded.artifact.token
     if "{}" not in prompt.text:
         return prompt.text
     return prompt.text.format(token) if token else prompt.readable  # no token: the relation written out
 
 
 def _prompt_options(condition: Condition, prompt: EvalPrompt, text: str) -> dict:
-    """Generation options of one prompt: RRNet builds its graph from the prompt's subject,
-    relation and object words; they are the prompt's own unless the run's relation words are
-    all in the text (then the artifact orders them itself, as in training)."""
+    """Generation options of one prompt: the condition's, with the artifact's own for this
+    prompt (:meth:`relgen.plugin.Artifact.prompt_options`) for a run's condition."""
     options = dict(condition.options)
-    relation = getattr(condition.loaded.artifact, "relation", None) if condition.kind == "run" else None
-    if isinstance(relation, dict) and condition.loaded.method == "rrnet":
-        words = [relation.get(k) for k in ("A", "R", "B")]
-        if not all(w and w.lower() in text.lower() for w in words):
-            options.update(A=prompt.a, R=prompt.predicate, B=prompt.b)
+    if condition.kind == "run":
+        options.update(condition.loaded.artifact.prompt_options(prompt, text))
     return options
 
 
@@ -369,7 +359,7 @@ def _backbone_key(condition: Condition) -> str:
 def _pipeline_for(condition: Condition, backbones: dict, device: Any, scheduler: Optional[str] = None):
     """The pipeline and artifact of a condition. One backbone per run folder: the base model's
     images are drawn before the run's artifact is applied to it (a LoRA changes the UNet)."""
-    from relgen.methods.base import Artifact
+    from relgen.plugin import Artifact
 
     key = _backbone_key(condition)
     if key not in backbones:

@@ -1,10 +1,12 @@
-"""Prompt sets of the evaluation: ``prompts=reversion_benchmark | rrnet_pairs | <file.json>``.
+"""Prompt sets of the evaluation: ``prompts=<a registered prompt set> | <file.json>``.
 
-* ``reversion_benchmark``: ReVersion's 10 relations x 100 scenarios ("cat {} stone": 10 subjects
-  x 10 objects); ``{}`` is filled with each condition's relation token at generation and with
-  the relation's words (``relation_words``) for CLIP and the judge. ``relation=`` picks one
-  relation; ``limit=`` keeps the first N scenarios of each.
-* ``rrnet_pairs``: the object-swapped pair "A R B" / "B R A" of an RRNet run's relation.
+* a registered prompt set (:func:`relgen.registry.register_prompt_set`, a plugin's
+  ``prompt_sets``; ``python -m relgen.list`` names them). The built-in methods register
+  ``reversion_benchmark`` (ReVersion's 10 relations x 100 scenarios; ``{}`` is filled with each
+  condition's relation token at generation and with the relation's words, ``relation_words``,
+  for CLIP and the judge; ``relation=`` picks one relation, ``limit=`` keeps the first N
+  scenarios of each) and ``rrnet_pairs`` (the object-swapped pair "A R B" / "B R A" of an RRNet
+  run's relation).
 * a JSON file (schema below), for any prompts with their predicate span, entity words and
   reference images.
 
@@ -36,62 +38,19 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from relgen.errors import ConfigError, DataError
+from relgen.errors import DataError
 from relgen.evaluate.samples import EvalPrompt
-
-#: Named prompt sets.
-PROMPT_SETS = ("reversion_benchmark", "rrnet_pairs")
+from relgen.registry import get_prompt_set, list_prompt_sets
 
 _FILE_KEYS = {"id", "text", "readable", "a", "b", "predicate", "relation", "swapped", "order", "references",
               "reference_boxes", "objects"}
-
-
-def reversion_benchmark(relation_words: dict[str, str], relation: Optional[str] = None,
-                        limit: Optional[int] = None) -> list[EvalPrompt]:
-    """ReVersion's benchmark scenarios as evaluation prompts.
-
-    Args:
-        relation_words: The words of each benchmark relation ("painted_on" -> "painted on").
-        relation: Only this relation; ``None``: all ten.
-        limit: Keep the first ``limit`` scenarios of each relation.
-    """
-    from relgen.methods.reversion.words import load_benchmark_scenarios
-
-    scenarios = load_benchmark_scenarios()
-    if relation is not None and relation not in scenarios:
-        raise ConfigError(f"relation='{relation}' is not a ReVersion benchmark relation; known: {sorted(scenarios)}")
-    out = []
-    for key in [relation] if relation else sorted(scenarios):
-        if key not in relation_words:
-            raise ConfigError(f"relation_words has no words for benchmark relation '{key}'; add relation_words.{key}=")
-        words = relation_words[key]
-        for template in scenarios[key][: limit or None]:
-            subject, _, obj = (part.strip() for part in template.partition("{}"))
-            out.append(EvalPrompt(id=f"{key}:{subject}|{obj}", text=template, readable=template.format(words),
-                                  a=subject, b=obj, predicate=words, relation=key,
-                                  swapped=f"{obj} {words} {subject}"))
-    return out
-
-
-def rrnet_pairs(relation: dict[str, Any]) -> list[EvalPrompt]:
-    """The pair "A R B" / "B R A" of an RRNet run's relation (``relation.json`` of its export)."""
-    missing = [k for k in ("A", "R", "B", "ARB", "BRA") if not relation.get(k)]
-    if missing:
-        raise ConfigError(f"prompts=rrnet_pairs needs the run's relation words; the export's relation has no "
-                          f"{missing} (an imported official checkpoint?): use prompts=<file.json>")
-    arb, bra = relation["ARB"], relation["BRA"]
-    r = relation["R"]
-    return [EvalPrompt(id=arb, text=arb, readable=arb, a=relation["A"], b=relation["B"], predicate=r,
-                       relation=r, swapped=bra, order=0),
-            EvalPrompt(id=bra, text=bra, readable=bra, a=relation["B"], b=relation["A"], predicate=r,
-                       relation=r, swapped=arb, order=1)]
 
 
 def load_prompt_file(path: str | Path) -> tuple[str, list[EvalPrompt]]:
     """Read a prompt file (schema in the module docstring); returns ``(name, prompts)``."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"prompts={path}: not a prompt set ({', '.join(PROMPT_SETS)}) and no such file")
+        raise DataError(f"prompts={path}: not a prompt set ({', '.join(list_prompt_sets())}) and no such file")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -148,13 +107,8 @@ def load_prompt_file(path: str | Path) -> tuple[str, list[EvalPrompt]]:
 
 def resolve_prompts(spec: str, relation_words: dict[str, str], loaded_run: Any = None,
                     relation: Optional[str] = None, limit: Optional[int] = None) -> tuple[str, list[EvalPrompt]]:
-    """``(name, prompts)`` of ``prompts=<spec>``."""
-    if spec == "reversion_benchmark":
-        return spec, reversion_benchmark(relation_words, relation, limit)
-    if spec == "rrnet_pairs":
-        rel = getattr(getattr(loaded_run, "artifact", None), "relation", None)
-        if not isinstance(rel, dict):
-            raise ConfigError("prompts=rrnet_pairs takes the relation of an RRNet run: give run_dir= of an RRNet run")
-        return spec, rrnet_pairs(rel)
+    """``(name, prompts)`` of ``prompts=<spec>``: a registered prompt set, else a prompt file."""
+    if spec in list_prompt_sets():
+        return spec, get_prompt_set(spec)(relation_words, loaded_run, relation, limit)
     name, prompts = load_prompt_file(spec)
     return name, prompts[: limit or None]

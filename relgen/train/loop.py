@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from relgen.errors import RelgenError
-from relgen.methods.base import Method, StepContext
+from relgen.plugin import Method, StepContext
 from relgen.train import checkpoint as ckpt
 from relgen.train.losses import make_weighting
 from relgen.train.optim import make_optimizer

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from relgen.errors import DataError, RelgenError
-from relgen.methods.base import Artifact
+from relgen.plugin import Artifact
 from relgen.names import export_file_name, exported_file
 
 log = logging.getLogger("relgen")
@@ -97,6 +97,8 @@ class RelationBoothArtifact(Artifact):
             by :meth:`apply`.
         live_unet: the UNet that already carries the processors and LoRA (training-time artifacts).
     """
+
+    accepts_negative_prompt = True  # pipeline_inputs builds the negative embeddings itself
 
     method = "relationbooth"
 
@@ -174,13 +176,13 @@ class RelationBoothArtifact(Artifact):
         from relgen.methods.relationbooth.branch import (BranchSpec, branch_from_spec, load_image_encoder,
                                                          load_local_encoder)
         from relgen.methods.relationbooth.config import RELEASED_IMAGE_ENCODER, RelationBoothConfig
-        from relgen.methods.relationbooth.convert import _read_adapter_file, check_adapter_layout
+        from relgen.methods.relationbooth.convert import read_adapter_file, check_adapter_layout
 
         lora, ms_adapter = Path(lora), Path(ms_adapter)
         for path in (lora, ms_adapter):
             if not path.is_file():
                 raise RelgenError(f"{path}: not found")
-        raw = _read_adapter_file(ms_adapter)  # its processors are matched to a UNet in apply()
+        raw = read_adapter_file(ms_adapter)  # its processors are matched to a UNet in apply()
         check_adapter_layout(raw, str(ms_adapter))
         resampler = {(k[len("resampler."):] if k.startswith("resampler.") else k): v
                      for k, v in raw["image_proj"].items()}

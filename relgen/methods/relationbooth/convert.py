@@ -227,7 +227,7 @@ class MSAdapterWeights:
                 raise RelgenError(f"{source}: weights for '{name}' do not fit ({first})") from exc
 
 
-def _read_adapter_file(path: Path) -> Mapping[str, Any]:
+def read_adapter_file(path: Path) -> Mapping[str, Any]:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -276,7 +276,7 @@ def load_ms_adapter(
         source, raw = source or "ms_adapter state dict", path_or_state_dict
     else:
         path = Path(path_or_state_dict)
-        source, raw = source or str(path), _read_adapter_file(path)
+        source, raw = source or str(path), read_adapter_file(path)
     check_adapter_layout(raw, source)
 
     resampler = {(k[len("resampler.") :] if k.startswith("resampler.") else k): v for k, v in raw["image_proj"].items()}
@@ -389,3 +389,6 @@ def check_lora_fits_unet(state: Mapping[str, torch.Tensor], unet: nn.Module, sou
         if ranks.setdefault(module_name, rank) != rank:
             raise RelgenError(f"{source}: the down and up weights of '{module_name}' have different ranks "
                               f"({ranks[module_name]} and {rank})")
+
+
+_read_adapter_file = read_adapter_file  # the earlier private name

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from relgen.errors import ConfigError, RelgenError
-from relgen.methods.base import Artifact
+from relgen.plugin import Artifact, EvalCondition, GridColumns
 from relgen.names import export_file_name, exported_file
 
 NETWORK_ROLE, RELATION_ROLE = "network", "relation"  # the files' roles in relgen.json's "files"
@@ -437,8 +437,6 @@ class RRNetArtifact(Artifact):
         generate.py's layout) and one labelled grid (rows = prompt x seed, columns = λ).
         Returns ``None`` without ``scales`` (plain rendering then applies).
         """
-        from relgen.generate import GridColumns
-
         options = dict(opts.method_options)
         if "scales" not in options:
             return None
@@ -452,6 +450,22 @@ class RRNetArtifact(Artifact):
 
     def sample_prompts(self) -> list[str]:
         return list(self.prompts)
+
+    def evaluation_conditions(self, eval_cfg) -> list[EvalCondition]:
+        """One condition per λ (``eval_cfg.lambdas``, default :attr:`grid_scales`); λ = 0 is the
+        base model, so it is the evaluation's baseline."""
+        lambdas = eval_cfg.lambdas if eval_cfg.lambdas is not None else list(self.grid_scales)
+        return [EvalCondition(f"lambda={float(lam):g}", {"scale": float(lam)}, baseline=float(lam) == 0.0)
+                for lam in lambdas]
+
+    def prompt_options(self, prompt, text: str) -> dict:
+        """RRNet builds its graph from the prompt's subject, relation and object words; they are
+        the prompt's own unless the run's relation words are all in the text (then the artifact
+        orders them itself, as in training)."""
+        words = [self.relation.get(k) for k in ("A", "R", "B")] if isinstance(self.relation, dict) else []
+        if words and all(w and w.lower() in text.lower() for w in words):
+            return {}
+        return {"A": prompt.a, "R": prompt.predicate, "B": prompt.b}
 
 
 def render_scale_grid(pipe, artifact: RRNetArtifact, prompts: Sequence[str], scales: Sequence[float],

@@ -13,9 +13,10 @@ from typing import Any, Optional
 import torch
 
 from relgen.errors import RelgenError
-from relgen.methods.base import Artifact, Method, StepContext, StepOutput
+from relgen.plugin import Artifact, Method, StepContext, StepOutput
 from relgen.methods.textual_inversion.config import TextualInversionConfig
 from relgen.methods.textual_inversion.embeddings import PlaceholderEmbeddings
+from relgen.methods.reversion.words import load_benchmark_scenarios
 from relgen.names import export_file_name, exported_file, recorded_name
 
 EMBEDS_ROLE = "embeddings"  # the file's role in relgen.json's "files"
@@ -29,7 +30,6 @@ def embeds_file_name(method: str, token: str) -> str:
 
 
 class TextualInversion(Method):
-    name = "textual_inversion"
     config_class = TextualInversionConfig
     dataset_formats = ("reversion",)
     requires = frozenset({"images", "captions"})
@@ -208,6 +208,11 @@ class TokenArtifact(Artifact):
 
     def sample_prompts(self) -> list[str]:
         return self.prompts
+
+    def benchmark_prompts(self) -> dict[str, list[str]]:
+        """ReVersion's benchmark (10 relations x 100 "subject {} object" scenarios), on which
+        token methods are compared."""
+        return load_benchmark_scenarios()
 
 
 def check_templates_fit(backbone, items, token: str, token_ids: list[list[int]]) -> None:

@@ -1,0 +1,31 @@
+"""What every ``python -m relgen.*`` command shares: quiet library defaults and one-line errors.
+
+Errors caused by the user's input are printed as one line (``relgen: error: ...``) and exit
+with status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from relgen.errors import RelgenError
+
+# Quiet, offline-friendly defaults; set before torch/diffusers/dgl are imported.
+os.environ.setdefault("DGLBACKEND", "pytorch")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_cli(body: Callable[[], int]) -> int:
+    """Run a command's ``body``: a :class:`relgen.errors.RelgenError` becomes one line and exit 2."""
+    try:
+        return body()
+    except RelgenError as exc:
+        print(f"relgen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("relgen: interrupted; the last checkpoint is intact (resume=latest)", file=sys.stderr)
+        return 130
