@@ -12,7 +12,7 @@ import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -747,22 +747,20 @@ def reference_images(layout: str, data: Any) -> Optional[dict[str, list[str]]]:
     paths}`` (DreamRelation: each entity's concept images; RRNet: the object images of A and B)
     or ``{WHOLE_IMAGE: paths}`` (ReVersion: the exemplars), in the reader's order; ``None`` for
     a layout without reference images."""
+    pairs = _REFERENCE_IMAGES.get(layout)
+    if pairs is None:
+        return None
     out: dict[str, list[str]] = {}
-
-    def add(key: str, paths: Any) -> None:
+    for key, paths in pairs(data):
         known = out.setdefault(key, [])
         known += [str(p) for p in paths if str(p) not in known]
-
-    if layout == "reversion":
-        add(WHOLE_IMAGE, [item.image for item in data.items])
-    elif layout == "rrnet":
-        for relation in data:
-            add(relation.A, relation.images["A"])
-            add(relation.B, relation.images["B"])
-    elif layout == "dreamrelation":
-        for item in data:
-            for entity, image in zip(item.entities, item.concept_images):
-                add(entity, [image])
-    else:
-        return None
     return out
+
+
+#: ``(entity, paths)`` pairs of each layout's reference images, in the reader's order.
+_REFERENCE_IMAGES: dict[str, Callable[[Any], Iterable[tuple[str, Sequence]]]] = {
+    "reversion": lambda data: [(WHOLE_IMAGE, [item.image for item in data.items])],
+    "rrnet": lambda data: [pair for rel in data for pair in ((rel.A, rel.images["A"]), (rel.B, rel.images["B"]))],
+    "dreamrelation": lambda data: [(entity, [image]) for item in data
+                                   for entity, image in zip(item.entities, item.concept_images)],
+}

@@ -22,6 +22,14 @@ PROVIDES = {
 }
 
 
+#: How :meth:`DatasetHandle.describe` counts each layout's data: ``data -> (count, noun)``.
+_COUNTS: dict[str, Callable[[Any], tuple[int, str]]] = {
+    "reversion": lambda data: (len(data.items), "images"),
+    "rrnet": lambda data: (len(data), "relations"),
+    "dreamrelation": lambda data: (len(data), "items"),
+}
+
+
 @dataclass
 class DatasetHandle:
     name: str
@@ -40,9 +48,8 @@ class DatasetHandle:
         return self.reader(self.root)
 
     def describe(self, data: Any) -> str:
-        if self.format == "reversion":
-            return f"{len(data.items)} images in {self.root}"
-        return f"{len(data)} {'relations' if self.format == 'rrnet' else 'items'} in {self.root}"
+        count, what = _COUNTS.get(self.format, _COUNTS["dreamrelation"])(data)
+        return f"{count} {what} in {self.root}"
 
 
 def open_dataset(dcfg, cache_dir: Optional[str] = None) -> DatasetHandle:
