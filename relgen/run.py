@@ -96,6 +96,7 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     import torch
     from accelerate import Accelerator
 
+    from relgen.generate import sample_grid
     from relgen.train.loop import Trainer, write_json
 
     from accelerate.utils import ProjectConfiguration
@@ -122,7 +123,7 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     if cfg.trainer.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
     method = method_cls(cfg.method, backbone, data)
-    trainer = Trainer(cfg, run_dir, acc, backbone, method)
+    trainer = Trainer(cfg, run_dir, acc, backbone, method, render_samples=sample_grid)
     if resume is not None:
         trainer.resume(resume.path, resume.state)
     state.started = True

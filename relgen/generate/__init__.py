@@ -133,6 +133,13 @@ def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions,
     return path
 
 
+def sample_grid(backbone, artifact, prompts: list[str], path: Path, seed: int = 0, num_images: int = 4,
+                steps: Optional[int] = None, guidance: Optional[float] = None, title: Optional[str] = None) -> Path:
+    """A training-time sample grid (what :class:`relgen.train.loop.Trainer` is given to draw one)."""
+    opts = GenerationOptions(seed=seed, num_images=num_images, steps=steps, guidance=guidance)
+    return render_grid(backbone, artifact, prompts, opts, path, title=title)
+
+
 def _save_png(image, path: Path) -> None:
     save_image(path, image, "image grid")  # no half-written PNG is left behind
 

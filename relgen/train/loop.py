@@ -23,7 +23,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -53,7 +53,11 @@ def resolved_max_steps(cfg: DictConfig) -> int:
 class Trainer:
     """Runs ``method`` for ``max_steps`` optimizer steps in ``run_dir``."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, accelerator, backbone, method: Method) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, accelerator, backbone, method: Method,
+                 render_samples: Optional[Callable[..., Path]] = None) -> None:
+        """``render_samples(backbone, artifact, prompts, path, seed=, num_images=, steps=, guidance=,
+        title=)`` draws a sample grid (:func:`relgen.generate.sample_grid`); ``None``: no grids."""
+        self.render_samples = render_samples
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.acc = accelerator
@@ -277,18 +281,16 @@ class Trainer:
     def sample_grid(self, tag: str) -> Optional[Path]:
         """Render the method's sample prompts with fixed seeds into ``samples/<tag>.png`` (with the
         EMA weights when on) and send the grid to the trackers."""
-        from relgen.generate import GenerationOptions, render_grid
-
         prompts = self.method.sample_prompts()
-        if not prompts:
+        if not prompts or self.render_samples is None:
             return None
         mcfg = self.cfg.method
-        opts = GenerationOptions(seed=mcfg.sample_seed, num_images=self.cfg.trainer.num_samples,
-                                 steps=mcfg.sample_steps, guidance=mcfg.sample_guidance)
         title = f"{self.cfg.method.name} · {self.cfg.backbone.name} · step {self.step}"
         with self.averaged_weights():
-            path = render_grid(self.backbone, self.method.live_artifact(), prompts, opts,
-                               self.run_dir / "samples" / f"{tag}.png", title=title)
+            path = self.render_samples(self.backbone, self.method.live_artifact(), prompts,
+                                       self.run_dir / "samples" / f"{tag}.png", seed=mcfg.sample_seed,
+                                       num_images=self.cfg.trainer.num_samples, steps=mcfg.sample_steps,
+                                       guidance=mcfg.sample_guidance, title=title)
         self.log_image("samples", path)
         return path
 
