@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from relgen.errors import write_error
 
@@ -64,11 +64,14 @@ def save_image(path: Path, image: Any, what: str = "image", format: str = "PNG")
 
 
 @contextlib.contextmanager
-def folder(path: Path, what: str = "folder") -> Iterator[Path]:
+def folder(path: Path, what: str = "folder", temp: Optional[Path] = None) -> Iterator[Path]:
     """Fill a temporary folder inside the ``with`` block; it becomes ``path`` when the block
-    ends without error (``path`` must not exist yet) and is removed otherwise."""
+    ends without error (``path`` must not exist yet) and is removed otherwise. ``temp`` names
+    the temporary when others must see the folder is being written (a stale one is replaced)."""
     path = Path(path)
-    tmp = temp_path(path)
+    tmp = Path(temp) if temp is not None else temp_path(path)
+    if tmp.exists():
+        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         yield tmp

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from relgen.atomic import write_text
 from relgen.errors import ConfigError
 from relgen.export import exchange_paths, export_run  # noqa: F401  (also imported from here)
 
@@ -259,15 +260,7 @@ def preflight(cfg: DictConfig, run_dir: Path) -> Optional[Resume]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from relgen.errors import write_error
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(exc, path, "run config") from None
+    write_text(path, text, "run config")
 
 
 def _log_to_file(path: Path) -> logging.Handler:

@@ -30,6 +30,7 @@ def main() -> None:
         from relgen.cli import record_job, run_cli
         from relgen.evaluate.config import EvaluateConfig
         from relgen.evaluate.harness import evaluate
+        from relgen.atomic import write_json
 
         hc = HydraConfig.get()
 
@@ -38,7 +39,8 @@ def main() -> None:
             out = evaluate(schema)
             pointer = Path(hc.runtime.output_dir) / RESULT_POINTER
             pointer.parent.mkdir(parents=True, exist_ok=True)
-            pointer.write_text(json.dumps({"report": str(out), "overrides": list(hc.overrides.task)}))
+            write_json(pointer, {"report": str(out), "overrides": list(hc.overrides.task)}, "result pointer",
+                       newline=False, indent=None)
             print(out / "report.md")
             return 0
 

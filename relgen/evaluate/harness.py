@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from relgen.atomic import write_bytes
 from relgen.errors import ConfigError, DataError, RelgenError
 from relgen.evaluate.config import EvaluateConfig, as_object
 from relgen.evaluate.samples import EvalPrompt, ImageScore, Sample
@@ -131,12 +132,6 @@ def base_condition(backbone_cfg: Any, name: str = "base") -> Condition:
     folder = Path(resolve_pretrained(backbone_cfg))
     weights = weights_digest(folder) if folder.is_dir() else ""
     return Condition(name, "base", "base", {}, f"base-{_digest(settings)}-{weights}", backbone=backbone_cfg)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------ plan
@@ -498,7 +493,7 @@ def score_all(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = Tru
                     values = json.loads(path.read_text())
                 else:
                     values = metric.score_set(samples)
-                    _atomic_write(path, json.dumps(values).encode())
+                    write_bytes(path, json.dumps(values).encode(), "cached score")
                 ev.set_scores.setdefault(name, {})[condition.name] = values
                 continue
             results: list[Optional[ImageScore]] = [None] * len(samples)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from relgen import atomic
 from relgen.errors import RelgenError
 from relgen.plugin import Method, StepContext
 from relgen.train import checkpoint as ckpt
@@ -364,13 +365,7 @@ class _MetricsWriter:
             raise write_error(exc, self.path, f"metrics row of step {step}") from exc
 
     def _replace(self, rows: list[list]) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        try:
-            with open(tmp, "w", newline="") as f:
-                csv.writer(f).writerows(rows)
-            tmp.replace(self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_csv(self.path, rows)
 
     def close(self) -> None:
         pass
@@ -397,10 +392,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-    tmp.replace(path)
+    _write_csv(path, kept)
+
+
+def _write_csv(path: Path, rows: list[list]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    atomic.write_with(path, write, "metrics")
 
 
 def _fmt(v) -> str:
@@ -408,12 +408,4 @@ def _fmt(v) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from relgen.errors import write_error
-
-    tmp = Path(path).with_suffix(".json.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(exc, path, "summary") from None
+    atomic.write_json(path, obj, "summary", newline=False, default=str)

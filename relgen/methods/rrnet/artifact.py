@@ -16,7 +16,6 @@ Importing this module does not import DGL.
 from __future__ import annotations
 
 import json
-import string
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +24,11 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from relgen.backbones.base import first_eos
 from relgen.errors import ConfigError, RelgenError
 from relgen.plugin import Artifact, EvalCondition, GridColumns
 from relgen.names import export_file_name, exported_file
+from relgen.text import word_index
 
 NETWORK_ROLE, RELATION_ROLE = "network", "relation"  # the files' roles in relgen.json's "files"
 RELATION_FILE = "relation.json"
@@ -118,7 +119,7 @@ def eot_positions(tokenizer, prompts: Sequence[str]) -> Tensor:
     """
     ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
-    return (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+    return first_eos(ids, tokenizer.eos_token_id)
 
 
 #: ``method.edit_rows``: the rows RRNet's delta is added to.
@@ -183,19 +184,6 @@ def dgl_device(device: Union[str, torch.device]) -> torch.device:
         except Exception:  # DGL raises DGLError for a build without that device
             _DGL_DEVICES[key] = False
     return device if _DGL_DEVICES[key] else torch.device("cpu")
-
-
-def _words(text: str) -> list[str]:
-    return [w.strip(string.punctuation).lower() for w in text.split()]
-
-
-def _word_index(prompt: str, word: str) -> int:
-    """Index of the first whole-word occurrence of ``word`` (one or more words); -1 if none."""
-    hay, needle = _words(prompt), _words(word)
-    for i in range(len(hay) - len(needle) + 1):
-        if needle and hay[i:i + len(needle)] == needle:
-            return i
-    return -1
 
 
 def build_prompt_graphs(rows: Tensor, eots: Tensor, eot_self_loops: bool):
@@ -349,11 +337,11 @@ class RRNetArtifact(Artifact):
             raise ConfigError("RRNet needs the words A, R and B of each prompt; pass them as "
                               "method_options.A=..., method_options.R=..., method_options.B=...")
         if not A and not B:
-            ia, ib = _word_index(prompt, a), _word_index(prompt, b)
+            ia, ib = word_index(prompt, a), word_index(prompt, b)
             if ia >= 0 and ib >= 0 and ib < ia:
                 a, b = b, a
         for key, word in (("A", a), ("R", r), ("B", b)):
-            if _word_index(prompt, word) < 0:
+            if word_index(prompt, word) < 0:
                 raise ConfigError(f"prompt {prompt!r} does not contain the {key} word '{word}'; "
                                   f"name the prompt's own words with method_options.A=, R=, B=")
         return a, r, b
