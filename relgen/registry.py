@@ -232,16 +232,41 @@ def _load_plugins() -> None:
         return
     _state["plugins"] = []
     for ep_name, origin, plugin in _plugins(strict=True):
-        for module in getattr(plugin, "modules", None) or ():
-            importlib.import_module(module)
-        for target, config, summary, name in _method_entries(plugin):
-            register_method(target, config, summary=summary, origin=origin, name=name)
-        for registry, attr in ((BACKBONES, "backbones"), (DATASETS, "datasets"), (PROMPT_SETS, "prompt_sets")):
-            for name, target in (getattr(plugin, attr, None) or {}).items():
-                target, summary = target if isinstance(target, tuple) else (target, "")
-                registry.register(name, target, summary=summary, origin=origin)
-        if ep_name != BUILTIN_NAME:
-            _state["plugins"].append(ep_name)
+        _register_plugin(ep_name, origin, plugin)
+
+
+def refresh_plugins() -> list[str]:
+    """Register the plugins installed since the registry was first used in this process (e.g. a
+    package put on ``sys.path`` by a test); returns their entry-point names."""
+    _load_plugins()
+    new = []
+    for ep_name, origin, plugin in _plugins(strict=True):
+        if ep_name != BUILTIN_NAME and ep_name not in _state["plugins"]:
+            _register_plugin(ep_name, origin, plugin)
+            new.append(ep_name)
+    return new
+
+
+def forget_plugin(ep_name: str) -> None:
+    """Drop every name the entry point ``ep_name`` registered (the inverse of :func:`refresh_plugins`)."""
+    for registry in (METHODS, BACKBONES, DATASETS, PROMPT_SETS):
+        for name in [n for n, e in registry.entries.items() if e.origin == f"plugin {ep_name}"]:
+            del registry.entries[name]
+    if _state["plugins"] and ep_name in _state["plugins"]:
+        _state["plugins"].remove(ep_name)
+
+
+def _register_plugin(ep_name: str, origin: str, plugin: Any) -> None:
+    for module in getattr(plugin, "modules", None) or ():
+        importlib.import_module(module)
+    for target, config, summary, name in _method_entries(plugin):
+        register_method(target, config, summary=summary, origin=origin, name=name)
+    for registry, attr in ((BACKBONES, "backbones"), (DATASETS, "datasets"), (PROMPT_SETS, "prompt_sets")):
+        for name, target in (getattr(plugin, attr, None) or {}).items():
+            target, summary = target if isinstance(target, tuple) else (target, "")
+            registry.register(name, target, summary=summary, origin=origin)
+    if ep_name != BUILTIN_NAME:
+        _state["plugins"].append(ep_name)
 
 
 def _plugin_hint() -> str:

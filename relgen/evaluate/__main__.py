@@ -6,7 +6,6 @@ A Hydra app with its own primary config (``conf/evaluate.yaml``); ``-m`` sweeps 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
