@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from relgen.errors import DataError, RelgenError
+from relgen.methods.relationbooth.config import RelationBoothConfig
 from relgen.plugin import Artifact
 from relgen.names import export_file_name, exported_file
 
@@ -49,11 +50,11 @@ ENCODER_DIR = "image_encoder"
 LEGACY_LORA_FILE = "pytorch_lora_weights.safetensors"
 LEGACY_KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
 LEGACY_BRANCH_FILE = "image_branch.safetensors"
-ADAPTER_NAME = "relationbooth"
+ADAPTER_NAME = RelationBoothConfig.name
 DEFAULT_RELATION_NAME = "relation"  # when neither method.relation_name nor a shared predicate names it
 
 
-def export_names(relation: str, method: str = "relationbooth") -> dict[str, str]:
+def export_names(relation: str, method: str = RelationBoothConfig.name) -> dict[str, str]:
     """The weight files' names for ``relation``, by role: ``relationbooth-<relation>-lora.safetensors``,
     ``...-lora-kohya.safetensors`` and ``...-image-branch.safetensors`` (``relation`` made portable)."""
 
@@ -100,7 +101,7 @@ class RelationBoothArtifact(Artifact):
 
     accepts_negative_prompt = True  # pipeline_inputs builds the negative embeddings itself
 
-    method = "relationbooth"
+    method = RelationBoothConfig.name
 
     def __init__(self, branch, generation: dict, samples: list[dict], lora_file: Optional[Path] = None,
                  adapter_file: Optional[Path] = None, live_unet=None) -> None:

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from relgen.errors import ConfigError
+from relgen.methods.reversion.config import ReVersionConfig
 from relgen.methods.textual_inversion.method import TokenArtifact
 
 
@@ -37,7 +38,7 @@ class ReVersionArtifact(TokenArtifact):
     default, as the released inference.py), lower-cases everything except the token.
     """
 
-    def __init__(self, token: str, rows: dict[str, torch.Tensor], prompts: list[str], method: str = "reversion",
+    def __init__(self, token: str, rows: dict[str, torch.Tensor], prompts: list[str], method: str = ReVersionConfig.name,
                  lowercase_prompts: bool = True) -> None:
         super().__init__(token, rows, prompts, method)
         self.lowercase_prompts = lowercase_prompts

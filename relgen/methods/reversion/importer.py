@@ -20,6 +20,7 @@ from relgen.backbones.configs import check_width, text_encoder_widths
 from relgen.data.images import one_line
 from relgen.errors import RelgenError
 from relgen.methods.reversion.artifact import ReVersionArtifact
+from relgen.methods.reversion.config import ReVersionConfig
 from relgen.methods.textual_inversion.method import EMBEDS_ROLE, embeds_file_name, save_token_embeddings
 
 OFFICIAL_EMBEDS_FILE = "learned_embeds.bin"
@@ -66,7 +67,7 @@ def import_official_embeds(path, lowercase_prompts: bool = True):
     if not torch.isfinite(vector).all():
         raise RelgenError(f"{path}: the vector for {token!r} holds NaN or infinite values")
     rows = {"text_encoder": vector.detach().float().reshape(1, -1).clone()}  # (1, D)
-    artifact = ReVersionArtifact(token, rows, [], "reversion", lowercase_prompts)
+    artifact = ReVersionArtifact(token, rows, [], ReVersionConfig.name, lowercase_prompts)
     artifact.source = path
     return artifact
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from relgen.backbones.base import first_eos
 from relgen.errors import ConfigError, RelgenError
+from relgen.methods.rrnet.config import RRNetConfig
 from relgen.plugin import Artifact, EvalCondition, GridColumns
 from relgen.names import export_file_name, exported_file
 from relgen.text import word_index
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 
-def gat_file_name(relation: dict, method: str = "rrnet") -> str:
+def gat_file_name(relation: dict, method: str = RRNetConfig.name) -> str:
     """``rrnet-<relation>.safetensors``: ``relation`` is what ``relation.json`` holds; the name is
     its ``relation`` key (the relation folder's name, e.g. ``place``), else its word ``R``."""
     name = relation.get("relation") or relation.get("R") or ""
@@ -239,7 +240,7 @@ class RRNetArtifact(Artifact):
         edit_rows: The rows the delta is added to (:func:`rectify`).
     """
 
-    method = "rrnet"
+    method = RRNetConfig.name
 
     def __init__(self, gnn, relation: dict, scale: float = 0.6,
                  grid_scales: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
