@@ -24,7 +24,10 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+import relgen
+from relgen.errors import write_error
 from relgen.names import META_FILE
+from relgen.registry import get_method
 
 CARD_FILE = "README.md"
 STEP_PREFIX = "step-"
@@ -54,7 +57,6 @@ def export_run(cfg: DictConfig, run_dir: Path, method, *, step: Optional[int] = 
         return _export_into(cfg, run_dir, method, tmp, root, target, final, step, dataset, command)
     except OSError as exc:  # the old export (if any) is untouched until the final swap
         shutil.rmtree(tmp, ignore_errors=True)
-        from relgen.errors import write_error
 
         raise write_error(exc, target, "export") from None
 
@@ -63,7 +65,6 @@ def _export_into(cfg: DictConfig, run_dir: Path, method, tmp: Path, root: Path, 
                  step: Optional[int], dataset: Optional[str], command: Optional[str]) -> Path:
     """Write the export into ``tmp``, then publish it at ``target`` in one step: the old one and
     the new one are swapped, so a process killed at any moment leaves one of them, never none."""
-    import relgen
 
     tmp.mkdir(parents=True)
     written = method.export(tmp)
@@ -114,7 +115,6 @@ def _command_line() -> str:
 
 def model_card(meta: dict) -> str:
     """The export's ``README.md`` (hub-style front matter, then the sections a user looks for)."""
-    from relgen.registry import get_method
 
     backbone = meta["backbone"]
     source = backbone.get("pretrained") or f"tiny random weights ({backbone.get('tiny')}, seed {backbone.get('tiny_seed')})"

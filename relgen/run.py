@@ -15,9 +15,14 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from relgen import rundir
 from relgen.atomic import write_text
+from relgen.data.registry import open_dataset
 from relgen.errors import ConfigError
 from relgen.export import exchange_paths, export_run  # noqa: F401  (also imported from here)
+from relgen.registry import get_backbone, get_method
+from relgen.train.drift import compare
+from relgen.validation import training_resolution, validate
 
 log = logging.getLogger("relgen")
 
@@ -37,7 +42,6 @@ def run_training(cfg: DictConfig, run_dir: str | Path, *, default_run_dir: bool 
         write_extra: writes more files into the run folder once every check has passed (the
             command line writes Hydra's ``.hydra/`` record there).
     """
-    from relgen import rundir
 
     state = _RunState(Path(run_dir))
     given = state.run_dir
@@ -69,10 +73,7 @@ class _RunState:
 
 
 def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra) -> None:
-    from relgen.data.registry import open_dataset
     from relgen.plugin import check_capabilities
-    from relgen.registry import get_backbone, get_method
-    from relgen.validation import validate
 
     validate(cfg)  # every value a user can get wrong, before anything loads or is written
     apply_dataset_resolution(cfg)
@@ -83,7 +84,6 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     data = dataset.load()  # reads and validates every file now
     method_cls.check_data(cfg.method, data)  # method checks that need the data, not weights
     from relgen.data.images import check_images, image_paths
-    from relgen.validation import training_resolution
 
     # Headers only for a real run (its first step decodes everything anyway); a dry run decodes
     # every image, so a truncated or mislabelled file fails it rather than step 1.
@@ -96,11 +96,10 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
 
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
     from relgen.generate import sample_grid
     from relgen.train.loop import Trainer, write_json
-
-    from accelerate.utils import ProjectConfiguration
 
     # trackers of trainer.report_to; TensorBoard writes under <run>/tensorboard
     acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu,
@@ -187,7 +186,6 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path, default_run_dir: bool, acc) ->
         ConfigError: another live process holds the folder (its pid named), or ``resume=latest``
             found no earlier run.
     """
-    from relgen import rundir
 
     if cfg.resume == "latest" and default_run_dir and acc.is_main_process:
         root = Path(cfg.output_root)
@@ -230,7 +228,6 @@ def preflight(cfg: DictConfig, run_dir: Path) -> Optional[Resume]:
             state depends on (all such keys listed); or there is nothing left to train.
     """
     from relgen.train import checkpoint as ckpt
-    from relgen.train.drift import compare
     from relgen.train.loop import resolved_max_steps
 
     if not cfg.resume:

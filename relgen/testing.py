@@ -32,6 +32,11 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from relgen.api import load
+from relgen.config import compose_run
+from relgen.data.registry import open_dataset
+from relgen.run import run_training
+
 #: Overrides of :func:`short_run`: two optimizer steps, no progress bar or TensorBoard, no
 #: sample grid (pass ``trainer.sample_at_end=true`` to exercise generation too).
 SHORT_RUN = ("trainer=debug", "trainer.sample_every=null", "trainer.sample_at_end=false")
@@ -39,7 +44,6 @@ SHORT_RUN = ("trainer=debug", "trainer.sample_every=null", "trainer.sample_at_en
 
 def compose(*overrides: str):
     """The run config Hydra composes for these command-line overrides (``python -m relgen ...``)."""
-    from relgen.config import compose_run
 
     return compose_run(*overrides)
 
@@ -65,7 +69,6 @@ def synthetic_data(name: str = "shapes_reversion", *overrides: str):
     """A synthetic dataset (``shapes_reversion``, ``shapes_rrnet``, ``shapes_dreamrelation``, the
     ``relworld_*`` sets) written in its official layout, read and validated by its reader: the
     object a method's ``__init__`` receives as ``data``. ``overrides`` are ``dataset.*`` ones."""
-    from relgen.data.registry import open_dataset
 
     cfg = compose(f"dataset={name}", *overrides)
     return open_dataset(cfg.dataset, cfg.cache_dir).load()
@@ -81,7 +84,6 @@ def short_run(run_dir, *overrides: str, steps: Optional[int] = None) -> Path:
     relworld model and its data. Returns the run folder, which holds ``export/``,
     ``checkpoints/``, ``metrics.csv`` and ``summary.json``.
     """
-    from relgen.run import run_training
 
     extra = (f"trainer.max_steps={steps}",) if steps is not None else ()
     cfg = compose(*SHORT_RUN, *extra, *overrides)
@@ -96,8 +98,6 @@ def evaluation_run(root, prompts: dict) -> Path:
     in ``root/run``, with ``prompts`` (a prompt file's JSON object) written to ``root/prompts.json``.
     Returns ``root``."""
     import json
-
-    from relgen.run import run_training
 
     root = Path(root)
     code = run_training(compose("backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
@@ -147,9 +147,7 @@ def check_method(root, *overrides: str) -> dict[str, Path]:
 
     Returns ``{"run": the straight run, "resumed": the resumed run, "grid": the rendered grid}``.
     """
-    from relgen.api import load
     from relgen.generate import GenerationOptions, generate_from_run
-    from relgen.run import run_training
 
     root = Path(root)
     dry = root / "dry"

@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 
+from relgen.errors import write_error
+
 logger = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -123,7 +125,6 @@ class TensorCache:
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            from relgen.errors import write_error
 
             raise write_error(exc, path, "cache entry") from None
         except BaseException:

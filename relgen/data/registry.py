@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from relgen.errors import ConfigError, DataError
-from relgen.registry import register_dataset
+from relgen.registry import get_dataset, register_dataset
 
 PROVIDES = {
     "reversion": frozenset({"images", "captions"}),
@@ -53,8 +53,6 @@ class DatasetHandle:
 
 
 def open_dataset(dcfg, cache_dir: Optional[str] = None) -> DatasetHandle:
-    from relgen.registry import get_dataset
-
     return get_dataset(dcfg.name)(dcfg, cache_dir)
 
 

@@ -30,9 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from relgen.api import load
 from relgen.atomic import write_bytes
 from relgen.errors import ConfigError, DataError, RelgenError
 from relgen.evaluate.config import EvaluateConfig, as_object
+from relgen.evaluate.images import IMAGE_SUFFIXES, open_rgb
+from relgen.evaluate.prompts import resolve_prompts
 from relgen.evaluate.samples import EvalPrompt, ImageScore, Sample
 
 log = logging.getLogger("relgen")
@@ -149,8 +152,6 @@ def _seeds(cfg: EvaluateConfig) -> list[int]:
 
 
 def _load_run(path: str, key: str):
-    from relgen.api import load
-
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"{key}={path}: not a folder (give a finished run's folder)")
@@ -165,7 +166,6 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
     :mod:`relgen.evaluate.references`), seeds and conditions, and check every metric name,
     loading no model."""
     from relgen.evaluate.metrics import get_metric
-    from relgen.evaluate.prompts import resolve_prompts
     from relgen.evaluate.references import default_references
 
     for name in cfg.metrics:
@@ -293,7 +293,6 @@ def generate_samples(condition: Condition, prompts: list[EvalPrompt], seeds: lis
     Returns:
         One :class:`Sample` per prompt and seed, prompt-major.
     """
-    from relgen.evaluate.images import open_rgb
     from relgen.generate import GenerationOptions, _save_png, render
 
     if texts is not None and len(texts) != len(prompts):
@@ -380,7 +379,6 @@ def _pipeline_for(condition: Condition, backbones: dict, device: Any, scheduler:
 
 
 def _folder_image(folder: Path, prompt: EvalPrompt, seed: int) -> Path:
-    from relgen.evaluate.images import IMAGE_SUFFIXES
     from relgen.generate import slug
 
     sub = folder / slug(prompt.id)

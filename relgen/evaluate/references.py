@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from relgen.data.readers import WHOLE_IMAGE, reference_images
+from relgen.data.registry import open_dataset
 from relgen.errors import DataError, RelgenError
+from relgen.evaluate.images import list_images
 from relgen.evaluate.samples import EvalPrompt
 
 log = logging.getLogger("relgen")
@@ -40,7 +42,6 @@ KEY = "eval.references"
 def folder_references(folder: str | Path) -> dict[str, list[str]]:
     """Reference images of ``eval.references=<folder>``: ``{entity: paths}`` from sub-folders
     named after entities, and ``{WHOLE_IMAGE: paths}`` from images directly in the folder."""
-    from relgen.evaluate.images import list_images
 
     folder = Path(folder).expanduser()
     paths = list_images(folder, KEY)  # a missing or empty folder fails here, naming the key
@@ -60,8 +61,6 @@ def dataset_references(run_dir: str | Path, metrics: str = "clip_i/dino") -> dic
             folder is missing or unreadable.
     """
     from omegaconf import OmegaConf
-
-    from relgen.data.registry import open_dataset
 
     run_dir = Path(run_dir).expanduser()
     where = f"run_dir={run_dir}: the prompts carry no reference images for {metrics}"

@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from relgen import atomic
 from relgen.evaluate import stats
+from relgen.evaluate.grids import Cell, labelled_grid
 from relgen.evaluate.metrics.base import RATE
 
 SCHEMA = "relgen.evaluate/1"
@@ -197,7 +198,6 @@ def _markdown(ev, agg: dict[str, Any], grids: list[str], command: str) -> str:
 
 
 def write_grids(ev, folder: Path) -> list[str]:
-    from relgen.evaluate.grids import Cell, labelled_grid
     from relgen.generate import _save_png
 
     names = [c.name for c in ev.conditions]

@@ -29,7 +29,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from relgen import atomic
-from relgen.errors import RelgenError
+from relgen.errors import RelgenError, write_error
+from relgen.export import export_run
 from relgen.plugin import Method, StepContext
 from relgen.train import checkpoint as ckpt
 from relgen.train.losses import make_weighting
@@ -191,7 +192,6 @@ class Trainer:
                 self.save()
             export_every = self.cfg.method.export_every
             if main and export_every and self.step % export_every == 0 and self.step < self.max_steps:
-                from relgen.export import export_run
 
                 export_run(self.cfg, self.run_dir, self.method, step=self.step, final=False)
             if main and tcfg.sample_every and self.step % tcfg.sample_every == 0 and self.step < self.max_steps:
@@ -337,7 +337,6 @@ class _MetricsWriter:
 
     def write(self, step: int, logs: dict[str, float]) -> None:
         """Append the row of ``step``; a failed write leaves the file as it was and is one line."""
-        from relgen.errors import write_error
 
         fields = self.fields
         try:

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from relgen.errors import ConfigError
 from relgen.evaluate.loading import from_pretrained, shared_model, torch_dtype
 from relgen.evaluate.metrics.base import RATE, Metric, register_metric
 from relgen.evaluate.samples import EvalPrompt, ImageScore, Sample
@@ -213,7 +214,6 @@ class VlmRelation(Metric):
 
     def score(self, samples: list[Sample]) -> list[ImageScore]:
         if len(self.cfg.questions) != 5:
-            from relgen.errors import ConfigError
 
             raise ConfigError(f"eval.judge.questions has {len(self.cfg.questions)} templates; the protocol asks 5")
         questions = [questions_for(s.prompt, self.cfg.questions) for s in samples]
