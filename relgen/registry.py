@@ -107,7 +107,7 @@ def register_method_schema(schema: type) -> type:
 
 def _schema_name(schema: Any) -> str:
     name = getattr(schema, "name", None)
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or name == "???":  # "???": omegaconf's MISSING
         raise ConfigError(f"{getattr(schema, '__name__', schema)}: a method's config dataclass needs a 'name' "
                           "default (name: str = \"mymethod\"); it is the method's registry name")
     return name
