@@ -238,13 +238,12 @@ def _load_plugins() -> None:
 def refresh_plugins() -> list[str]:
     """Register the plugins installed since the registry was first used in this process (e.g. a
     package put on ``sys.path`` by a test); returns their entry-point names."""
+    before = list(_state["plugins"] or [])
     _load_plugins()
-    new = []
     for ep_name, origin, plugin in _plugins(strict=True):
         if ep_name != BUILTIN_NAME and ep_name not in _state["plugins"]:
             _register_plugin(ep_name, origin, plugin)
-            new.append(ep_name)
-    return new
+    return [name for name in _state["plugins"] if name not in before]
 
 
 def forget_plugin(ep_name: str) -> None:
