@@ -19,7 +19,7 @@ import torch
 
 from relgen import registry
 from relgen.errors import ConfigError
-from relgen.testing import check_method, compose, run_relgen
+from relgen.testing import check_method, compose
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "relgen_lora_plugin"
 ARGS = ("method=unet_lora", "backbone=tiny_sd15", "dataset=shapes_reversion")
@@ -80,17 +80,17 @@ def test_export_loads_in_stock_diffusers_as_relgen_applies_it(trained):
     assert not (stock == image(0.0)).all()  # the LoRA changes the image
 
 
-def test_import_official_evaluate_and_generate(trained, tmp_path):
+def test_import_official_and_evaluate(trained, tmp_path, capsys):
     from relgen.api import load
     from relgen.evaluate import tiny
     from relgen.evaluate.harness import evaluate
+    from relgen.import_official import main as import_main
 
     straight = load(trained["run"])
     official = tmp_path / "pytorch_lora_weights.safetensors"
     official.write_bytes((straight.export_dir / straight.meta["files"]["lora"]).read_bytes())
-    proc = run_relgen("method=unet_lora", f"file={official}", "backbone=tiny_sd15", f"run_dir={tmp_path / 'imp'}",
-                      "method.trigger=sks", module="relgen.import_official", env=_path_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert import_main(["method=unet_lora", f"file={official}", "backbone=tiny_sd15", f"run_dir={tmp_path / 'imp'}",
+                        "method.trigger=sks"]) == 0
     imported = load(tmp_path / "imp")
     assert imported.meta["files"] == {"lora": "unet_lora-sks-lora.safetensors"}
     assert (imported.export_dir / "unet_lora-sks-lora.safetensors").read_bytes() == official.read_bytes()
@@ -100,10 +100,11 @@ def test_import_official_evaluate_and_generate(trained, tmp_path):
 
     save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 7)},
               str(bad))
-    proc = run_relgen("method=unet_lora", f"file={bad}", "backbone=tiny_sd15", f"run_dir={tmp_path / 'no'}",
-                      module="relgen.import_official", env=_path_env())
-    assert proc.returncode == 2 and proc.stderr.strip().endswith(
-        "does not fit backbone tiny_sd15's UNet; import it with the backbone it was trained on"), proc.stderr
+    capsys.readouterr()
+    assert import_main(["method=unet_lora", f"file={bad}", "backbone=tiny_sd15", f"run_dir={tmp_path / 'no'}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"relgen: error: {bad}: 'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight' does "
+        "not fit backbone tiny_sd15's UNet; import it with the backbone it was trained on")
     assert not (tmp_path / "no").exists()
 
     prompts = tmp_path / "prompts.json"
@@ -116,9 +117,3 @@ def test_import_official_evaluate_and_generate(trained, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert [c["name"] for c in res["conditions"]] == ["scale=0", "scale=1"] and res["baseline"] == "scale=0"
     assert [c["options"] for c in res["conditions"]] == [{"lora_scale": 0.0}, {"lora_scale": 1.0}]
-
-
-def _path_env() -> dict:
-    import os
-
-    return {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
