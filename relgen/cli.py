@@ -119,8 +119,8 @@ def train_main() -> None:
     def _app(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from relgen.rundir import note_created
         from relgen.run import run_training
+        from relgen.rundir import note_created
 
         hc = HydraConfig.get()
         run_dir = hc.runtime.output_dir

@@ -8,7 +8,6 @@ minutes it takes to load SDXL. ``dry_run=true`` stops after those checks.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional

@@ -248,6 +248,7 @@ def check_report_to(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.report_to: {name} is not installed; pip install {name.replace('_', '-')}, "
                               "or drop it from trainer.report_to")
 
+
 def check_method(cfg: DictConfig) -> Optional[list[str]]:
     """The method's own checks (:meth:`relgen.plugin.Method.check_config`), before anything loads."""
     return get_method(cfg.method.name).check_config(cfg)

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 
 from relgen.config import BackboneConfig
-from relgen.errors import ConfigError, RelgenError
+from relgen.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

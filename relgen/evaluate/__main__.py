@@ -26,10 +26,10 @@ def main() -> None:
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import OmegaConf
 
+        from relgen.atomic import write_json
         from relgen.cli import record_job, run_cli
         from relgen.evaluate.config import EvaluateConfig
         from relgen.evaluate.harness import evaluate
-        from relgen.atomic import write_json
 
         hc = HydraConfig.get()
 

@@ -24,7 +24,7 @@ import logging
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from relgen.data.readers import WHOLE_IMAGE, reference_images
 from relgen.data.registry import open_dataset

@@ -27,7 +27,6 @@ from typing import Any, Hashable, Optional, Sequence
 
 import numpy as np
 
-
 #: Bootstrap resamples used unless a caller asks for another number.
 DEFAULT_RESAMPLES = 10_000
 #: Seed of every bootstrap RNG unless a caller gives another.

@@ -16,7 +16,6 @@ reach the method through ``StepContext``), the EMA (``trainer.ema_decay``) and t
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os

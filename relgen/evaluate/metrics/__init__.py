@@ -21,12 +21,13 @@ from typing import Any, Optional
 
 import torch
 
-# the built-in metrics register themselves when imported, so a built-in name is always known
+from relgen.errors import ConfigError
 from relgen.evaluate.config import EvalModelsConfig, as_object
 from relgen.evaluate.loading import resolve_device
-from relgen.evaluate.metrics import clip, detector, dino, fid, relworld, vlm  # noqa: F401
+
+# the built-in metrics register themselves when imported, so a built-in name is always known
+from relgen.evaluate.metrics import clip, detector, dino, fid, relworld, vlm  # noqa: F401, I001
 from relgen.evaluate.metrics.base import _METRICS, RATE, SCORE, Metric, register_metric
-from relgen.errors import ConfigError
 
 
 def list_metrics() -> list[str]:

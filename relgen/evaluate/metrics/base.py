@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 
-from relgen.errors import ConfigError
 from relgen.evaluate.samples import ImageScore, Sample
 
 RATE = "rate"

@@ -36,8 +36,8 @@ import torch
 
 from relgen.errors import DataError, RelgenError
 from relgen.methods.relationbooth.config import RelationBoothConfig
-from relgen.plugin import Artifact
 from relgen.names import export_file_name, exported_file
+from relgen.plugin import Artifact
 
 log = logging.getLogger("relgen")
 
@@ -119,8 +119,12 @@ class RelationBoothArtifact(Artifact):
         from the folder); exports that record none have the old fixed names."""
         from safetensors.torch import load_file
 
-        from relgen.methods.relationbooth.branch import (BranchSpec, branch_from_spec, load_image_encoder,
-                                                         load_local_encoder)
+        from relgen.methods.relationbooth.branch import (
+            BranchSpec,
+            branch_from_spec,
+            load_image_encoder,
+            load_local_encoder,
+        )
 
         export_dir = Path(export_dir)
         spec_path = exported_file(export_dir, meta, SPEC_ROLE, SPEC_FILE)
@@ -174,10 +178,14 @@ class RelationBoothArtifact(Artifact):
             scale: image-attention weight gamma (default: the released 0.6).
             generation: overrides of ``negative_prompt``, ``default_box_y``, ``local_tokens_inference``.
         """
-        from relgen.methods.relationbooth.branch import (BranchSpec, branch_from_spec, load_image_encoder,
-                                                         load_local_encoder)
+        from relgen.methods.relationbooth.branch import (
+            BranchSpec,
+            branch_from_spec,
+            load_image_encoder,
+            load_local_encoder,
+        )
         from relgen.methods.relationbooth.config import RELEASED_IMAGE_ENCODER, RelationBoothConfig
-        from relgen.methods.relationbooth.convert import read_adapter_file, check_adapter_layout
+        from relgen.methods.relationbooth.convert import check_adapter_layout, read_adapter_file
 
         lora, ms_adapter = Path(lora), Path(ms_adapter)
         for path in (lora, ms_adapter):

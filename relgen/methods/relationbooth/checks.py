@@ -78,7 +78,7 @@ def check_method_paths(cfg) -> None:
     encoder = m.get("image_encoder")
     if encoder:
         local = Path(encoder).expanduser()
-        if local.exists() or _looks_like_path(encoder):
+        if local.exists() or looks_like_path(encoder):
             if not (local / "config.json").is_file():
                 raise ConfigError(f"method.image_encoder={encoder}: not a transformers model folder (no config.json); "
                                   "point it at a CLIPVisionModelWithProjection folder or a hub id")

@@ -16,10 +16,22 @@ from safetensors.torch import load_file, save_file
 from relgen.atomic import write_json, write_with
 from relgen.backbones.configs import unet_cross_attention_dim, unet_skeleton
 from relgen.errors import ConfigError, RelgenError
-from relgen.methods.relationbooth.artifact import (BRANCH_ROLE, DEFAULT_RELATION_NAME, LORA_ROLE, SPEC_FILE,
-                                                   SPEC_ROLE, RelationBoothArtifact, export_names)
-from relgen.methods.relationbooth.convert import (check_adapter_fits_unet, check_adapter_layout, check_lora_fits_unet,
-                                                  load_ms_adapter, read_adapter_file)
+from relgen.methods.relationbooth.artifact import (
+    BRANCH_ROLE,
+    DEFAULT_RELATION_NAME,
+    LORA_ROLE,
+    SPEC_FILE,
+    SPEC_ROLE,
+    RelationBoothArtifact,
+    export_names,
+)
+from relgen.methods.relationbooth.convert import (
+    check_adapter_fits_unet,
+    check_adapter_layout,
+    check_lora_fits_unet,
+    load_ms_adapter,
+    read_adapter_file,
+)
 from relgen.plugin import Exporter
 
 

@@ -37,7 +37,6 @@ import torch
 
 from relgen.backbones.base import TextCond
 from relgen.errors import ConfigError, DataError
-from relgen.plugin import Method, StepContext, StepOutput
 from relgen.methods.relationbooth.artifact import (
     BRANCH_ROLE,
     DEFAULT_RELATION_NAME,
@@ -60,6 +59,7 @@ from relgen.methods.relationbooth.config import RelationBoothConfig
 from relgen.methods.relationbooth.importer import official_exporter
 from relgen.methods.relationbooth.losses import keypoint_matching_loss, predicate_calibration_loss
 from relgen.names import recorded_name
+from relgen.plugin import Method, StepContext, StepOutput
 
 log = logging.getLogger("relgen")
 

@@ -10,7 +10,6 @@ shared ``relation_focal`` sampler of the training loop).
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -18,15 +17,14 @@ from typing import Any, Optional
 import torch
 
 from relgen.errors import ConfigError, RelgenError
-from relgen.plugin import StepContext, StepOutput
+from relgen.methods.reversion.artifact import ReVersionArtifact, normalize_prompt  # noqa: F401 (re-exported)
 from relgen.methods.reversion.config import ReVersionConfig
+from relgen.methods.reversion.importer import OFFICIAL_EMBEDS_FILE, import_official_embeds, official_exporter
 from relgen.methods.reversion.losses import gather_steering_rows, steering_loss
 from relgen.methods.reversion.words import excluded_token_ids, sample_positive_words, special_token_ids
-from relgen.methods.reversion.artifact import ReVersionArtifact, normalize_prompt  # noqa: F401 (re-exported)
-from relgen.methods.reversion.importer import OFFICIAL_EMBEDS_FILE, import_official_embeds, official_exporter
-from relgen.methods.textual_inversion.method import (EMBEDS_ROLE, LEGACY_EMBEDS_FILE, TextualInversion,
-                                                     TokenArtifact)
+from relgen.methods.textual_inversion.method import EMBEDS_ROLE, LEGACY_EMBEDS_FILE, TextualInversion, TokenArtifact
 from relgen.names import exported_file
+from relgen.plugin import StepContext, StepOutput
 
 NO_NEGATIVES_WARNING = (
     "reversion: the batch's captions contain no content words (every token is a stop word, a "

@@ -27,8 +27,8 @@ from torch import Tensor
 from relgen.backbones.base import first_eos
 from relgen.errors import ConfigError, RelgenError
 from relgen.methods.rrnet.config import RRNetConfig
-from relgen.plugin import Artifact, EvalCondition, GridColumns
 from relgen.names import export_file_name, exported_file
+from relgen.plugin import Artifact, EvalCondition, GridColumns
 from relgen.text import word_index
 
 NETWORK_ROLE, RELATION_ROLE = "network", "relation"  # the files' roles in relgen.json's "files"

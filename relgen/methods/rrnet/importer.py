@@ -15,8 +15,15 @@ from safetensors.torch import save_file
 from relgen.atomic import write_json
 from relgen.backbones.configs import text_encoder_widths
 from relgen.errors import RelgenError
-from relgen.methods.rrnet.artifact import (FORMAT, FORMAT_VERSION, NETWORK_ROLE, RELATION_FILE, RELATION_ROLE,
-                                           RRNetArtifact, gat_file_name)
+from relgen.methods.rrnet.artifact import (
+    FORMAT,
+    FORMAT_VERSION,
+    NETWORK_ROLE,
+    RELATION_FILE,
+    RELATION_ROLE,
+    RRNetArtifact,
+    gat_file_name,
+)
 from relgen.plugin import Exporter
 
 #: ``relgen.import_official``'s extra options for RRNet: the relation's words and its two prompts.

@@ -30,13 +30,24 @@ from torch import Tensor
 
 from relgen.backbones.base import TextCond
 from relgen.errors import ConfigError
-from relgen.plugin import Method, StepContext, StepOutput
-from relgen.methods.rrnet.artifact import (FORMAT, FORMAT_VERSION, LEGACY_GAT_FILE, NETWORK_ROLE, RELATION_FILE,
-                                           RELATION_ROLE, RRNetArtifact, dgl_device, first_token_rows,
-                                           gat_file_name, object_sentence, rectify)
+from relgen.methods.rrnet.artifact import (
+    FORMAT,
+    FORMAT_VERSION,
+    LEGACY_GAT_FILE,
+    NETWORK_ROLE,
+    RELATION_FILE,
+    RELATION_ROLE,
+    RRNetArtifact,
+    dgl_device,
+    first_token_rows,
+    gat_file_name,
+    object_sentence,
+    rectify,
+)
 from relgen.methods.rrnet.config import RRNetConfig
 from relgen.methods.rrnet.importer import OFFICIAL_WORDS, official_exporter
 from relgen.names import recorded_name
+from relgen.plugin import Method, StepContext, StepOutput
 
 log = logging.getLogger("relgen")
 

@@ -13,11 +13,11 @@ from typing import Any, Optional
 import torch
 
 from relgen.errors import RelgenError
-from relgen.plugin import Artifact, Method, StepContext, StepOutput
+from relgen.methods.reversion.words import load_benchmark_scenarios
 from relgen.methods.textual_inversion.config import TextualInversionConfig
 from relgen.methods.textual_inversion.embeddings import PlaceholderEmbeddings
-from relgen.methods.reversion.words import load_benchmark_scenarios
 from relgen.names import export_file_name, exported_file, recorded_name
+from relgen.plugin import Artifact, Method, StepContext, StepOutput
 
 EMBEDS_ROLE = "embeddings"  # the file's role in relgen.json's "files"
 # The fixed name of exports written before the file names carried the token (read, never written).
