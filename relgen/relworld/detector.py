@@ -38,6 +38,7 @@ from relgen.evaluate.stats import wilson_interval  # noqa: F401 (re-exported)
 from relgen.relworld.world import WorldSpec, texture_colour
 from relgen.data.shapes import COLOURS, SceneObject, shape_mask
 
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Tolerances of the detector.
