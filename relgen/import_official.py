@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -53,8 +54,9 @@ def importable_methods() -> dict[str, type]:
 def usage() -> str:
     lines = []
     for name, cls in importable_methods().items():
-        words = f" [{'= '.join(cls.official_words)}=]" if cls.official_words else ""
-        lines.append(f"  method={name:14s}{words} file= {cls.official_format}")
+        words = f"; its own options: {'= '.join(cls.official_words)}=" if cls.official_words else ""
+        lines.append(textwrap.fill(f"file= {cls.official_format}{words}", width=100, initial_indent=f"  method={name:14s}",
+                                   subsequent_indent=" " * 23))
     return USAGE_HEAD + "\n".join(lines) + "\n"
 
 
