@@ -199,8 +199,8 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
         own = loaded.artifact.evaluation_conditions(cfg)  # e.g. RRNet: one condition per λ
         for c in own:
             conditions.append(Condition(c.name, str(loaded.run_dir), "run", dict(c.options), ident, loaded))
-        lambda0 = next((c.name for c in own if c.baseline), None)  # the run's own baseline condition
-        if (cfg.include_base and lambda0 is None) or cfg.baseline == "base":
+        own_baseline = next((c.name for c in own if c.baseline), None)  # the run's own baseline condition
+        if (cfg.include_base and own_baseline is None) or cfg.baseline == "base":
             conditions.insert(0, Condition("base", "base", "base", {}, f"base-{_digest(loaded.meta.get('backbone'))}",
                                            loaded))
         if cfg.baseline and cfg.baseline != "base":
@@ -209,7 +209,7 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
             conditions.append(Condition(name, str(other.run_dir), "run", {}, run_identity(other), other))
             baseline = name
         else:
-            baseline = lambda0 or ("base" if any(c.name == "base" for c in conditions) else None)
+            baseline = own_baseline or ("base" if any(c.name == "base" for c in conditions) else None)
     sampler = {"steps": cfg.steps, "guidance": cfg.guidance, "scheduler": cfg.scheduler}
     if loaded is not None:
         mcfg = loaded.meta.get("method_config") or {}
