@@ -1,7 +1,16 @@
 """Command-line entry points: ``python -m relgen`` (train), ``relgen.generate``, ``relgen.list``.
 
-Errors caused by the user's input are printed as one line (``relgen: error: ...``) and exit
-with status 2; nothing half-written is left behind.
+Exit status, the same for every entry point (``relgen``, ``relgen.generate``, ``relgen.list``,
+``relgen.evaluate``, ``relgen.import_official``):
+
+- 0: done.
+- 2: the input is at fault: the command line (a bad override, an unknown key or config option,
+  a ``--flag`` relgen does not take: Hydra's or argparse's report, then a ``relgen: hint:``
+  line where one applies), the config, the data, the weights or a file (one
+  ``relgen: error: ...`` line); a sweep in which a job failed. Nothing half-written is left
+  behind.
+- 1: an unexpected failure inside relgen (a traceback; please report it).
+- 130: interrupted (Ctrl-C); the last checkpoint is intact.
 """
 
 from __future__ import annotations
@@ -9,9 +18,42 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
-from relgen.console import run_cli  # noqa: F401 (sets the library defaults; re-exported)
+# sets the quiet, offline-friendly library defaults; run_cli and the exit statuses are re-exported
+from relgen.console import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, run_cli  # noqa: F401
+from relgen.hints import FLAG_KEYS, command_line_hints
+
+_task_started = False  # a Hydra app's task function began: an exit 1 after this is a failure, not usage
+
+
+def task_started() -> None:
+    """Called first thing in a Hydra app's task function (see :func:`run_hydra_app`)."""
+    global _task_started
+    _task_started = True
+
+
+def run_hydra_app(app: Callable[[], None], argv: Optional[list[str]] = None,
+                  flag_keys: Optional[dict[str, str]] = None) -> None:
+    """Run a ``@hydra.main`` app under relgen's exit-status rule.
+
+    Hydra reports a refused command line or config (an override its grammar cannot read, an
+    unknown key, a missing config option) and exits 1; that is the user's input, so relgen exits
+    2, as for its own errors, after the hints of :func:`relgen.hints.command_line_hints`
+    (argparse's "unrecognized arguments" exits 2 already and gets the hints too). An exit after
+    the task function began keeps its status. ``flag_keys``: the peers' flags this command maps to
+    its keys (default: the training flags of :data:`relgen.hints.FLAG_KEYS`).
+    """
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code not in (0, None) and not _task_started:
+            args = list(sys.argv[1:] if argv is None else argv)
+            for hint in command_line_hints(args, FLAG_KEYS if flag_keys is None else flag_keys):
+                print(f"relgen: hint: {hint}", file=sys.stderr)
+            if exc.code == EXIT_FAILURE:
+                sys.exit(EXIT_USAGE)
+        raise
 
 
 #: In a sweep folder: one line per finished job (number, exit status, overrides), appended by
@@ -76,7 +118,7 @@ class RunFolderCallback(_HydraCallback):
             pass
         if failed:
             print(f"relgen: sweep: {len(failed)} of {total} jobs failed: {'; '.join(failed)}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
         print(f"relgen: sweep: all {total} jobs finished in {sweep_dir}")
 
 
@@ -117,10 +159,11 @@ def train_main() -> None:
 
     @hydra.main(config_path="pkg://relgen.conf", config_name="config", version_base="1.3")
     def _app(cfg) -> None:
+        task_started()
         from hydra.core.hydra_config import HydraConfig
 
-        from relgen.run import run_training
         from relgen.rundir import note_created
+        from relgen.run import run_training
 
         hc = HydraConfig.get()
         run_dir = hc.runtime.output_dir
@@ -137,4 +180,4 @@ def train_main() -> None:
             sys.exit(code)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _app()
+    run_hydra_app(_app)

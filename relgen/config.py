@@ -109,6 +109,9 @@ class TrainerConfig:
 
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (trainable parameters stay fp32)
     cpu: bool = False  # force the CPU even when an accelerator is present
+    # CPU threads torch uses (torch.set_num_threads); None (null): torch's choice, every core. On a
+    # machine shared with other jobs, a share of the cores avoids oversubscription.
+    num_threads: Optional[int] = None
     max_steps: Optional[int] = None  # overrides method.max_steps (e.g. trainer=debug)
     checkpoint_every: Optional[int] = None  # overrides method.checkpoint_every
     keep_checkpoints: int = 2
@@ -118,6 +121,9 @@ class TrainerConfig:
     sample_at_end: bool = True
     num_samples: int = 2  # images per sample prompt in the grid
     log_every: int = 1
+    # a "step N/M · loss · lr · s/step · time left" line in the log (and train.log) every N steps;
+    # None (null): about 20 lines per run
+    status_every: Optional[int] = None
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers; [] for none
     tensorboard: Optional[bool] = None  # replaced by report_to; set only to get the migration message
     progress: bool = True

@@ -1,4 +1,5 @@
-"""What every ``python -m relgen.*`` command shares: quiet library defaults and one-line errors.
+"""What every ``python -m relgen.*`` command shares: quiet library defaults, one-line errors and
+the exit statuses (:mod:`relgen.cli` describes them).
 
 Errors caused by the user's input are printed as one line (``relgen: error: ...``) and exit
 with status 2; nothing half-written is left behind.
@@ -19,13 +20,17 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: Exit statuses (see :mod:`relgen.cli`).
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+
 def run_cli(body: Callable[[], int]) -> int:
     """Run a command's ``body``: a :class:`relgen.errors.RelgenError` becomes one line and exit 2."""
     try:
         return body()
     except RelgenError as exc:
         print(f"relgen: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("relgen: interrupted; the last checkpoint is intact (resume=latest)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

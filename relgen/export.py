@@ -25,6 +25,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 import relgen
+from relgen.card import BASE_MODEL_KEY, EXPORT_PATH_KEY, FOLDER_KEY, base_model
 from relgen.errors import write_error
 from relgen.names import META_FILE
 from relgen.registry import get_method
@@ -86,7 +87,8 @@ def _export_into(cfg: DictConfig, run_dir: Path, method, tmp: Path, root: Path, 
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    (tmp / CARD_FILE).write_text(model_card(meta), encoding="utf-8")
+    export_path = "export" if final else f"export/{target.name}"
+    (tmp / CARD_FILE).write_text(model_card(meta, export_path, tmp), encoding="utf-8")
     if final and root.is_dir():  # keep the intermediate exports inside the new export/
         for sub in root.glob(f"{STEP_PREFIX}*"):
             if sub.is_dir():
@@ -113,10 +115,17 @@ def _command_line() -> str:
     return " ".join(["python -m " + module if module == "relgen" else module, *argv]).strip()
 
 
-def model_card(meta: dict) -> str:
-    """The export's ``README.md`` (hub-style front matter, then the sections a user looks for)."""
+def model_card(meta: dict, export_path: str = "export", folder: Optional[Path] = None) -> str:
+    """The export's ``README.md`` (hub-style front matter, then the sections a user looks for).
+
+    ``export_path``: the export folder as seen from the run folder (``export`` or
+    ``export/step-NNNNNN``), which the card's code blocks are run from; ``folder``: where the
+    export's files are being written (methods read their own files there for the examples).
+    """
 
     backbone = meta["backbone"]
+    base = base_model(backbone, meta.get("cache_dir"))
+    meta = {**meta, EXPORT_PATH_KEY: export_path, BASE_MODEL_KEY: base, FOLDER_KEY: str(folder) if folder else None}
     source = backbone.get("pretrained") or f"tiny random weights ({backbone.get('tiny')}, seed {backbone.get('tiny_seed')})"
     revision = backbone.get("revision") or ("main" if backbone.get("pretrained") else "—")
     method_cls = get_method(meta["method"])
@@ -125,7 +134,7 @@ def model_card(meta: dict) -> str:
     lines = [
         "---",
         "library_name: diffusers",
-        f"base_model: {backbone.get('pretrained') or backbone.get('name')}",
+        f"base_model: {base}",
         "tags: [relgen, text-to-image, " + meta["method"] + "]",
         "---",
         "",
@@ -142,6 +151,8 @@ def model_card(meta: dict) -> str:
         f"| relgen | {meta.get('relgen_version')} |",
         "",
         "## Loading it in diffusers",
+        "",
+        "Each block below is a whole program: run it from the run folder (the one holding `export/`).",
         "",
         usage_text.strip(),
         "",

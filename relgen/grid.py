@@ -178,9 +178,51 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Optional[Se
     return grid
 
 
+#: Verdict bar colours: right, right with a caveat (e.g. a shape misread), wrong.
+VERDICT_COLOURS = {"right": (40, 170, 60), "partly": (230, 150, 20), "wrong": (210, 40, 40)}
+
+
+def verdict_tile(image: Image.Image, verdict: str, text: str = "", min_cell: int = 96, lines: int = 2) -> Image.Image:
+    """``image`` enlarged (nearest neighbour) to at least ``min_cell`` pixels, with a bar under it
+    in the colour of ``verdict`` (a key of :data:`VERDICT_COLOURS`) carrying ``text``, wrapped to
+    at most ``lines`` lines: why the verdict is what it is ("square on top", "circle not found")."""
+    img = image.convert("RGB")
+    scale = cell_scale(*img.size, min_cell)
+    img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.Resampling.NEAREST)
+    font = default_font()
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (FONT_SIZE, 2)
+    line_h = ascent + descent + 1
+    bar_h = lines * line_h + 2 * _PAD
+    out = Image.new("RGB", (img.size[0], img.size[1] + bar_h), VERDICT_COLOURS[verdict])
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(wrap_text(text, font, img.size[0] - 2 * _PAD, lines)):
+        w = draw.textlength(line, font=font)
+        draw.text(((img.size[0] - w) / 2, img.size[1] + _PAD + i * line_h), line, fill="white", font=font)
+    return out
+
+
+def strip(images: Sequence[Image.Image], caption: str = "", gap: int = 2) -> Image.Image:
+    """Images side by side (``gap`` pixels apart) under an optional one-line ``caption``: one grid
+    cell holding several seeds."""
+    font = default_font()
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (FONT_SIZE, 2)
+    top = ascent + descent + 2 * _PAD if caption else 0
+    width = sum(im.size[0] for im in images) + gap * (len(images) - 1)
+    out = Image.new("RGB", (width, top + max(im.size[1] for im in images)), _BACKGROUND)
+    if caption:
+        ImageDraw.Draw(out).text((_PAD, _PAD), drawable(caption), fill=_INK, font=font)
+    x = 0
+    for im in images:
+        out.paste(im.convert("RGB"), (x, top))
+        x += im.size[0] + gap
+    return out
+
+
 def seed_labels(seed: int, count: int) -> list[str]:
     """Column headers ``"seed s"`` for ``count`` images drawn with seeds ``seed, seed + 1, ...``."""
     return [f"seed {seed + i}" for i in range(count)]
 
 
-__all__ = ["MIN_CELL", "cell_scale", "default_font", "labelled_grid", "seed_labels", "wrap_text"]
+__all__ = ["MIN_CELL", "VERDICT_COLOURS", "cell_scale", "default_font", "labelled_grid", "seed_labels", "strip",
+           "verdict_tile", "wrap_text"]

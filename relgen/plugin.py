@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
+from relgen.card import generation_kwargs, load_run_line, program
 from relgen.config import MethodConfig
 from relgen.errors import ConfigError
 from relgen.train.losses import denoising_loss
@@ -79,8 +80,9 @@ class GridColumns:
 
     Attributes:
         kind: What the columns vary, used in the grid's file name (``"lambda"``).
-        columns: One header per column (``"λ = 0.6"``).
-        folders: One folder name per column for the single images (``"w=0.6"``).
+        columns: One header per column (``"lambda = 0.6"``).
+        folders: One folder name per column for the single images (``"lambda=0.6"``): the
+            same name as the header.
         cells: ``cells[p][c]``: the images of prompt ``p`` under column ``c`` (image ``i``
             drawn with seed ``opts.seed + i``).
     """
@@ -284,11 +286,14 @@ class Method:
     def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
         """For the export's model card: how to load it in diffusers (markdown) and what it lacks.
 
-        ``meta`` is the export's ``relgen.json``. The default shows ``relgen.load``.
+        ``meta`` is the export's ``relgen.json`` plus what :mod:`relgen.card` reads (the base
+        model, where the export is); write each way of loading it as one whole program with
+        :func:`relgen.card.program`. The default shows ``relgen.load``.
         """
-        return ("```python\nimport relgen\nrun = relgen.load(\"<run_dir>\")\nrun.apply(pipe)  # a diffusers pipeline "
-                "of the backbone\nimages = pipe(**run.pipeline_inputs(pipe, [\"a prompt\"])).images\n```",
-                ["The backbone's own weights."])
+        prompt = (meta.get("method_config") or {}).get("sample_prompts") or ["a prompt"]
+        body = [load_run_line(meta), "run.apply(pipe)",
+                f"image = pipe(**run.pipeline_inputs(pipe, [{prompt[0]!r}]), {generation_kwargs(meta)}).images[0]"]
+        return program(meta, body, imports=["import relgen"]), ["The backbone's own weights."]
 
     def live_artifact(self) -> Artifact:
         """An artifact bound to the in-training state, for sample grids during training."""

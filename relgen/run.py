@@ -8,16 +8,18 @@ minutes it takes to load SDXL. ``dry_run=true`` stops after those checks.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from relgen import rundir
 from relgen.atomic import write_text
 from relgen.data.registry import open_dataset
-from relgen.errors import ConfigError
+from relgen.errors import ConfigError, RelgenError
 from relgen.export import exchange_paths, export_run  # noqa: F401  (also imported from here)
 from relgen.registry import get_backbone, get_method
 from relgen.train.drift import compare
@@ -42,14 +44,28 @@ def run_training(cfg: DictConfig, run_dir: str | Path, *, default_run_dir: bool 
             command line writes Hydra's ``.hydra/`` record there).
     """
 
-    state = _RunState(Path(run_dir))
+    state = _RunState(Path(run_dir), early_log=_hold_early_lines())
     given = state.run_dir
     if not given.exists():
         rundir.note_created(given)
+    level = log.level
+    if log.getEffectiveLevel() > logging.INFO:  # called from Python without logging set up: train.log still tells all
+        log.setLevel(logging.INFO)
     try:
         _run(cfg, state, default_run_dir, write_extra)
         return 0
+    except (Exception, KeyboardInterrupt) as exc:  # the end of the story goes to train.log too; the caller reports it
+        state.file_only(_how_it_ended(exc, time.time() - state.started_at),
+                        exc_info=None if isinstance(exc, (RelgenError, KeyboardInterrupt)) else exc)
+        raise
     finally:
+        log.setLevel(level)
+        if state.threads_before is not None:  # a caller in this process gets its thread count back
+            import torch
+
+            torch.set_num_threads(state.threads_before)
+        logging.getLogger().removeHandler(state.early_log)
+        state.early_log.close()
         if state.log_handler is not None:
             logging.getLogger().removeHandler(state.log_handler)
             state.log_handler.close()
@@ -69,6 +85,20 @@ class _RunState:
     started: bool = False  # the first training step began: from then on the folder stays
     lock: Optional[Any] = None
     log_handler: Optional[logging.Handler] = None
+    early_log: Optional[logging.Handler] = None  # lines logged before train.log exists, written into it
+    started_at: float = field(default_factory=time.time)
+    threads_before: Optional[int] = None  # torch's thread count before trainer.num_threads
+
+    def say(self, text: str) -> None:
+        """Print ``text`` and write it to train.log (the run's story, for reading it afterwards)."""
+        print(text)
+        self.file_only(text)
+
+    def file_only(self, text: str, level: int = logging.INFO, exc_info: Optional[BaseException] = None) -> None:
+        """Write ``text`` to train.log only (once it exists)."""
+        if self.log_handler is not None:
+            info = (type(exc_info), exc_info, exc_info.__traceback__) if exc_info is not None else None
+            self.log_handler.handle(logging.LogRecord("relgen", level, __file__, 0, text, None, info))
 
 
 def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra) -> None:
@@ -95,10 +125,18 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
 
     import torch
     from accelerate import Accelerator
+
+    from relgen.train.threads import busy_machine_warning, set_num_threads
+
+    busy = busy_machine_warning(cfg.trainer.num_threads)
+    if busy:
+        log.warning("relgen: warning: %s", busy)
+    state.threads_before = set_num_threads(cfg.trainer.num_threads)
+
     from accelerate.utils import ProjectConfiguration
 
     from relgen.generate import sample_grid
-    from relgen.train.loop import Trainer, write_json
+    from relgen.train.loop import Trainer, resolved_max_steps, write_json
 
     # trackers of trainer.report_to; TensorBoard writes under <run>/tensorboard
     acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu,
@@ -114,13 +152,18 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
         _write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if write_extra is not None:
             write_extra(run_dir)
-        state.log_handler = _log_to_file(run_dir / "train.log")
+        state.log_handler = _log_to_file(run_dir / "train.log", state.early_log)
+        log.info("relgen: run %s: method=%s backbone=%s dataset=%s, %s steps, seed %d, %d process(es) on %s, "
+                 "%d CPU threads", run_dir, cfg.method.name, cfg.backbone.name, cfg.dataset.name,
+                 resolved_max_steps(cfg), cfg.seed, acc.num_processes, acc.device, torch.get_num_threads())
     torch.manual_seed(cfg.seed)
     what = f"tiny random weights ({cfg.backbone.tiny})" if cfg.backbone.tiny else cfg.backbone.pretrained
     log.info("relgen: loading backbone %s from %s (%s)", cfg.backbone.name, what, cfg.backbone.dtype)
     backbone = get_backbone(cfg.backbone.name)(cfg.backbone, cfg.cache_dir, acc.device)
     if cfg.trainer.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
+    log.info("relgen: setting up %s (its trained modules; text features and image latents are computed or "
+             "read from the cache once)", cfg.method.name)
     method = method_cls(cfg.method, backbone, data)
     trainer = Trainer(cfg, run_dir, acc, backbone, method, render_samples=sample_grid)
     if resume is not None:
@@ -132,6 +175,7 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
 
     with trainer.averaged_weights():  # the EMA of the trained tensors when trainer.ema_decay is on
         export_dir = export_run(cfg, run_dir, method, step=trainer.step)
+    log.info("relgen: step %d: export %s", trainer.step, export_dir)
     samples = None
     if cfg.trainer.sample_at_end:
         samples = trainer.sample_grid("final")
@@ -151,10 +195,12 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     write_json(run_dir / "summary.json", summary)
     what = (f"trained {cfg.method.name} on {cfg.backbone.name} for {trainer.step} steps" if resume is None else
             f"trained {cfg.method.name} on {cfg.backbone.name} from step {resume.step} to {trainer.step}")
-    print(f"relgen: {what}")
-    for key in ("run_dir", "export", "samples", "checkpoints", "metrics"):
-        if summary[key]:
-            print(f"  {key:12s} {summary[key]}")
+    wall = time.time() - state.started_at
+    summary_lines = [f"relgen: {what} in {_duration(wall)} (wall time; training {_duration(result['seconds'])})"]
+    summary_lines += [f"  {key:12s} {summary[key]}" for key in ("run_dir", "export", "samples", "checkpoints",
+                                                                  "metrics") if summary[key]]
+    for line in summary_lines:
+        state.say(line)
 
 
 def apply_dataset_resolution(cfg: DictConfig) -> None:
@@ -259,9 +305,41 @@ def _write_atomic(path: Path, text: str) -> None:
     write_text(path, text, "run config")
 
 
-def _log_to_file(path: Path) -> logging.Handler:
-    """Also write the run's log lines to ``path`` (appending, so a resume continues the file)."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+def _how_it_ended(exc: BaseException, seconds: float) -> str:
+    """train.log's last line for a run that did not finish (the console gets the caller's report)."""
+    after = f"after {_duration(seconds)} (wall time)"
+    if isinstance(exc, RelgenError):
+        return f"relgen: stopped {after}: error: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"relgen: interrupted {after}; the last checkpoint is intact (resume=latest)"
+    return f"relgen: failed {after}: {type(exc).__name__}: {exc}"
+
+
+def _hold_early_lines() -> logging.Handler:
+    """Keep the lines logged before the run folder's train.log exists (the checks' warnings and
+    notes), so :func:`_log_to_file` writes them first."""
+    from logging.handlers import MemoryHandler
+
+    handler = MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1, flushOnClose=False)
+    handler.setLevel(logging.INFO)
     logging.getLogger().addHandler(handler)
     return handler
+
+
+def _log_to_file(path: Path, early: Optional[logging.Handler] = None) -> logging.Handler:
+    """Also write the run's log lines to ``path`` (appending, so a resume continues the file),
+    starting with those ``early`` held."""
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    if early is not None:
+        logging.getLogger().removeHandler(early)
+        early.setTarget(handler)
+        early.flush()
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _duration(seconds: float) -> str:
+    """``12:03`` / ``1:02:03`` (tqdm's format), ``4.2 s`` under a minute."""
+    return f"{seconds:.1f} s" if seconds < 60 else tqdm.format_interval(seconds)

@@ -114,6 +114,8 @@ def check_steps(cfg: DictConfig) -> None:
     _at_least("trainer.checkpoint_every", t.checkpoint_every, 1, optional=True)
     _at_least("trainer.sample_every", t.sample_every, 0, optional=True)  # 0 or null: no grids during training
     _at_least("trainer.log_every", t.log_every, 1)
+    _at_least("trainer.status_every", t.status_every, 1, optional=True)
+    _at_least("trainer.num_threads", t.num_threads, 1, optional=True)
     _at_least("trainer.keep_checkpoints", t.keep_checkpoints, 0)
     _at_least("trainer.num_samples", t.num_samples, 1)
     _at_least("method.sample_steps", m.sample_steps, 1, optional=True)

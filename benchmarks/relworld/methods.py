@@ -50,9 +50,22 @@ QUICK = dict(prompts=4, samples=4, steps=15, inversion_steps=60, rrnet_steps=50,
 
 REGRESSION_FILE = HERE / "regression.json"
 
-#: Metric labels of the report, in column order (strict first, colour second).
-METRICS = {"inversion": ("relation", "object"), "rectification": ("direction", "unseen_relation", "object"),
-           "customisation": ("identity", "relation", "object")}
+#: Columns of each task's table: (metric, reading), the papers' readings side by side: relation
+#: and direction with objects found by colour, object accuracy by colour and shape, and both.
+METRICS = {
+    "inversion": (("relation", "colour"), ("object", "strict"), ("relation", "both")),
+    "rectification": (("direction", "colour"), ("unseen_relation", "colour"), ("object", "strict"),
+                      ("direction", "both")),
+    "rectification_generalisation": (("direction", "colour"), ("unseen_relation", "colour"), ("object", "strict"),
+                                     ("direction", "both")),
+    "customisation": (("identity", "strict"), ("relation", "colour"), ("object", "strict"), ("relation", "both")),
+}
+
+#: How the report names each (metric, reading) column.
+COLUMN = {("relation", "colour"): "relation acc.", ("object", "strict"): "object acc. (colour + shape)",
+          ("relation", "both"): "both", ("direction", "colour"): "direction acc.",
+          ("unseen_relation", "colour"): "unseen direction, relation acc.", ("direction", "both"): "direction, both",
+          ("identity", "strict"): "identity kept"}
 
 
 def _settings_dict(s: Settings) -> dict:
@@ -70,7 +83,7 @@ def task_grid(task: TaskResult, s: Settings):
         for j in range(min(s.grid_seeds, s.samples)):
             cells = []
             for c in task.conditions:
-                ok = task.readings[c.name]["strict"][0][i][j].relation_ok
+                ok = bench.image_flags(task, c.name, "both")[0][i][j][0]
                 cells.append(bench.mark_verdict(task.images[c.name][0][i][j], ok))
             rows.append(cells)
             labels.append(f"{task.prompts[i].text}\nseed {s.seed + j}")
@@ -90,8 +103,8 @@ def write_report(out: Path, tasks: dict[str, TaskResult], s: Settings, wall_s: f
              f"by colour and shape; *colour*: by colour alone (secondary). Wall time {wall_s / 60:.1f} min.", ""]
     claims = bench.claims(tasks, s)
     comparisons = bench.claims(tasks, s, COMPARISONS)
-    lines += ["## Claims (strict reading)", "", "| claim | metric | method | baseline | effect [95 % CI] | p (paired) "
-              "| effect per training seed |", "|---|---|---|---|---|---|---|"]
+    lines += ["## Claims", "", "| claim | metric | method | baseline | effect [95 % CI] | p (paired) "
+              "| effect per training seed or network |", "|---|---|---|---|---|---|---|"]
     for name, c in {**claims, **comparisons}.items():
         per = ", ".join(f"{100 * e:+.1f}" for e in c["effects_per_train_seed"])
         lines.append(f"| {name}{'' if name in claims else ' (secondary)'} | {c['metric']} | {100 * c['method']:.1f} "
@@ -101,20 +114,20 @@ def write_report(out: Path, tasks: dict[str, TaskResult], s: Settings, wall_s: f
     lines.append("")
     results_tasks = {}
     for name, task in tasks.items():
-        metrics = METRICS[name]
+        columns = METRICS[name]
         lines += [f"## {name}", ""]
-        header = " | ".join(f"{m.replace('_', ' ')}" for m in metrics)
-        colour = " | ".join(f"{m.replace('_', ' ')} (colour)" for m in metrics if m != "identity")
-        lines += [f"| condition | {header} | {colour} |", "|---|" + "---|" * (2 * len(metrics) - ("identity" in metrics))]
+        lines += ["| condition | " + " | ".join(COLUMN[c] for c in columns) + " |", "|---|" + "---|" * len(columns)]
         table = {}
         for cond in task.conditions:
-            est = {m: bench.estimate(task, cond.name, m) for m in metrics}
-            est_c = {m: bench.estimate(task, cond.name, m, "colour") for m in metrics if m != "identity"}
-            table[cond.name] = {"strict": est, "colour": est_c,
-                                "per_train_seed": {m: bench.per_train_seed(task, cond.name, m) for m in metrics}}
+            est = {f"{m}/{r}": bench.estimate(task, cond.name, m, r) for m, r in columns}
+            table[cond.name] = {"estimates": est,
+                                "per_unit": {f"{m}/{r}": bench.per_train_seed(task, cond.name, m, r) for m, r in columns}}
             cells = [f"{100 * e.value:.1f} [{100 * e.low:.1f}, {100 * e.high:.1f}]" for e in est.values()]
-            cells_c = [f"{100 * e.value:.1f} [{100 * e.low:.1f}, {100 * e.high:.1f}]" for e in est_c.values()]
-            lines.append(f"| {cond.name} | " + " | ".join(cells + cells_c) + " |")
+            lines.append(f"| {cond.name} | " + " | ".join(cells) + " |")
+        if task.units:
+            lines += ["", "Per network (" + ", ".join(COLUMN[c] for c in columns[:1]) + " by condition): " + "; ".join(
+                f"{label}: " + ", ".join(f"{100 * bench.per_train_seed(task, c.name, *columns[0])[k]:.0f}"
+                                         for c in task.conditions) for k, (label, _) in enumerate(task.units)) + "."]
         if task.train_seconds:
             lines += ["", "Training time per run: " + "; ".join(f"{k} {', '.join(f'{v:.0f}' for v in vs)} s"
                                                                for k, vs in task.train_seconds.items()) + "."]
@@ -225,7 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="diffusers folder or pkg:// URI (default: the shipped model)")
     p.add_argument("--tasks", default=",".join(bench.TASKS))
     for name in ("seed", "prompts", "samples", "steps", "batch_size", "exemplars", "inversion_steps", "rrnet_steps",
-                 "rrnet_images", "grid_prompts", "grid_seeds", "identity_items", "identity_steps", "identity_images"):
+                 "rrnet_images", "osp_samples", "generalisation_pairs", "grid_prompts", "grid_seeds", "identity_items", "identity_steps", "identity_images"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--rrnet-rows", default=d.rrnet_rows, help="RRNet's method.edit_rows")

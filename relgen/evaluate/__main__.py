@@ -23,6 +23,7 @@ def main() -> None:
 
     @hydra.main(config_path="pkg://relgen.conf", config_name="evaluate", version_base="1.3")
     def _app(cfg) -> None:
+        relgen.cli.task_started()
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import OmegaConf
 
@@ -51,7 +52,7 @@ def main() -> None:
             sys.exit(code)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _app()
+    relgen.cli.run_hydra_app(_app, flag_keys={})  # relgen's exit statuses (relgen.cli); no training flags here
 
 
 if __name__ == "__main__":

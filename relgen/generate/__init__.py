@@ -27,7 +27,7 @@ from relgen.backbones.base import warn_if_truncated
 from relgen.errors import ConfigError
 from relgen.grid import labelled_grid, seed_labels
 from relgen.names import slug
-from relgen.plugin import GridColumns  # noqa: F401 (re-exported: what Artifact.grid_columns returns)
+from relgen.plugin import GridColumns  # also re-exported: what Artifact.grid_columns returns
 
 #: The token a benchmark template's ``{}`` takes when the artifact trained none.
 DEFAULT_TEMPLATE_TOKEN = "<R>"
@@ -122,22 +122,40 @@ def prompt_grid(rows: list[list[Any]], prompts: list[str], seed: int, title: Opt
 
 
 def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions, path: Path,
-                title: Optional[str] = None) -> Path:
-    """Render ``prompts`` on the backbone's own modules and save one labelled grid PNG."""
+                title: Optional[str] = None, progress: bool = False) -> Path:
+    """Render ``prompts`` on the backbone's own modules and save one labelled grid PNG
+    (``progress``: a bar counts the images)."""
     pipe = backbone.pipeline(opts.scheduler)
     was_training = backbone.unet.training
-    rows = render(pipe, artifact, prompts, opts, backbone.cfg)
+    spec = artifact.grid_columns(pipe, prompts, opts, backbone.cfg, progress=progress)  # e.g. RRNet's λ columns
+    if spec is not None:
+        image = columns_grid(spec, prompts, opts.seed, title)
+    else:
+        image = prompt_grid(render(pipe, artifact, prompts, opts, backbone.cfg, progress=progress), prompts,
+                            opts.seed, title)
     backbone.unet.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_png(prompt_grid(rows, prompts, opts.seed, title), path)
+    _save_png(image, path)
     return path
 
 
+def columns_grid(spec: GridColumns, prompts: list[str], seed: int, title: Optional[str] = None):
+    """The labelled grid of an artifact's :class:`GridColumns`: a row per prompt and seed, a column
+    per condition, headed by the artifact's labels."""
+    grid_rows, labels = [], []
+    for p, prompt in enumerate(prompts):
+        for i in range(len(spec.cells[p][0])):
+            grid_rows.append([spec.cells[p][c][i] for c in range(len(spec.columns))])
+            labels.append(f"{prompt}\nseed {seed + i}")
+    return labelled_grid(grid_rows, row_labels=labels, column_labels=spec.columns, title=title)
+
+
 def sample_grid(backbone, artifact, prompts: list[str], path: Path, seed: int = 0, num_images: int = 4,
-                steps: Optional[int] = None, guidance: Optional[float] = None, title: Optional[str] = None) -> Path:
+                steps: Optional[int] = None, guidance: Optional[float] = None, title: Optional[str] = None,
+                progress: bool = False) -> Path:
     """A training-time sample grid (what :class:`relgen.train.loop.Trainer` is given to draw one)."""
     opts = GenerationOptions(seed=seed, num_images=num_images, steps=steps, guidance=guidance)
-    return render_grid(backbone, artifact, prompts, opts, path, title=title)
+    return render_grid(backbone, artifact, prompts, opts, path, title=title, progress=progress)
 
 
 def _save_png(image, path: Path) -> None:
@@ -227,18 +245,14 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     files: list[Path] = []
     if spec is not None:  # rows = prompt x seed, columns = the artifact's conditions
         kind = spec.kind if kind == "prompts" else f"{kind}-{spec.kind}"
-        grid_rows, labels = [], []
         for p, prompt in enumerate(prompts):
-            for i in range(len(spec.cells[p][0])):
-                grid_rows.append([spec.cells[p][c][i] for c in range(len(spec.columns))])
-                labels.append(f"{prompt}\nseed {opts.seed + i}")
             for c, folder_name in enumerate(spec.folders):
                 folder = out / slug(prompt) / folder_name
                 folder.mkdir(parents=True, exist_ok=True)
                 for i, img in enumerate(spec.cells[p][c]):
                     _save_png(img, folder / f"{i:04d}.png")
                     files.append(folder / f"{i:04d}.png")
-        image = labelled_grid(grid_rows, row_labels=labels, column_labels=spec.columns, title=title)
+        image = columns_grid(spec, prompts, opts.seed, title)
     else:
         rows = render(pipe, loaded.artifact, prompts, opts, backbone.cfg, progress=progress)
         for prompt, images in zip(prompts, rows):

@@ -156,11 +156,13 @@ class Settings:
     batch_size: int = 16
     exemplars: int = 10  # ReVersion / textual-inversion exemplar images
     inversion_steps: int = 300  # optimizer steps of ReVersion and textual inversion
-    rrnet_steps: int = 250
+    rrnet_steps: int = 500  # the released recipe (100 epochs x 5 prompt pairs)
     rrnet_images: int = 4  # images per RRNet folder
     rrnet_rows: str = "eot"  # RRNet's method.edit_rows
-    scales: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0)
-    chosen_scale: float = 0.6  # the λ of the rectification claim (RRNet's released default)
+    scales: tuple[float, ...] = (0.0, 0.6, 1.0)  # λ = 0 is the base model
+    chosen_scale: float = 0.6  # RRNet's released default λ
+    osp_samples: int = 32  # seeds per prompt of an RRNet network's own OSP
+    generalisation_pairs: int = 2  # other-colour pairs per RRNet network (the secondary row)
     identity_items: int = 6  # RelationBooth training items
     identity_steps: int = 300
     # RelationBooth's released 1e-4 is for SDXL's 640-2048-wide attention; on relworld's 32-128-wide
@@ -207,6 +209,9 @@ class TaskResult:
     extra: dict[str, list[list[list[float]]]] = field(default_factory=dict)  # e.g. identity scores
     train_seconds: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # (label, prompt indices) per trained unit when one network renders only its own prompts
+    # (RRNet: one network per OSP); statistics cluster by unit
+    units: list[tuple[str, list[int]]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,36 +400,58 @@ def render_task(task: TaskResult, spec: rw.WorldSpec, s: Settings,
 # --------------------------------------------------------------------------------------------
 
 
+#: The readings, as the papers report them: ``colour`` -- relation accuracy with the named objects
+#: found by their colours (unique in every relworld prompt; the papers' relation reading);
+#: ``strict`` -- each object found by colour and shape (object accuracy, RRNet's OGA); ``both``
+#: -- the relation right by colour and both objects right by colour and shape.
+READINGS = ("colour", "strict", "both")
+
+
+def image_flags(task: TaskResult, cond: str, reading: str) -> list[list[list[tuple[bool, bool]]]]:
+    """``(relation right, both objects present)`` per image in ``reading`` (:data:`READINGS`),
+    indexed [training seed][prompt][seed]."""
+    if reading in ("colour", "strict"):
+        return [[[(r.relation_ok, r.both_present) for r in row] for row in rows]
+                for rows in task.readings[cond][reading]]
+    if reading != "both":
+        raise ValueError(f"reading must be one of {READINGS}, got {reading!r}")
+    return [[[(c.relation_ok and s.both_present, s.both_present) for c, s in zip(c_row, s_row)]
+             for c_row, s_row in zip(c_rows, s_rows)]
+            for c_rows, s_rows in zip(task.readings[cond]["colour"], task.readings[cond]["strict"])]
+
+
 def outcomes(task: TaskResult, cond: str, metric: str, reading: str = "strict") -> tuple[list[float], list[int]]:
     """Per-image (or per seed-pair) outcomes of one condition, pooled over training seeds, and the
-    prompt cluster of each, in a fixed order shared by every condition of the task.
+    cluster of each, in a fixed order shared by every condition of the task.
 
     Metrics: ``relation`` (relation accuracy), ``object`` (both objects present), ``direction``
-    (swapped tasks: both prompts of a pair right at the same seed; cluster = the pair),
-    ``unseen_relation`` (swapped tasks: relation accuracy of the unseen direction), or a key of
-    :attr:`TaskResult.extra` (scores per image).
+    (swapped tasks: both prompts of a pair right at the same seed), ``unseen_relation`` (swapped
+    tasks: relation accuracy of the unseen direction), or a key of :attr:`TaskResult.extra`
+    (scores per image). The cluster is the prompt, or on a task with :attr:`TaskResult.units`
+    (one trained network per group of prompts) the unit.
     """
+    unit = {i: k for k, (_, indices) in enumerate(task.units) for i in indices}
     values, clusters = [], []
     if metric in ("relation", "object", "unseen_relation"):
-        for seed_rows in task.readings[cond][reading]:
+        for seed_rows in image_flags(task, cond, reading):
             for i, row in enumerate(seed_rows):
                 if metric == "unseen_relation" and (not task.swapped or i % 2):
                     continue
-                for r in row:
-                    values.append(float(r.relation_ok if metric != "object" else r.both_present))
-                    clusters.append(i)
+                for rel, obj in row:
+                    values.append(float(rel if metric != "object" else obj))
+                    clusters.append(unit.get(i, i))
         return values, clusters
     if metric == "direction":
-        for seed_rows in task.readings[cond][reading]:
+        for seed_rows in image_flags(task, cond, reading):
             for j in range(0, len(seed_rows), 2):
                 for x, y in zip(seed_rows[j], seed_rows[j + 1]):
-                    values.append(float(x.relation_ok and y.relation_ok))
-                    clusters.append(j // 2)
+                    values.append(float(x[0] and y[0]))
+                    clusters.append(unit.get(j, j // 2))
         return values, clusters
     for seed_rows in task.extra[f"{cond}/{metric}"]:
         for i, row in enumerate(seed_rows):
             values += [float(v) for v in row]
-            clusters += [i] * len(row)
+            clusters += [unit.get(i, i)] * len(row)
     return values, clusters
 
 
@@ -434,11 +461,14 @@ def estimate(task: TaskResult, cond: str, metric: str, reading: str = "strict") 
 
 
 def per_train_seed(task: TaskResult, cond: str, metric: str, reading: str = "strict") -> list[float]:
-    """The metric separately for each training seed (their spread)."""
-    n = len(task.conditions[[c.name for c in task.conditions].index(cond)].runs)
-    values, _ = outcomes(task, cond, metric, reading)
+    """The metric separately for each training seed (their spread), or for each unit of a task
+    with :attr:`TaskResult.units`."""
+    values, clusters = outcomes(task, cond, metric, reading)
     if not values:
         return []
+    if task.units:
+        return [float(np.mean([v for v, c in zip(values, clusters) if c == k])) for k in range(len(task.units))]
+    n = len(task.conditions[[c.name for c in task.conditions].index(cond)].runs)
     chunk = len(values) // n
     return [float(np.mean(values[k * chunk:(k + 1) * chunk])) for k in range(n)]
 
@@ -534,31 +564,79 @@ def task_inversion(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
     return task
 
 
-def task_rectification(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
-    prompts, groups, seconds = [], [], {}
-    task = TaskResult("rectification", [], [], swapped=True)
-    lambdas = [lam for lam in s.scales if lam]
-    per_pair = max(1, s.prompts // (2 * len(spec.biased)))
+def osp_prompts(data: Path, triple: tuple[str, str, str]) -> list[Prompt]:
+    """The object-swapped prompt pair an RRNet folder trains on: ``[ARB, BRA]`` as written in its
+    ``index.json`` ("a cyan square is above a red circle", "a red circle is above a cyan square")."""
+    index = json.loads(next(Path(data).glob("*/index.json")).read_text())
+    sa, rel, sb = triple
+    arb, bra = index["ARB"], index["BRA"]
+    ca, cb = arb.split()[1], arb.split()[-2]  # "a <colour> <shape> is <phrase> a <colour> <shape>"
+    return [Prompt((sa, ca), rel, (sb, cb), arb), Prompt((sb, cb), rel, (sa, ca), bra)]
+
+
+def rrnet_networks(spec: rw.WorldSpec, s: Settings, out: Path, task: TaskResult) -> list[dict]:
+    """One RRNet per biased pair and training seed, each trained on its own object-swapped pair
+    (the unseen direction of the pair, colours drawn from the training seed), as RRNet's paper
+    trains one network per OSP. Returns per network its triple, data folder, run and OSP prompts."""
+    nets = []
     for index, pair in enumerate(spec.biased):
-        triple = (pair.second, pair.relation, pair.first)
-        data = rw.write_world_rrnet(out / "work" / "data" / f"rrnet-{index}-{s.seed}", spec, seed=s.seed + index,
-                                    triples=[triple], images_per_folder=s.rrnet_images)
-        relation = json.loads(next(data.glob("*/index.json")).read_text())
-        train_colours = tuple(relation["ARB"].split()[1:2] + relation["BRA"].split()[1:2])
-        runs = _runs("rrnet", "rrnet_folder", data, f"rrnet-{index}", s, out,
-                     [f"method.max_steps={s.rrnet_steps}", f"method.edit_rows={s.rrnet_rows}"],
-                     task, f"RRNet {' '.join(triple)}")
-        group = rectification_prompts(spec, pair, per_pair, s.seed, train_colours)
-        start = len(prompts)
-        prompts += group
-        groups.append((list(range(start, start + len(group))),
-                       {f"RRNet λ = {lam:g}": runs for lam in lambdas}))
-    task.prompts = prompts
-    task.conditions = [Condition("base (λ = 0)", "written")]
-    task.conditions += [Condition(f"RRNet λ = {lam:g}", "written", [None] * len(s.train_seeds), {"scale": lam})
-                        for lam in lambdas]
-    task.notes.append("RRNet's graph nodes are the shape and relation words: the scoring prompts' other colours "
-                      "are not unseen from its side.")
+        triple = (pair.second, pair.relation, pair.first)  # the direction pretraining never shows
+        for ts in s.train_seeds:
+            data = rw.write_world_rrnet(out / "work" / "data" / f"rrnet-{index}-{s.seed}-{ts}", spec,
+                                        seed=s.seed + 100 * ts + index, triples=[triple],
+                                        images_per_folder=s.rrnet_images)
+            run, seconds = train("rrnet", "rrnet_folder", data, out / "work" / "runs" / f"rrnet-{index}-{s.seed}-{ts}",
+                                 s, ts, [f"method.max_steps={s.rrnet_steps}", f"method.edit_rows={s.rrnet_rows}"])
+            task.train_seconds.setdefault(f"RRNet {' '.join(triple)}", []).append(seconds)
+            nets.append({"triple": triple, "pair": pair, "train_seed": ts, "data": data, "run": run,
+                         "osp": osp_prompts(data, triple)})
+    return nets
+
+
+def _lambda_conditions(s: Settings) -> list[Condition]:
+    # every column is drawn through the trained network with its scale set, so λ = 0 is the base
+    # model under exactly the sampler and prompt of the other columns
+    return [Condition(lambda_label(lam), "written", [None], {"scale": lam}) for lam in s.scales]
+
+
+def lambda_label(lam: float) -> str:
+    """The column name of RRNet at scale ``lam``."""
+    return f"RRNet λ = {lam:g}"
+
+
+def task_rectification(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
+    """RRNet on its paper's protocol: each network renders its own training OSP at new seeds
+    (``s.osp_samples`` per prompt) at every λ; the prompts of all networks are pooled, one
+    cluster per network."""
+    task = TaskResult("rectification", [], _lambda_conditions(s), swapped=True)
+    groups = []
+    for net in rrnet_networks(spec, s, out, task):
+        start = len(task.prompts)
+        task.prompts += net["osp"]
+        groups.append((list(range(start, start + 2)), {c.name: [net["run"]] for c in task.conditions}))
+        task.units.append((f"{' '.join(net['triple'])}, seed {net['train_seed']}", list(range(start, start + 2))))
+    task.notes.append(f"One network per biased pair and training seed ({len(groups)} networks), each scored on the "
+                      f"object-swapped pair it was trained on, {s.osp_samples} seeds per prompt.")
+    render_task(task, spec, replace(s, samples=s.osp_samples), groups, cache_dir=cache_folder(out))
+    return task
+
+
+def task_generalisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
+    """The secondary row: the same networks on object-swapped pairs of other colours (RRNet's
+    graph nodes are the shape and relation words, so its edit is the same for every colour)."""
+    task = TaskResult("rectification_generalisation", [], _lambda_conditions(s), swapped=True)
+    groups = []
+    per_net = max(1, s.generalisation_pairs)
+    for k, net in enumerate(rrnet_networks(spec, s, out, TaskResult("", [], []))):
+        osp = net["osp"]
+        colours = (osp[0].a[1], osp[0].b[1])
+        group = rectification_prompts(spec, net["pair"], per_net, s.seed + k, colours)
+        start = len(task.prompts)
+        task.prompts += group
+        groups.append((list(range(start, start + len(group))), {c.name: [net["run"]] for c in task.conditions}))
+        task.units.append((f"{' '.join(net['triple'])}, seed {net['train_seed']}",
+                           list(range(start, start + len(group)))))
+    task.notes.append(f"{per_net} colour pairs per network other than its training pair.")
     render_task(task, spec, s, groups, cache_dir=cache_folder(out))
     return task
 
@@ -639,47 +717,60 @@ def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
 
 
 TASKS: dict[str, Callable[[rw.WorldSpec, Settings, Path], TaskResult]] = {
-    "inversion": task_inversion, "rectification": task_rectification, "customisation": task_customisation}
+    "inversion": task_inversion, "rectification": task_rectification,
+    "rectification_generalisation": task_generalisation, "customisation": task_customisation}
 
-#: The claims of ``results.json``: name -> (task, method, baseline, metric), strict reading.
-CLAIMS: dict[str, tuple[str, str, str, str]] = {
-    "reversion_vs_textual_inversion": ("inversion", "ReVersion", "textual inversion", "relation"),
-    "rrnet_vs_lambda0": ("rectification", "RRNet λ = {chosen}", "base (λ = 0)", "direction"),
+#: The claims of ``results.json``: name -> (task, method, baseline, metric, reading). Relation and
+#: direction in the papers' reading (objects found by colour), object accuracy by colour and shape.
+CLAIMS: dict[str, tuple[str, str, str, str, str]] = {
+    "reversion_vs_textual_inversion": ("inversion", "ReVersion", "textual inversion", "relation", "colour"),
+    "rrnet_vs_lambda0": ("rectification", "RRNet λ = {chosen}", "RRNet λ = 0", "direction", "colour"),
+    "rrnet_lambda1_vs_lambda0": ("rectification", "RRNet λ = 1", "RRNet λ = 0", "direction", "colour"),
     "relationbooth_vs_identity_baseline": ("customisation", "RelationBooth", "textual inversion (identity)",
-                                           "identity"),
+                                           "identity", "strict"),
     "relationbooth_keypoint_ablation": ("customisation", "RelationBooth", "RelationBooth without keypoint loss",
-                                        "relation"),
+                                        "relation", "colour"),
 }
 
 #: Secondary comparisons reported beside the claims (same form).
-COMPARISONS: dict[str, tuple[str, str, str, str]] = {
-    "reversion_vs_relation_omitted": ("inversion", "ReVersion", "base, relation omitted", "relation"),
-    "textual_inversion_vs_relation_omitted": ("inversion", "textual inversion", "base, relation omitted", "relation"),
-    "rrnet_object_accuracy_vs_lambda0": ("rectification", "RRNet λ = {chosen}", "base (λ = 0)", "object"),
-    "relationbooth_relation_vs_base": ("customisation", "RelationBooth", "base", "relation"),
-    "relationbooth_identity_vs_base": ("customisation", "RelationBooth", "base", "identity"),
+COMPARISONS: dict[str, tuple[str, str, str, str, str]] = {
+    "reversion_vs_relation_omitted": ("inversion", "ReVersion", "base, relation omitted", "relation", "colour"),
+    "textual_inversion_vs_relation_omitted": ("inversion", "textual inversion", "base, relation omitted", "relation",
+                                              "colour"),
+    "reversion_vs_textual_inversion_both": ("inversion", "ReVersion", "textual inversion", "relation", "both"),
+    "rrnet_object_accuracy_vs_lambda0": ("rectification", "RRNet λ = {chosen}", "RRNet λ = 0", "object", "strict"),
+    "rrnet_lambda1_object_accuracy_vs_lambda0": ("rectification", "RRNet λ = 1", "RRNet λ = 0", "object", "strict"),
+    "rrnet_lambda1_vs_lambda0_both": ("rectification", "RRNet λ = 1", "RRNet λ = 0", "direction", "both"),
+    "rrnet_generalisation_lambda1_vs_lambda0": ("rectification_generalisation", "RRNet λ = 1", "RRNet λ = 0",
+                                                "direction", "colour"),
+    "rrnet_generalisation_vs_lambda0": ("rectification_generalisation", "RRNet λ = {chosen}", "RRNet λ = 0",
+                                        "direction", "colour"),
+    "relationbooth_relation_vs_base": ("customisation", "RelationBooth", "base", "relation", "colour"),
+    "relationbooth_identity_vs_base": ("customisation", "RelationBooth", "base", "identity", "strict"),
 }
 
 
-def resolve(entry: tuple[str, str, str, str], s: Settings) -> tuple[str, str, str, str]:
-    task, method, baseline, metric = entry
-    return task, method.format(chosen=f"{s.chosen_scale:g}"), baseline, metric
+def resolve(entry: tuple[str, ...], s: Settings) -> tuple[str, str, str, str, str]:
+    """``(task, method, baseline, metric, reading)`` of a claim entry (reading ``strict`` when
+    the entry names none), with the chosen λ filled in."""
+    task, method, baseline, metric, reading = entry if len(entry) == 5 else (*entry, "strict")
+    return task, method.format(chosen=f"{s.chosen_scale:g}"), baseline, metric, reading
 
 
 def claims(tasks: dict[str, TaskResult], s: Settings, table: dict = CLAIMS) -> dict[str, dict]:
-    """Each claim (or comparison) whose task and conditions ran: a paired comparison in the
-    strict reading (:func:`paired`), with the per-training-seed effects."""
+    """Each claim (or comparison) whose task and conditions ran: a paired comparison in its
+    reading (:func:`paired`), with the per-training-seed (or per-network) effects."""
     out = {}
     for name, entry in table.items():
-        task, method, baseline, metric = resolve(entry, s)
+        task, method, baseline, metric, reading = resolve(entry, s)
         t = tasks.get(task)
         if t is None or {method, baseline} - {c.name for c in t.conditions}:
             continue
-        c = paired(t, method, baseline, metric)
-        m_seeds, b_seeds = per_train_seed(t, method, metric), per_train_seed(t, baseline, metric)
+        c = paired(t, method, baseline, metric, reading)
+        m_seeds, b_seeds = per_train_seed(t, method, metric, reading), per_train_seed(t, baseline, metric, reading)
         if len(b_seeds) != len(m_seeds):
             b_seeds = b_seeds * len(m_seeds)
-        c.update(task=task, method_condition=method, baseline_condition=baseline,
+        c.update(task=task, method_condition=method, baseline_condition=baseline, reading=reading,
                  effects_per_train_seed=[x - y for x, y in zip(m_seeds, b_seeds)])
         out[name] = c
     return out

@@ -1,18 +1,23 @@
-"""Before and after a relworld RRNet run, scored by the exact detector.
+"""An RRNet run on relworld, scored the way RRNet's paper scores it: its own object-swapped pair
+at new seeds, at λ = 0 (the base model), the released λ and λ = 1.
 
-    python -m relgen.relworld.demo <run_dir> [--pairs 4] [--seeds 4] [--scale 1.0]
+    python -m relgen.relworld.demo <run_dir> [--seeds 8] [--scales 0,0.6,1] [--pairs 2]
 
-For the run's relation "A R B" (the way round pretraining never shows), ``--pairs`` colour
-pairs other than the training folder's give object-swapped prompt pairs ("a red A R a blue B",
-"a blue B R a red A"). Each prompt is rendered at seeds ``0 .. --seeds - 1`` with RRNet off
-(λ = 0, the base model) and on (λ = ``--scale``); the strict detector (colour and shape) reads
-every image. Writes ``<run_dir>/demo/before_after.png`` (columns: the two conditions; rows:
-prompt and seed; a green bar under an image the detector reads as right, red as wrong) and
-``demo.json``, and prints the counts the grid shows.
+The run's training pair ("a cyan square is above a red circle" and its object swap "a red circle
+is above a cyan square") is rendered at seeds ``0 .. --seeds - 1`` at every λ. Each image is read
+the way the papers report it: the relation with both objects found by their colours (unique in
+every relworld prompt), and the objects by colour and shape. Writes
+``<run_dir>/demo/before_after.png`` (rows: the two prompts; columns: λ; the seeds side by side;
+under each image a bar saying why: green = relation right, amber = relation right but a shape
+misread, red = wrong, with what the reader saw, e.g. "circle on top") and ``demo.json``, and
+prints the counts written on the picture.
 
-Direction right = both prompts of a pair right at the same seed (the relworld benchmark's
-direction accuracy): an image that always puts A first would score half its prompts right and
-no direction.
+Direction right = both prompts of the pair right at the same seed: an image that always puts
+the square on top scores one prompt of two and no direction.
+
+Then ``--pairs`` object-swapped pairs of other colours (not trained) are rendered at λ = 0 and
+the largest λ, for one line on generalisation: RRNet's graph has nodes for the shape and
+relation words only, so its edit is the same for every colour.
 """
 
 from __future__ import annotations
@@ -22,8 +27,15 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
 
 from relgen.errors import ConfigError, RelgenError
+from relgen.grid import labelled_grid, strip, verdict_tile
+from relgen.relworld import bench
+from relgen.relworld import world as rw
+from relgen.relworld.detector import Reading
 
 
 def relation_of(run_dir: Path) -> dict:
@@ -38,86 +50,155 @@ def relation_of(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def score(run_dir: Path, pairs: int = 4, seeds: int = 4, scale: float = 1.0, seed: int = 0) -> dict:
-    """Render and read the demo's prompts; returns the counts and the grid's path."""
-    from relgen.generate import _save_png
-    from relgen.grid import labelled_grid
-    from relgen.relworld import bench
-    from relgen.relworld import world as rw
+def why(colour: Reading, strict: Reading, prompt: bench.Prompt) -> tuple[str, str]:
+    """``(verdict, reason)`` for one image: the verdict of :data:`relgen.grid.VERDICT_COLOURS`
+    and what the reader saw, in a few words ("square on top", "circle not found")."""
+    (sa, _), (sb, _) = prompt.a, prompt.b
+    if colour.a is None or colour.b is None:
+        return "wrong", f"{sa if colour.a is None else sb} not found"
+    g = colour.geometry
+    if g in ("above", "on_top_of"):
+        seen = f"{sa} on top"
+    elif g == "below":
+        seen = f"{sb} on top"
+    elif g == "left_of":
+        seen = f"{sa} on the left"
+    elif g == "right_of":
+        seen = f"{sb} on the left"
+    elif g == "inside":
+        seen = f"{sa} inside {sb}"
+    else:
+        seen = f"{sb} inside {sa}"
+    if not colour.relation_ok:
+        return "wrong", seen
+    misread = [s for s, det in ((sa, strict.a), (sb, strict.b)) if det is None]
+    if misread:
+        return "partly", f"{seen}; {' and '.join(misread)} misshapen"
+    return "right", seen
 
+
+def _render(prompts: list[bench.Prompt], run: Path, scale: float, seeds: int, seed: int, cache: Path,
+            shared: dict) -> list[list]:
+    s = bench.Settings(seed=seed, samples=seeds)
+    return bench.render_prompts(prompts, [p.text for p in prompts], run, {"scale": scale}, s, cache,
+                                rw.WorldSpec(), shared)
+
+
+def _direction(flags: Sequence[Sequence[bool]]) -> int:
+    """Seeds at which both prompts of each pair (consecutive rows) are right."""
+    return int(sum(x and y for i in range(0, len(flags), 2) for x, y in zip(flags[i], flags[i + 1])))
+
+
+def score(run_dir: Path, seeds: int = 8, scales: Sequence[float] = (0.0, 0.6, 1.0), pairs: int = 2,
+          pair_seeds: int = 4, seed: int = 0, progress=print) -> dict:
+    """Render and read the run's own pair at every λ (and ``pairs`` other-colour pairs at the
+    first and last λ); returns the counts and the picture's path."""
     spec = rw.WorldSpec()
     rel = relation_of(run_dir)
     a, r, b = rel["A"], rel["relation"], rel["B"]
     if a not in spec.shapes or b not in spec.shapes or r not in spec.relations:
         raise ConfigError(f"{run_dir}/export/relation.json: {a!r} {r!r} {b!r} is not a relworld relation; "
                           "the demo needs a run trained on a relworld dataset")
-    # the training folder's colours ("a <colour> <shape> is ..."), left out of the demo's prompts
-    words = [str(rel.get(k, "")).split() for k in ("ARB", "BRA")]
-    colours = tuple(w[1] for w in words if len(w) > 1 and w[1] in spec.colours)
-    # rectification_prompts takes the pair pretraining shows (first R second) and returns
-    # (unseen direction, seen direction) per colour pair
-    prompts = bench.rectification_prompts(spec, rw.BiasedPair(b, a, r), pairs, seed, colours)
-    s = bench.Settings(seed=seed, samples=seeds)
-    strict = bench.relworld_readings(spec=spec)["strict"]
+    arb, bra = rel["ARB"].split(), rel["BRA"].split()
+    if len(arb) < 3 or arb[1] not in spec.colours or arb[-2] not in spec.colours:
+        raise ConfigError(f"{run_dir}/export/relation.json: ARB {rel['ARB']!r} does not name two relworld colours")
+    ca, cb = arb[1], arb[-2]
+    osp = [bench.Prompt((a, ca), r, (b, cb), rel["ARB"]), bench.Prompt((b, cb), r, (a, ca), rel["BRA"])]
+    readers = bench.readers(spec)
     run = run_dir.resolve()
-    conditions = {"before: RRNet off (λ = 0)": 0.0, f"after: RRNet λ = {scale:g}": scale}
-    images, right, shared = {}, {}, {}
-    # rendered and read through the evaluation harness (the benchmark's path), cached for this call only
+    cells, counts, shared = {}, {}, {}
+    # rendered through the evaluation harness (the benchmark's path), cached for this call only
     with tempfile.TemporaryDirectory(prefix="relgen-demo-") as cache:
-        for name, lam in conditions.items():
-            rows = bench.render_prompts(prompts, [p.text for p in prompts], run, {"scale": lam}, s, Path(cache),
-                                        spec, shared)
-            images[name] = [[sample.image for sample in row] for row in rows]
-            right[name] = [[reading.relation_ok for reading in strict.read(row)] for row in rows]
-    names = list(conditions)
-    rows, labels = [], []
-    for i, p in enumerate(prompts):
-        for j in range(seeds):
-            rows.append([bench.mark_verdict(images[c][i][j], right[c][i][j]) for c in names])
-            labels.append(f"{p.text}\nseed {seed + j}")
-    grid = labelled_grid(rows, row_labels=labels, column_labels=names,
-                         title=f"relworld, RRNet on '{a} {r} {b}': strict detector verdict under each image "
-                               "(green right, red wrong)")
+        for lam in scales:
+            progress(f"relgen demo: rendering the trained pair at λ = {lam:g} ({2 * seeds} images)")
+            rows = _render(osp, run, lam, seeds, seed, Path(cache), shared)
+            right, objects = [], []
+            for p, row in zip(osp, rows):
+                images = [np.asarray(sample.image.convert("RGB")) for sample in row]
+                read = [(readers["colour"].read(img, p.a, p.relation, p.b), readers["strict"].read(img, p.a, p.relation, p.b))
+                        for img in images]
+                verdicts = [why(col, st, p) for col, st in read]
+                right.append([col.relation_ok for col, _ in read])
+                objects.append([st.both_present for _, st in read])
+                cells.setdefault(p.text, []).append(strip(
+                    [verdict_tile(sample.image, v, t) for sample, (v, t) in zip(row, verdicts)],
+                    caption=f"λ = {lam:g}: relation right {sum(right[-1])}/{seeds}, "
+                            f"objects right {sum(objects[-1])}/{seeds}"))
+            counts[f"{lam:g}"] = {"unseen_direction_right": int(sum(right[0])), "seen_direction_right": int(sum(right[1])),
+                                  "direction_right": _direction(right), "objects_right": [int(sum(o)) for o in objects],
+                                  "of": seeds}
+        general = None
+        if pairs > 0:
+            others = bench.rectification_prompts(spec, rw.BiasedPair(b, a, r), pairs, seed, (ca, cb))
+            general = {"prompts": [p.text for p in others], "of": pairs * pair_seeds}
+            for lam in (scales[0], scales[-1]):
+                progress(f"relgen demo: other colours at λ = {lam:g} ({len(others) * pair_seeds} images)")
+                rows = _render(others, run, lam, pair_seeds, seed, Path(cache), shared)
+                flags = [[readers["colour"].read(np.asarray(sm.image.convert("RGB")), p.a, p.relation, p.b).relation_ok
+                          for sm in row] for p, row in zip(others, rows)]
+                general[f"{lam:g}"] = _direction(flags)
+    direction = ", ".join(f"λ = {k}: {v['direction_right']}/{seeds}" for k, v in counts.items())
+    grid = labelled_grid([cells[p.text] for p in osp],
+                         row_labels=[f"{osp[0].text}\n(the direction pretraining never shows)",
+                                     f"{osp[1].text}\n(its object swap)"],
+                         title=f"RRNet on its own object-swapped pair, seeds {seed}..{seed + seeds - 1}. Direction "
+                               f"right (both prompts right at a seed): {direction}. Bars: green relation right, "
+                               "amber right but a shape misread, red wrong.", label_width=200)
     out = run_dir / "demo"
     out.mkdir(exist_ok=True)
     path = out / "before_after.png"
-    _save_png(grid, path)  # atomic: no half-written grid
-    counts = {}
-    n = pairs * seeds
-    for c in names:
-        unseen = [ok for i in range(0, len(prompts), 2) for ok in right[c][i]]
-        seen = [ok for i in range(1, len(prompts), 2) for ok in right[c][i]]
-        both = [x and y for x, y in zip(unseen, seen)]
-        counts[c] = {"unseen_direction_right": int(sum(unseen)), "seen_direction_right": int(sum(seen)),
-                     "direction_right": int(sum(both)), "of": n}
-    result = {"relation": f"{a} {r} {b}", "prompts": [p.text for p in prompts], "seeds": list(range(seed, seed + seeds)),
-              "counts": counts, "grid": str(path)}
+    from relgen.generate import _save_png
+
+    _save_png(grid, path)  # atomic: no half-written picture
+    result = {"relation": f"{a} {r} {b}", "prompts": [p.text for p in osp], "seeds": list(range(seed, seed + seeds)),
+              "counts": counts, "generalisation": general, "grid": str(path)}
     tmp = out / "demo.json.tmp"
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(out / "demo.json")
     return result
 
 
-def main(argv=None) -> int:
+def summary_lines(result: dict) -> list[str]:
+    """What the demo prints: the counts on the picture, then the generalisation line."""
+    lines = []
+    seeds = len(result["seeds"])
+    unseen, seen = result["prompts"]
+    for key, c in result["counts"].items():
+        lines.append(f"λ = {key}: '{unseen}' right {c['unseen_direction_right']}/{seeds}, its object swap right "
+                     f"{c['seen_direction_right']}/{seeds}, direction right (both at a seed) "
+                     f"{c['direction_right']}/{seeds}; objects right {c['objects_right'][0]}/{seeds} and "
+                     f"{c['objects_right'][1]}/{seeds}")
+    g = result.get("generalisation")
+    if g:
+        first, last = list(result["counts"])[0], list(result["counts"])[-1]
+        moved = g[last] - g[first]
+        lines.append(f"other colours (not trained; RRNet's graph has no colour nodes): direction right {g[first]}/{g['of']} "
+                     f"at λ = {first}, {g[last]}/{g['of']} at λ = {last}: "
+                     + ("the edit does not carry to other colours on this model" if moved <= g["of"] // 4 else
+                        "part of the edit carries to other colours"))
+    lines.append(f"picture: {result['grid']}")
+    return lines
+
+
+def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path, help="a finished RRNet run on relworld")
-    p.add_argument("--pairs", type=int, default=4, help="object-swapped prompt pairs (colour pairs)")
-    p.add_argument("--seeds", type=int, default=4, help="images per prompt")
-    p.add_argument("--scale", type=float, default=1.0, help="RRNet's λ in the 'after' column")
+    p.add_argument("--seeds", type=int, default=8, help="seeds per prompt of the trained pair")
+    p.add_argument("--scales", default="0,0.6,1", help="RRNet's λ values, comma-separated (first: the base)")
+    p.add_argument("--pairs", type=int, default=2, help="object-swapped pairs of other colours (0: none)")
+    p.add_argument("--pair-seeds", type=int, default=4, help="seeds per prompt of the other-colour pairs")
     args = p.parse_args(argv)
     try:
-        result = score(args.run_dir, args.pairs, args.seeds, args.scale)
+        scales = [float(x) for x in args.scales.split(",") if x.strip()]
+    except ValueError:
+        print(f"error: --scales takes comma-separated numbers, e.g. 0,0.6,1 (got {args.scales!r})", file=sys.stderr)
+        return 2
+    try:
+        result = score(args.run_dir, args.seeds, scales, args.pairs, args.pair_seeds)
     except RelgenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    before, after = result["counts"].values()
-    print(f"'{result['relation']}' (never shown in pretraining) drawn right: "
-          f"{before['unseen_direction_right']}/{before['of']} before, {after['unseen_direction_right']}/{after['of']} after")
-    print(f"its object-swapped twin drawn right: "
-          f"{before['seen_direction_right']}/{before['of']} before, {after['seen_direction_right']}/{after['of']} after")
-    print(f"direction right (both prompts of a pair at the same seed): "
-          f"{before['direction_right']}/{before['of']} before, {after['direction_right']}/{after['of']} after")
-    print(f"grid: {result['grid']}")
+    print("\n".join(summary_lines(result)))
     return 0
 
 

@@ -7,9 +7,11 @@ found by colour and identified by shape:
    distance) of it (identities' dark texture tone counts as their colour);
 2. each colour's pixels split into 8-connected components; small ones are dropped and holes
    are filled (a container's hole where an object lies on it);
-3. each component is compared with every shape's canonical mask
-   (:func:`relgen.data.shapes.shape_mask`) fitted to its bounding box, by IoU; the best
-   shape names it;
+3. each component's shape is named by five scale-free features of its outline
+   (:func:`shape_features`: extent, solidity, filled corners, top and bottom width) against
+   prototypes measured on hand-labelled objects of the model's own images, or else "other"
+   (``DetectorConfig.shape_reader='iou'``: the canonical mask fitted to the bounding box with
+   the best IoU, the earlier reader);
 4. the relation of A to B follows the renderer's rules: A within B's outline is ``inside``;
    otherwise the axis with the larger centroid offset decides above/below or left/right, and
    A above B with at most ``touch_tolerance`` empty rows between them (over shared columns)
@@ -51,9 +53,18 @@ class DetectorConfig:
         inside_fraction: Share of A's pixels within B's filled outline for ``inside``.
         match_shape: An object counts as present only when its best shape is the prompted one
             (the strict reading). ``False`` finds each object by colour alone (the largest
-            component of its colour; prompts give A and B different colours): a coarser
-            reading that still scores layout when a model draws the right colours in the
-            wrong shapes.
+            component of its colour; prompts give A and B different colours): the reading of
+            relation accuracy, which the papers report apart from object accuracy.
+        shape_reader: How a component's shape is named. ``features``: the nearest of
+            ``shape_prototypes`` by the distance of :func:`shape_features` scaled by
+            ``shape_feature_scale``, and no shape (``other``) beyond ``shape_reject``; it
+            reads the model's rounded corners and pinched sides as the shapes a person sees.
+            ``iou``: the shape whose canonical mask fitted to the component's bounding box has
+            the largest IoU, at least ``min_iou`` (exact on ground-truth renders, but it reads
+            pinched squares as circles on generated images).
+        shape_prototypes: ``(shape, features)`` for the ``features`` reader.
+        shape_feature_scale: Per-feature scale of the distance.
+        shape_reject: Largest scaled distance at which a component still reads as its nearest shape.
     """
 
     colour_tolerance: float = 70.0
@@ -62,6 +73,25 @@ class DetectorConfig:
     touch_tolerance: int = 2
     inside_fraction: float = 0.8
     match_shape: bool = True
+    shape_reader: str = "features"
+    # Two prototypes per shape, means of :func:`shape_features`: over 276 hand-labelled objects
+    # cut from the shipped model's own renders (tests/data/relworld_shapes/), and over
+    # ground-truth renders; the scale is the pooled within-class standard deviation of each
+    # feature over the labelled objects (`python benchmarks/relworld/shape_labels.py fit`
+    # recomputes all of them).
+    shape_prototypes: tuple[tuple[str, tuple[float, ...]], ...] = (
+        ("circle", (0.754, 0.944, 0.268, 0.531, 0.574)),
+        ("square", (0.860, 0.909, 0.798, 0.785, 0.820)),
+        ("triangle", (0.506, 0.827, 0.375, 0.160, 0.791)),
+        ("diamond", (0.561, 0.872, 0.036, 0.323, 0.296)),
+        ("cross", (0.457, 0.638, 0.035, 0.270, 0.277)),
+        ("circle", (0.786, 0.947, 0.309, 0.595, 0.597)),
+        ("square", (1.000, 1.000, 1.000, 1.000, 1.000)),
+        ("triangle", (0.528, 0.895, 0.404, 0.142, 0.915)),
+        ("diamond", (0.526, 0.919, 0.004, 0.256, 0.257)),
+        ("cross", (0.556, 0.715, 0.000, 0.334, 0.334)))
+    shape_feature_scale: tuple[float, ...] = (0.044, 0.037, 0.071, 0.086, 0.074)
+    shape_reject: float = 7.0
 
 
 @dataclass
@@ -85,6 +115,7 @@ class Detection:
     cx: float
     cy: float
     scores: dict[str, float] = field(default_factory=dict, repr=False)
+    distance: float = 0.0  # scaled feature distance to ``shape``'s prototype (``features`` reader)
 
     @property
     def area(self) -> int:
@@ -157,6 +188,30 @@ def fit_shape(mask: np.ndarray, shape: str, colour: str = "red") -> tuple[SceneO
     return obj, float((fitted & part).sum() / union) if union else 0.0
 
 
+def shape_features(mask: np.ndarray) -> np.ndarray:
+    """Five scale-free features of a filled component, within its bounding box: extent (filled
+    share of the box), solidity (area over the convex hull's, pixel corners as hull points), the
+    filled share of the four corner regions (a quarter of each side), and the filled share of the
+    top and of the bottom quarter of rows. Squares fill their corners, circles part of them,
+    diamonds and crosses none; a cross is far from convex; a triangle is narrow on top."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    m = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = m.shape
+    ys, xs = np.nonzero(m)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+    try:
+        solidity = m.sum() / ConvexHull(corners).volume
+    except QhullError:  # a single row or column: flat, as convex as it gets
+        solidity = 1.0
+    ch, cw = max(1, round(h / 4)), max(1, round(w / 4))
+    corner = np.mean([m[:ch, :cw].mean(), m[:ch, -cw:].mean(), m[-ch:, :cw].mean(), m[-ch:, -cw:].mean()])
+    band = max(1, h // 4)
+    return np.array([m.mean(), solidity, corner, m[:band].mean(), m[-band:].mean()], dtype=np.float64)
+
+
 def vertical_gap(upper: np.ndarray, lower: np.ndarray) -> int:
     """Fewest empty rows between ``upper``'s bottom and ``lower``'s top over shared columns.
 
@@ -219,12 +274,24 @@ class Detector:
         return sorted(out, key=lambda m: -int(m.sum()))
 
     def identify(self, mask: np.ndarray, colour: str) -> Detection:
-        """Best-matching shape of one filled component."""
-        scores = {s: fit_shape(mask, s, colour)[1] for s in self.spec.shapes}
-        best = max(scores, key=scores.get)
+        """Best-matching shape of one filled component (see ``DetectorConfig.shape_reader``)."""
         rows, cols = np.nonzero(mask)
-        return Detection(best, colour, mask, scores[best], float(cols.mean() + 0.5),
-                         float(rows.mean() + 0.5), scores)
+        cx, cy = float(cols.mean() + 0.5), float(rows.mean() + 0.5)
+        if self.config.shape_reader == "iou":
+            scores = {s: fit_shape(mask, s, colour)[1] for s in self.spec.shapes}
+            best = max(scores, key=scores.get)
+            return Detection(best, colour, mask, scores[best], cx, cy, scores)
+        if self.config.shape_reader != "features":
+            raise ValueError(f"DetectorConfig.shape_reader must be 'features' or 'iou', got {self.config.shape_reader!r}")
+        f = shape_features(mask)
+        scale = np.asarray(self.config.shape_feature_scale)
+        dist: dict[str, float] = {}
+        for s, p in self.config.shape_prototypes:  # the nearest prototype of each shape
+            if s in self.spec.shapes:
+                dist[s] = min(dist.get(s, np.inf), float(np.linalg.norm((f - np.asarray(p)) / scale)))
+        best = min(dist, key=dist.get)
+        return Detection(best, colour, mask, fit_shape(mask, best, colour)[1], cx, cy,
+                         {s: -d for s, d in dist.items()}, dist[best])
 
     def detect(self, image: np.ndarray, labels: Optional[np.ndarray] = None) -> list[Detection]:
         """Every object found in ``image`` (each colour's components, identified)."""
@@ -240,8 +307,15 @@ class Detector:
         found = [self.identify(m, colour) for m in self.components(labels, colour)]
         if not self.config.match_shape:
             return found[0] if found else None
-        found = [d for d in found if d.shape == shape and d.iou >= self.config.min_iou]
-        return max(found, key=lambda d: d.iou) if found else None
+        found = [d for d in found if self.accepts(d, shape)]
+        return max(found, key=lambda d: d.scores[shape]) if found else None
+
+    def accepts(self, d: Detection, shape: str) -> bool:
+        """Whether the found object ``d`` reads as ``shape``: its best-matching shape, within
+        ``shape_reject`` of its prototype (``iou`` reader: with IoU of at least ``min_iou``)."""
+        if self.config.shape_reader == "iou":
+            return d.shape == shape and d.iou >= self.config.min_iou
+        return d.shape == shape and d.distance <= self.config.shape_reject
 
     # ---------------------------------------------------------------- relations
     def geometry(self, a: Detection, b: Detection) -> str:
@@ -273,6 +347,47 @@ class Detector:
         det_b = self.find(image, b[0], b[1], labels)
         geometry = self.geometry(det_a, det_b) if det_a is not None and det_b is not None else None
         return Reading(relation, det_a, det_b, geometry)
+
+
+def shape_call(detector: "Detector", image: np.ndarray, colour: str) -> tuple[str, Optional[Detection]]:
+    """The shape ``detector`` names for the largest component of ``colour`` in ``image`` (the
+    object the relation reading finds): its best shape, or ``"other"`` when that shape is below the
+    acceptance threshold; ``("none", None)`` when the colour has no component."""
+    comps = detector.components(detector.colour_labels(image), colour)
+    if not comps:
+        return "none", None
+    d = detector.identify(comps[0], colour)
+    return (d.shape if detector.accepts(d, d.shape) else "other"), d
+
+
+def reader_agreement(items: Sequence[dict], readers: Optional[dict[str, "Detector"]] = None) -> dict[str, dict]:
+    """Agreement of shape readers with hand labels of objects cut from generated images.
+
+    Args:
+        items: Labelled crops: ``image`` (``uint8 [H, W, 3]``), ``colour``, ``prompted`` (the
+            shape the prompt asked for) and ``label`` (the shape a person sees, or ``other``).
+        readers: Name -> detector (default: this module's :class:`Detector` with its defaults).
+
+    Returns:
+        Per reader: ``shape`` (the named shape equals the label), ``decision`` (its verdict on
+        "is this the prompted shape?" equals the label's), as ``{"k", "n"}``, and the crops it
+        gets wrong (``errors``: file, label, call).
+    """
+    readers = readers or {"reader": Detector()}
+    out = {}
+    for name, det in readers.items():
+        shape_k = decision_k = 0
+        errors = []
+        for it in items:
+            call, d = shape_call(det, it["image"], it["colour"])
+            accepted = d is not None and det.accepts(d, it["prompted"])
+            shape_k += call == it["label"]
+            decision_k += accepted == (it["label"] == it["prompted"])
+            if call != it["label"] or accepted != (it["label"] == it["prompted"]):
+                errors.append({"file": it.get("file"), "label": it["label"], "prompted": it["prompted"], "call": call})
+        out[name] = {"shape": {"k": shape_k, "n": len(items)}, "decision": {"k": decision_k, "n": len(items)},
+                     "errors": errors}
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +444,9 @@ __all__ = [
     "direction_accuracy",
     "fit_shape",
     "object_accuracy",
+    "reader_agreement",
+    "shape_call",
+    "shape_features",
     "rate",
     "relation_accuracy",
     "vertical_gap",

@@ -375,11 +375,17 @@ def oracle_prompts(spec: rw.WorldSpec, per_pair: int = 2, seed: int = 0) -> list
 def free_delta_oracle(pipe, spec: Optional[rw.WorldSpec] = None, rows: str = "eot", per_pair: int = 2,
                       train_images: int = 16, steps: int = 150, lr: float = 0.05, batch_size: int = 8,
                       seeds: int = 8, num_inference_steps: Optional[int] = None, guidance: float = 5.0,
-                      seed: int = 0) -> OracleResult:
+                      seed: int = 0, orders: Optional[Sequence[tuple[tuple, str, tuple]]] = None,
+                      relation_reading: str = "strict") -> OracleResult:
     """Optimise one delta per prompt order (``[rows, D]`` added to the conditioning rows of
     ``rows``) by the model's denoising loss on ``train_images`` ground-truth renders of that
     order, then render each prompt with and without its delta at ``seeds`` seeds and read
-    them with the strict detector.
+    them: direction and relation in ``relation_reading`` (``strict``: objects found by colour and
+    shape; ``colour``: by colour), objects always by colour and shape.
+
+    ``orders`` are ``(unseen, seen)`` object-swapped prompt orders as ``(A, relation, B)``
+    (default: :func:`oracle_prompts`); an RRNet network's own pair makes this the ceiling of
+    its edit on its own pair.
 
     ``pipe`` is a diffusers Stable Diffusion pipeline of a relworld model (its scheduler is the
     sampler; training uses the DDPM form of the same schedule).
@@ -392,8 +398,11 @@ def free_delta_oracle(pipe, spec: Optional[rw.WorldSpec] = None, rows: str = "eo
     tok, te, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     steps_inf = num_inference_steps or 25
+    from relgen.relworld.detector import DetectorConfig
+
     detector = Detector(spec)
-    orders = oracle_prompts(spec, per_pair, seed)
+    relation_detector = Detector(spec, DetectorConfig(match_shape=relation_reading != "colour"))
+    orders = list(orders) if orders is not None else oracle_prompts(spec, per_pair, seed)
     texts = [rw.prompt(a, r, b, spec) for a, r, b in orders]
     ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids
@@ -441,10 +450,12 @@ def free_delta_oracle(pipe, spec: Optional[rw.WorldSpec] = None, rows: str = "eo
         readings = []
         for k, (a, r, b) in enumerate(orders):
             images = render(k, with_delta)
-            readings.append([detector.read((img * 255).round().astype(np.uint8), a, r, b) for img in images])
-        pairs = [(x, y) for ab, ba in zip(readings[0::2], readings[1::2]) for x, y in zip(ab, ba)]
-        flat = [x for row in readings for x in row]
-        out[with_delta] = (direction_accuracy(pairs), relation_accuracy([x for row in readings[0::2] for x in row]),
+            images = [(img * 255).round().astype(np.uint8) for img in images]
+            readings.append([(relation_detector.read(img, a, r, b), detector.read(img, a, r, b)) for img in images])
+        rel = [[x for x, _ in row] for row in readings]
+        pairs = [(x, y) for ab, ba in zip(rel[0::2], rel[1::2]) for x, y in zip(ab, ba)]
+        flat = [y for row in readings for _, y in row]
+        out[with_delta] = (direction_accuracy(pairs), relation_accuracy([x for row in rel[0::2] for x in row]),
                            object_accuracy(flat))
     return OracleResult(rows, *out[True], *out[False])
 

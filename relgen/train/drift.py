@@ -86,7 +86,7 @@ APPLY: frozenset[str] = frozenset({
     "trainer.mixed_precision", "trainer.cpu", "trainer.max_steps", "trainer.checkpoint_every",
     "trainer.keep_checkpoints", "trainer.sample_every", "trainer.sample_at_end", "trainer.num_samples",
     "trainer.log_every", "trainer.tensorboard", "trainer.progress", "trainer.gradient_checkpointing",
-    "trainer.cache_latents",
+    "trainer.cache_latents", "trainer.status_every", "trainer.num_threads",
     # loop-wide loss options
     "trainer.snr_gamma", "trainer.noise_offset", "trainer.input_perturbation", "trainer.report_to",
 })

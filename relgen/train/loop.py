@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from relgen import atomic
 from relgen.errors import RelgenError, write_error
@@ -37,6 +39,9 @@ from relgen.train.optim import make_optimizer
 from relgen.train.timesteps import make_timestep_sampler
 
 log = logging.getLogger("relgen")
+
+#: Step lines in the log of a run without ``trainer.status_every``.
+STATUS_LINES = 20
 
 
 def effective_lr(mcfg, num_processes: int) -> float:
@@ -57,7 +62,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, accelerator, backbone, method: Method,
                  render_samples: Optional[Callable[..., Path]] = None) -> None:
         """``render_samples(backbone, artifact, prompts, path, seed=, num_images=, steps=, guidance=,
-        title=)`` draws a sample grid (:func:`relgen.generate.sample_grid`); ``None``: no grids."""
+        title=, progress=)`` draws a sample grid (:func:`relgen.generate.sample_grid`); ``None``: no grids."""
         self.render_samples = render_samples
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -172,30 +177,39 @@ class Trainer:
         main = self.acc.is_main_process
         metrics = _MetricsWriter(self.run_dir) if main else None
         self.start_trackers()
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not (main and tcfg.progress),
                    desc=f"{self.cfg.method.name}", dynamic_ncols=True)
         last_logs: dict[str, float] = {}
-        started = time.time()
-        while self.step < self.max_steps:
-            step_logs = self.run_step()
-            last_logs = step_logs
-            if self.step % tcfg.log_every == 0 or self.step == self.max_steps:
-                if metrics:
-                    metrics.write(self.step, step_logs)
-                self.acc.log({k: v for k, v in step_logs.items() if math.isfinite(v)}, step=self.step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_logs['loss']:.4f}")
-            if self.step % self.checkpoint_every == 0 or self.step == self.max_steps:
-                self.save()
-            export_every = self.cfg.method.export_every
-            if main and export_every and self.step % export_every == 0 and self.step < self.max_steps:
-
-                export_run(self.cfg, self.run_dir, self.method, step=self.step, final=False)
-            if main and tcfg.sample_every and self.step % tcfg.sample_every == 0 and self.step < self.max_steps:
-                self.sample_grid(f"step-{self.step:06d}")
-            self.acc.wait_for_everyone()
+        started, first_step = time.time(), self.step
+        status_every = tcfg.status_every or max(1, self.max_steps // STATUS_LINES)
+        log.info("relgen: training %s on %s for steps %d to %d (a line every %d steps; checkpoints every %d)",
+                 self.cfg.method.name, self.cfg.backbone.name, self.step + 1, self.max_steps, status_every,
+                 self.checkpoint_every)
+        # log lines go around the progress bar instead of through it (tqdm's logging redirect)
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+            while self.step < self.max_steps:
+                step_logs = self.run_step()
+                last_logs = step_logs
+                if self.step % tcfg.log_every == 0 or self.step == self.max_steps:
+                    if metrics:
+                        metrics.write(self.step, step_logs)
+                    self.acc.log({k: v for k, v in step_logs.items() if math.isfinite(v)}, step=self.step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_logs['loss']:.4f}")
+                if main and (self.step % status_every == 0 or self.step == self.max_steps):
+                    log.info("%s", status_line(self.step, self.max_steps, step_logs,
+                                               time.time() - started, self.step - first_step))
+                if self.step % self.checkpoint_every == 0 or self.step == self.max_steps:
+                    path = self.save()
+                    if path is not None:
+                        log.info("relgen: step %d: checkpoint %s", self.step, path)
+                export_every = self.cfg.method.export_every
+                if main and export_every and self.step % export_every == 0 and self.step < self.max_steps:
+                    path = export_run(self.cfg, self.run_dir, self.method, step=self.step, final=False)
+                    log.info("relgen: step %d: export %s", self.step, path)
+                if main and tcfg.sample_every and self.step % tcfg.sample_every == 0 and self.step < self.max_steps:
+                    self.sample_grid(f"step-{self.step:06d}")
+                self.acc.wait_for_everyone()
         bar.close()
         if metrics:
             metrics.close()
@@ -284,13 +298,17 @@ class Trainer:
         prompts = self.method.sample_prompts()
         if not prompts or self.render_samples is None:
             return None
-        mcfg = self.cfg.method
+        mcfg, num_images = self.cfg.method, self.cfg.trainer.num_samples
         title = f"{self.cfg.method.name} · {self.cfg.backbone.name} · step {self.step}"
+        target = self.run_dir / "samples" / f"{tag}.png"
+        log.info("relgen: step %d: rendering the sample grid %s (%d prompts x %d images, %s denoising steps)",
+                 self.step, target, len(prompts), num_images, mcfg.sample_steps or self.backbone.cfg.inference_steps)
+        started = time.time()
         with self.averaged_weights():
-            path = self.render_samples(self.backbone, self.method.live_artifact(), prompts,
-                                       self.run_dir / "samples" / f"{tag}.png", seed=mcfg.sample_seed,
-                                       num_images=self.cfg.trainer.num_samples, steps=mcfg.sample_steps,
-                                       guidance=mcfg.sample_guidance, title=title)
+            path = self.render_samples(self.backbone, self.method.live_artifact(), prompts, target,
+                                       seed=mcfg.sample_seed, num_images=num_images, steps=mcfg.sample_steps,
+                                       guidance=mcfg.sample_guidance, title=title, progress=self.cfg.trainer.progress)
+        log.info("relgen: step %d: sample grid %s (%.1f s)", self.step, path, time.time() - started)
         self.log_image("samples", path)
         return path
 
@@ -367,6 +385,16 @@ class _MetricsWriter:
 
     def close(self) -> None:
         pass
+
+
+def status_line(step: int, max_steps: int, logs: dict[str, float], seconds: float, done: int) -> str:
+    """``step 40/500 · loss 0.1234 · lr 1.00e-04 · 1.23 s/step · 09:50 left``: one line of the log."""
+    per_step = seconds / max(1, done)
+    parts = [f"step {step}/{max_steps}", f"loss {logs.get('loss', float('nan')):.4f}"]
+    if "lr" in logs:
+        parts.append(f"lr {logs['lr']:.2e}")
+    parts += [f"{per_step:.2f} s/step", f"{tqdm.format_interval(per_step * (max_steps - step))} left"]
+    return " · ".join(parts)
 
 
 def _flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:

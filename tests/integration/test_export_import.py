@@ -57,7 +57,9 @@ def test_model_card_and_intermediate_exports_survive_checkpoint_rotation(tmp_pat
         assert f"| steps | {step} |" in card and "| method | `textual_inversion` |" in card
         assert "| files | `textual_inversion-R.safetensors` |" in card
         assert "tiny_sd15" in card and "shapes_reversion" in card and "revision" in card
-        assert 'pipe.load_textual_inversion("export/textual_inversion-R.safetensors", token="<R>")' in card
+        # each card loads its own folder's file, from the run folder
+        where = "export" if step == 4 else "export/step-000002"
+        assert f'pipe.load_textual_inversion("{where}/textual_inversion-R.safetensors", token="<R>")' in card
     final, second = relgen.load(run), relgen.load(run, step=2)
     assert second.export_dir == export / "step-000002" and final.export_dir == export
     assert not torch.equal(final.artifact.rows["text_encoder"], second.artifact.rows["text_encoder"])
@@ -69,7 +71,9 @@ def test_model_card_and_intermediate_exports_survive_checkpoint_rotation(tmp_pat
     pipe = StableDiffusionPipeline.from_pretrained(materialize_tiny(bcfg))
     monkeypatch.chdir(run)
     code = _card_code((export / "README.md").read_text()).split("image = pipe(")[0]
-    exec(code, {"pipe": pipe})
+    scope = {"pipe": pipe}
+    exec(code, scope)
+    pipe = scope["pipe"]  # the card's program loads its own base-model pipeline
     row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("<R>")]
     assert torch.equal(row, final.artifact.rows["text_encoder"][0])
 

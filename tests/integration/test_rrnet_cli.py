@@ -62,7 +62,8 @@ def test_short_run_per_backbone(tmp_path, backbone, widths):
     rel = json.loads((run / "export" / "relation.json").read_text())
     assert rel["node_widths"] == widths and rel["in_dim"] == rel["out_dim"] == sum(widths)
     assert (rel["A"], rel["R"], rel["B"], rel["backbone"]) == ("circle", "above", "square", backbone)
-    assert grid_cells(run / "samples" / "final.png") == (2, 1)  # ARB and BRA, one image each
+    # ARB and BRA, one image each, at λ = 0 (the base model) and each of the run's grid scales
+    assert grid_cells(run / "samples" / "final.png") == (2, 6)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["method"] == "rrnet"
 
@@ -91,8 +92,8 @@ def test_relation_sweep_then_scale_grid(tmp_path):
     assert proc.stdout.strip() == str(grid)
     assert grid_cells(grid) == (2, 3)  # columns = λ, rows = ARB and BRA (one seed each)
     for prompt in ("a_star_is_below_a_cross", "a_cross_is_below_a_star"):
-        assert sorted(p.name for p in (out / prompt).iterdir()) == ["w=0", "w=0.5", "w=1"]
-    cells = [Image.open(out / "a_star_is_below_a_cross" / f"w={w}" / "0000.png") for w in ("0", "1")]
+        assert sorted(p.name for p in (out / prompt).iterdir()) == ["lambda=0", "lambda=0.5", "lambda=1"]
+    cells = [Image.open(out / "a_star_is_below_a_cross" / f"lambda={w}" / "0000.png") for w in ("0", "1")]
     assert cells[0].tobytes() != cells[1].tobytes()  # λ changes the image (same seed)
     record = json.loads((out / "generation.json").read_text())
     assert record["prompts"] == ["a star is below a cross", "a cross is below a star"]

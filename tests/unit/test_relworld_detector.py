@@ -183,3 +183,49 @@ def test_metrics_count_the_right_events():
     assert (obj.k, obj.n) == (3, 4) and obj.low < 0.75 < obj.high
     assert (direction_accuracy([(right, wrong), (right, right)]).k, 2) == (1, 2)
     assert str(rel) == "50.0 [15.0, 85.0]"
+
+
+def _labelled_crops():
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(__file__).resolve().parents[1] / "data" / "relworld_shapes"
+    items = json.loads((folder / "labels.json").read_text())["crops"]
+    for it in items:
+        it["image"] = np.asarray(Image.open(folder / "crops" / it["file"]).convert("RGB"))
+    return items
+
+
+def test_shape_reader_agrees_with_hand_labels_of_the_models_own_objects():
+    from relgen.relworld.detector import reader_agreement
+
+    items = _labelled_crops()
+    assert len(items) == 276 and sum(it["label"] != it["prompted"] for it in items) == 17
+    result = reader_agreement(items, {"features": DET, "iou": Detector(SPEC, DetectorConfig(shape_reader="iou"))})
+    # the reader: 263 of 276 shapes named as labelled, 270 of 276 "is it the prompted shape?" decisions
+    assert (result["features"]["shape"]["k"], result["features"]["decision"]["k"]) == (263, 270)
+    # the earlier bounding-box IoU reader on the same labels: pinched squares read as circles
+    assert (result["iou"]["shape"]["k"], result["iou"]["decision"]["k"]) == (239, 248)
+    assert sum(e["label"] == "square" and e["call"] == "circle" for e in result["iou"]["errors"]) == 14
+
+
+def test_shape_prototypes_are_the_labelled_objects_means(relworld_script):
+    labels = relworld_script("shape_labels")
+    means, scale = labels.label_prototypes(_labelled_crops())
+    cfg = DetectorConfig()
+    assert dict(cfg.shape_prototypes[:5]) == {k: tuple(v) for k, v in means.items()}
+    assert cfg.shape_feature_scale == tuple(scale)
+
+
+def test_shape_features_of_canonical_shapes():
+    from relgen.relworld.detector import shape_features
+
+    size = 96
+    feats = {s: shape_features(shape_mask(SceneObject(s, "red", 48, 48, 30), size)) for s in SPEC.shapes}
+    assert np.allclose(feats["square"], 1.0)  # fills its box, its corners and its rows
+    assert feats["diamond"][2] < 0.02 and feats["cross"][2] < 0.02  # empty corners
+    assert feats["cross"][1] < 0.8 < feats["diamond"][1]  # a cross is far from convex
+    assert feats["triangle"][3] < 0.25 < 0.75 < feats["triangle"][4]  # narrow top, wide bottom
+    assert abs(feats["circle"][0] - np.pi / 4) < 0.02  # a disc fills pi/4 of its box

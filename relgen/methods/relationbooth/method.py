@@ -35,6 +35,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from relgen.card import export_json, export_ref, generation_kwargs, load_run_line, program
 from relgen.backbones.base import TextCond
 from relgen.errors import ConfigError, DataError
 from relgen.methods.relationbooth.artifact import (
@@ -293,11 +294,20 @@ class RelationBooth(Method):
         lora = recorded_name(meta, LORA_ROLE, LEGACY_LORA_FILE)
         branch = recorded_name(meta, BRANCH_ROLE, LEGACY_BRANCH_FILE) or LEGACY_BRANCH_FILE
         kohya = recorded_name(meta, KOHYA_ROLE, LEGACY_KOHYA_FILE)
-        code = [f"pipe.load_lora_weights(\"export\", weight_name=\"{lora}\")  # the relation LoRA"] if lora else []
-        code += ["import relgen",
-                 "run = relgen.load(\"<run_dir>\"); run.apply(pipe)  # the image branch and the LoRA",
-                 "images = pipe(**run.pipeline_inputs(pipe, [\"a cat is hugging a dog\"], images=[\"cat.png\", "
-                 "\"dog.png\"], phrases=[\"cat\", \"dog\"])).images"]
+        samples = export_json(meta, SPEC_FILE).get("samples") or [{}]
+        prompt = samples[0].get("prompt") or "a cat is hugging a dog"
+        whole = program(meta, [
+            load_run_line(meta),
+            "run.apply(pipe)  # the image branch and the LoRA",
+            "# images=[...], phrases=[...]: your own reference per entity (default: the training item of the prompt)",
+            f"inputs = run.pipeline_inputs(pipe, [{prompt!r}])",
+            f"image = pipe(**inputs, {generation_kwargs(meta)}).images[0]"], imports=["import relgen"])
+        text = f"The whole model (image branch and LoRA), through relgen:\n\n{whole}"
+        if lora:
+            alone = program(meta, [
+                f"pipe.load_lora_weights(\"{export_ref(meta)}\", weight_name=\"{lora}\")  # the relation LoRA",
+                f"image = pipe({prompt!r}, {generation_kwargs(meta)}).images[0]"])
+            text += ("\n\nThe LoRA alone, in plain diffusers (without its image branch: see below):\n\n" + alone)
         limits = ["The backbone's own weights."]
         if lora:
             limits.append(f"`{lora}` alone is not the whole model: it was trained on top of the image-prompt "
@@ -310,7 +320,7 @@ class RelationBooth(Method):
         if kohya:
             limits.append(f"`{kohya}` is the same LoRA in kohya's key layout (lora_unet_..., alpha per module) "
                           "for kohya sd-scripts and the WebUIs.")
-        return "```python\n" + "\n".join(code) + "\n```", limits
+        return text, limits
 
     @classmethod
     def load_artifact(cls, export_dir: Path, meta: dict) -> RelationBoothArtifact:

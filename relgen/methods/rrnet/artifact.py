@@ -238,6 +238,8 @@ class RRNetArtifact(Artifact):
         movable: Move the network to the pipeline's device (where DGL supports it) when
             used; ``False`` for a network that is being trained in place.
         edit_rows: The rows the delta is added to (:func:`rectify`).
+        columns_by_default: :meth:`grid_columns` draws the λ columns even when no ``scales``
+            option is given (the sample grids during training).
     """
 
     method = RRNetConfig.name
@@ -245,8 +247,10 @@ class RRNetArtifact(Artifact):
     def __init__(self, gnn, relation: dict, scale: float = 0.6,
                  grid_scales: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                  object_template: str = DEFAULT_OBJECT_TEMPLATE,
-                 prompts: Optional[Sequence[str]] = None, movable: bool = True, edit_rows: str = "eot") -> None:
+                 prompts: Optional[Sequence[str]] = None, movable: bool = True, edit_rows: str = "eot",
+                 columns_by_default: bool = False) -> None:
         self.gnn = gnn
+        self.columns_by_default = columns_by_default
         self.edit_rows = edit_rows
         self.movable = movable
         self.relation = dict(relation)
@@ -422,20 +426,26 @@ class RRNetArtifact(Artifact):
         """With ``opts.method_options["scales"]``: one grid column per λ (RRNet's Fig. 4 layout).
 
         Used by ``python -m relgen.generate run_dir=... method_options.scales=[0,0.5,1]``, which
-        writes the single images to ``<out>/<prompt>/w=<λ>/<i>.png`` (the released
-        generate.py's layout) and one labelled grid (rows = prompt x seed, columns = λ).
-        Returns ``None`` without ``scales`` (plain rendering then applies).
+        writes the single images to ``<out>/<prompt>/lambda=<λ>/<i>.png`` (the released
+        generate.py's one-folder-per-λ layout) and one labelled grid (rows = prompt x seed,
+        columns = λ), each column headed ``lambda = <λ>`` as its folder is named. ``scales``
+        null (or true) and the training sample grids (``columns_by_default``) draw λ = 0, the
+        base model, beside the run's ``grid_scales``. Returns ``None`` otherwise (plain
+        rendering then applies).
         """
         options = dict(opts.method_options)
-        if "scales" not in options:
+        if "scales" not in options and not self.columns_by_default:
             return None
-        scales = options.pop("scales")
-        scales = list(self.grid_scales) if scales in (None, True) else [float(s) for s in scales]
+        scales = options.pop("scales", None)
+        if scales in (None, True):
+            scales = [0.0] + [s for s in self.grid_scales if s != 0]
+        else:
+            scales = [float(s) for s in scales]
         cells = render_scale_grid(pipe, self, prompts, scales, replace(opts, method_options=options), backbone_cfg,
                                   progress=progress)
-        return GridColumns(kind="lambda", columns=[f"λ = {value:g}" + (" (base model)" if value == 0 else "")
+        return GridColumns(kind="lambda", columns=[lambda_name(value, " = ") + (" (base model)" if value == 0 else "")
                                                    for value in scales],
-                           folders=[f"w={value:g}" for value in scales], cells=cells)
+                           folders=[lambda_name(value) for value in scales], cells=cells)
 
     def sample_prompts(self) -> list[str]:
         return list(self.prompts)
@@ -455,6 +465,11 @@ class RRNetArtifact(Artifact):
         if words and all(w and w.lower() in text.lower() for w in words):
             return {}
         return {"A": prompt.a, "R": prompt.predicate, "B": prompt.b}
+
+
+def lambda_name(value: float, sep: str = "=") -> str:
+    """How RRNet's λ is named in folders (``lambda=0.6``) and grid headers (``lambda = 0.6``)."""
+    return f"lambda{sep}{float(value):g}"
 
 
 def render_scale_grid(pipe, artifact: RRNetArtifact, prompts: Sequence[str], scales: Sequence[float],

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from relgen.backbones.base import TextCond
+from relgen.card import export_json, generation_kwargs, load_run_line, program
 from relgen.errors import ConfigError
 from relgen.methods.rrnet.artifact import (
     FORMAT,
@@ -206,9 +207,10 @@ class RRNet(Method):
                           f"known: {', '.join(names)}")
 
     @classmethod
-    def check_data(cls, cfg: RRNetConfig, data: list) -> None:
-        """Checks that need the data but no weights (run before loading the backbone)."""
-        cls.select_relation(cfg, data, announce=True)
+    def check_data(cls, cfg: RRNetConfig, data: list, announce: bool = True) -> None:
+        """Checks that need the data but no weights (run before loading the backbone); ``announce``:
+        say in the log which relation is trained when the dataset holds several."""
+        cls.select_relation(cfg, data, announce=announce)
         if cfg.batch_size != 1:
             raise ConfigError(f"method.batch_size={cfg.batch_size}: RRNet trains on one prompt pair per "
                               "step; keep batch_size=1 (use grad_accum= to accumulate pairs)")
@@ -221,7 +223,8 @@ class RRNet(Method):
         from relgen.data.latents import latent_dists
         from relgen.methods.rrnet.gnn import RelationGAT
 
-        self.check_data(cfg, data)  # run.py called it already; direct construction needs it too
+        # run.py called it already (and said which relation); direct construction needs it too
+        self.check_data(cfg, data, announce=False)
         rel = self.select_relation(cfg, data)
         self.relation = rel
         self.text = encode_relation_text(backbone, rel.A, rel.R, rel.B, rel.ARB, rel.BRA,
@@ -375,10 +378,23 @@ class RRNet(Method):
     @classmethod
     def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
         network = recorded_name(meta, NETWORK_ROLE, LEGACY_GAT_FILE) or LEGACY_GAT_FILE
+        mcfg = meta.get("method_config") or {}
+        relation = export_json(meta, RELATION_FILE)
+        prompt = (mcfg.get("sample_prompts") or [relation.get("ARB")])[0]
+        words = ""
+        if not prompt and all(relation.get(k) for k in ("A", "R", "B")):  # imported with its words only
+            prompt = f"a {relation['A']} is {relation['R']} a {relation['B']}"
+        if not prompt:  # an imported network that names no relation: the prompt's words are given
+            prompt, words = "a book is placed in a bowl", ", A=\"book\", R=\"placed\", B=\"bowl\""
+        scale = float(relation.get("scale", mcfg.get("inference_scale", 0.6)))
+        body = [load_run_line(meta),
+                f"inputs = run.pipeline_inputs(pipe, [{prompt!r}]{words}, scale={scale:g})  # lambda = {scale:g}; "
+                "0: the base model",
+                f"image = pipe(**inputs, {generation_kwargs(meta)}).images[0]"]
         return ("RRNet edits the EOT row of the prompt embeddings, which a diffusers pipeline cannot do by "
-                "itself; relgen builds the `prompt_embeds`:\n\n"
-                "```python\nimport relgen\nrun = relgen.load(\"<run_dir>\")   # reads export/\n"
-                "images = pipe(**run.pipeline_inputs(pipe, [\"a book is placed in a bowl\"], scale=0.6)).images\n```\n\n"
+                "itself; relgen builds the `prompt_embeds` (the prompt must hold the relation's words, "
+                "or name its own with `A=`, `R=`, `B=`):\n\n"
+                f"{program(meta, body, imports=['import relgen'])}\n\n"
                 f"`{network}` holds the graph network with the key names of RRNet's released `gat_<R>`; "
                 f"`{RELATION_FILE}` the relation's words and the network's sizes.",
                 ["The backbone's own weights; the network only adjusts its text conditioning.",
@@ -392,7 +408,8 @@ class RRNet(Method):
         cfg = self.cfg
         return RRNetArtifact(self.gnn, self.relation_meta(), scale=cfg.inference_scale,
                              grid_scales=cfg.grid_scales, object_template=cfg.object_template,
-                             prompts=self.sample_prompts(), movable=False, edit_rows=cfg.edit_rows)
+                             prompts=self.sample_prompts(), movable=False, edit_rows=cfg.edit_rows,
+                             columns_by_default=True)  # sample grids: λ = 0 beside the grid scales
 
     def sample_prompts(self) -> list[str]:
         if self.cfg.sample_prompts:

@@ -14,6 +14,7 @@ class TextualInversionConfig(MethodConfig):
     """Textual inversion on the same recipe as ReVersion's released code (its baseline)."""
 
     name: str = "textual_inversion"
+    # on the command line quote it twice, for Hydra and the shell: 'method.placeholder_token="<cat>"'
     placeholder_token: str = "<R>"
     initializer_token: str = "and"
     lr: float = 2.5e-4

@@ -16,6 +16,7 @@ from relgen.errors import RelgenError
 from relgen.methods.reversion.words import load_benchmark_scenarios
 from relgen.methods.textual_inversion.config import TextualInversionConfig
 from relgen.methods.textual_inversion.embeddings import PlaceholderEmbeddings
+from relgen.card import export_ref, generation_kwargs, program
 from relgen.names import export_file_name, exported_file, recorded_name
 from relgen.plugin import Artifact, Method, StepContext, StepOutput
 
@@ -97,18 +98,26 @@ class TextualInversion(Method):
 
     @classmethod
     def card_usage(cls, meta: dict) -> tuple[str, list[str]]:
-        token = (meta.get("method_config") or {}).get("placeholder_token", "<R>")
+        mcfg = meta.get("method_config") or {}
+        token = mcfg.get("placeholder_token", "<R>")
         name = recorded_name(meta, EMBEDS_ROLE, LEGACY_EMBEDS_FILE) or LEGACY_EMBEDS_FILE
+        path = export_ref(meta, name)
         if (meta.get("backbone") or {}).get("family") == "sdxl":
-            code = ("from safetensors.torch import load_file\n"
-                    f"rows = load_file(\"export/{name}\")  # clip_l and clip_g rows\n"
+            imports = ["from safetensors.torch import load_file"]
+            body = [f"rows = load_file(\"{path}\")  # clip_l and clip_g rows",
                     f"pipe.load_textual_inversion(rows[\"clip_l\"], token=\"{token}\", text_encoder=pipe.text_encoder, "
-                    "tokenizer=pipe.tokenizer)\n"
+                    "tokenizer=pipe.tokenizer)",
                     f"pipe.load_textual_inversion(rows[\"clip_g\"], token=\"{token}\", text_encoder=pipe.text_encoder_2, "
-                    "tokenizer=pipe.tokenizer_2)")
+                    "tokenizer=pipe.tokenizer_2)",
+                    "# pool at EOS, not at the new token (SDXL's encoder configs carry the legacy eos_token_id 2)",
+                    "for enc, tok in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)):",
+                    "    enc.config.eos_token_id = tok.eos_token_id",
+                    "    getattr(enc, \"text_model\", enc).eos_token_id = tok.eos_token_id  # read there"]
         else:
-            code = f"pipe.load_textual_inversion(\"export/{name}\", token=\"{token}\")"
-        return (f"```python\n{code}\nimage = pipe(\"a cat {token} a stone\").images[0]\n```\n\n"
+            imports, body = [], [f"pipe.load_textual_inversion(\"{path}\", token=\"{token}\")"]
+        prompt = (mcfg.get("sample_prompts") or [f"a cat {token} a stone"])[0]
+        body.append(f"image = pipe({prompt!r}, {generation_kwargs(meta)}).images[0]")
+        return (f"{program(meta, body, imports)}\n\n"
                 f"`{token}` is the learnt token: write it in a prompt where the relation goes.",
                 ["The backbone's own weights; only the learnt token's embedding rows are here.",
                  "ReVersion lower-cases prompts except the token at generation; plain diffusers does not."])
