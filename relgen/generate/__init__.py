@@ -21,11 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 import relgen
+from relgen import grid
 from relgen.api import load
 from relgen.atomic import save_image, write_json
 from relgen.backbones.base import warn_if_truncated
 from relgen.errors import ConfigError
-from relgen.grid import labelled_grid, seed_labels
 from relgen.names import slug
 from relgen.plugin import GridColumns  # also re-exported: what Artifact.grid_columns returns
 
@@ -117,8 +117,8 @@ def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone
 
 def prompt_grid(rows: list[list[Any]], prompts: list[str], seed: int, title: Optional[str] = None):
     """The labelled grid of :func:`render`'s output: a row per prompt, a column per seed."""
-    return labelled_grid(rows, row_labels=list(prompts), column_labels=seed_labels(seed, max(len(r) for r in rows)),
-                         title=title)
+    return grid.labelled_grid(rows, row_labels=list(prompts),
+                              column_labels=grid.seed_labels(seed, max(len(r) for r in rows)), title=title)
 
 
 def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions, path: Path,
@@ -147,7 +147,7 @@ def columns_grid(spec: GridColumns, prompts: list[str], seed: int, title: Option
         for i in range(len(spec.cells[p][0])):
             grid_rows.append([spec.cells[p][c][i] for c in range(len(spec.columns))])
             labels.append(f"{prompt}\nseed {seed + i}")
-    return labelled_grid(grid_rows, row_labels=labels, column_labels=spec.columns, title=title)
+    return grid.labelled_grid(grid_rows, row_labels=labels, column_labels=spec.columns, title=title)
 
 
 def sample_grid(backbone, artifact, prompts: list[str], path: Path, seed: int = 0, num_images: int = 4,
