@@ -24,6 +24,8 @@ plugin = SimpleNamespace(
                                 "ReVersion's 10 relations x 100 scenarios"),
         "rrnet_pairs": ("relgen.methods.rrnet.prompts:pair_prompt_set",
                         "the object-swapped pair A R B / B R A of an RRNet run's relation"),
+        "relworld_relation": ("relgen.relworld.prompt_set:relation_prompt_set",
+                              "a relworld run's relation on object-swapped pairs in relworld's words"),
     },
     modules=("relgen.backbones", "relgen.data.registry", "relgen.relworld.datasets"),
 )

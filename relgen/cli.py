@@ -149,11 +149,96 @@ def _run_dir_given(hc) -> bool:
     return False
 
 
+def unknown_preset(argv: list[str]) -> str | None:
+    """One line for an ``experiment=<name>`` that names no shipped preset (``None`` when it names one).
+
+    Only the shipped presets are known here: with ``--config-dir``/``-cd`` or a search-path
+    override the name is left to Hydra, which also fails on a missing one.
+    """
+    import difflib
+    from importlib import resources
+
+    if any(a.startswith(("--config-dir", "-cd", "--config-path", "-cp")) or "searchpath" in a for a in argv):
+        return None
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if key.lstrip("+~") != "experiment" or not sep or value in ("", "null") or "," in value:
+            continue
+        folder = resources.files("relgen.conf") / "experiment"
+        known = sorted(p.name[:-len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        if value in known:
+            return None
+        close = difflib.get_close_matches(value, known, n=1)
+        hint = f"did you mean experiment={close[0]}? " if close else ""
+        return f"experiment={value} is not a preset; {hint}known: {', '.join(known)}"
+    return None
+
+
+def composition_error(argv: list[str]) -> str | None:
+    """One line for command-line overrides Hydra cannot compose (``None`` when they compose).
+
+    A misspelt key says which key was meant (``method.lrr`` -> ``did you mean method.lr?``), a
+    value of the wrong type names the key and the type, an unknown group option lists the known
+    ones. Sweeps, Hydra's own flags and config-dir options are left to Hydra.
+    """
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    from relgen.config import compose_run
+
+    if any(a.startswith("-") for a in argv):
+        return None
+    overrides = [a for a in argv if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        compose_run(*overrides)
+        return None
+    except Exception as exc:  # noqa: BLE001 - Hydra's composition errors, turned into one line below
+        error = exc
+    cause = error.__cause__
+    key = getattr(cause, "full_key", None)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if key and type(cause).__name__ in ("ConfigAttributeError", "ConfigKeyError"):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        rest = [a for a in overrides if a.lstrip("+~").split("=", 1)[0] != key]
+        try:
+            cfg = compose_run(*rest)
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            known = [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+        except Exception:  # noqa: BLE001 - no suggestion then
+            known = []
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        where = f" of {parent}" if parent else ""
+        return (f"{key} is not a key{where}; {hint}(to add a new key, write +{key}=...; "
+                f"relgen --help lists the groups)")
+    if key:  # a value that does not fit the key's type
+        reason = str(cause).strip().splitlines()[0] if cause is not None else first
+        return f"{key}: {reason}"
+    if type(error).__name__ == "MissingConfigException":
+        import re
+
+        missing = re.search(r"Could not find '([^']+)'", str(error))
+        options = re.findall(r"^\t(\S+)$", str(error).split("Config search path")[0], re.M)
+        if missing:
+            group, _, name = missing.group(1).rpartition("/")
+            close = difflib.get_close_matches(name, options, n=1)
+            hint = f"did you mean {group}={close[0]}? " if close else ""
+            return (f"{group}={name} is not an option ({missing.group(1)} not found); {hint}known: "
+                    f"{', '.join(options)}")
+    return None  # anything else: Hydra's own report
+
+
 def train_main() -> None:
     """``python -m relgen method=<m> backbone=<b> dataset=<d> [trainer=...]``."""
     import hydra
 
     from relgen.registry import register_builtin_schemas
+
+    bad = unknown_preset(sys.argv[1:]) or composition_error(sys.argv[1:])
+    if bad:  # before Hydra composes: one line, not its search-path report
+        print(f"relgen: error: {bad}", file=sys.stderr)
+        sys.exit(2)
 
     register_builtin_schemas()  # before Hydra composes
 

@@ -134,6 +134,10 @@ class TrainerConfig:
     noise_offset: float = 0.0  # as diffusers' --noise_offset (0.05-0.1 is usual)
     input_perturbation: float = 0.0  # as diffusers' --input_perturbation (0.1 in the paper)
     ema_decay: Optional[float] = None  # EMA of the trained tensors (diffusers' EMAModel), e.g. 0.999
+    # A trained tensor with an entry of larger magnitude has blown up (a learning rate far too high): the
+    # run stops naming the last good checkpoint. Trained token rows, graph weights and LoRA entries sit
+    # orders of magnitude below; float16 overflows at 65504. null: only NaN/inf stop a run.
+    max_abs_weight: Optional[float] = 1.0e4
 
 
 @dataclass

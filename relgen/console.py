@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable
 
-from relgen.errors import RelgenError
+from relgen.errors import WRITE_ERRNOS, RelgenError, write_error
 
 # Quiet, offline-friendly defaults; set before torch/diffusers/dgl are imported.
 os.environ.setdefault("DGLBACKEND", "pytorch")
@@ -30,6 +30,13 @@ def run_cli(body: Callable[[], int]) -> int:
         return body()
     except RelgenError as exc:
         print(f"relgen: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        # a folder that cannot be written (a read-only or full cache, output or export folder) wherever
+        # the write happens: one line naming it; any other OSError is a bug and keeps its traceback
+        if exc.errno not in WRITE_ERRNOS or not exc.filename:
+            raise
+        print(f"relgen: error: {write_error(exc, exc.filename, 'file or folder there')}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("relgen: interrupted; the last checkpoint is intact (resume=latest)", file=sys.stderr)

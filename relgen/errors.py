@@ -4,6 +4,8 @@ A :class:`RelgenError` carries one line that names the file or field at fault an
 it. The command-line entry points print it without a traceback and exit with status 2.
 """
 
+import errno
+
 
 class RelgenError(Exception):
     """An error caused by the user's input (config, data, weights, run directory)."""
@@ -19,6 +21,10 @@ class ConfigError(RelgenError):
 
 class WriteError(RelgenError):
     """A file could not be written (full disk, read-only folder, no permission)."""
+
+
+#: errno values of a write refused by the file system (full, read-only, not permitted).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def write_error(exc: OSError, path: object, what: str) -> WriteError:

@@ -208,9 +208,24 @@ def exchange_paths(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _sync_tree(folder: Path) -> None:
-    """fsync every file of ``folder`` so a rename never publishes unwritten data."""
-    for path in folder.rglob("*"):
+    """fsync every file of ``folder`` so a rename never publishes unwritten data, and give every
+    file and folder the mode the umask asks for: writers that go through a temporary file
+    (safetensors' ``save_file``) leave it ``0600``, which colleagues on a shared cluster cannot read."""
+    mask = current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        want = (0o777 if path.is_dir() else 0o666) & ~mask
+        if path.stat().st_mode & 0o777 != want:
+            os.chmod(path, want)
         if path.is_file():
             fd = os.open(path, os.O_RDONLY)
             try:

@@ -219,10 +219,24 @@ def strip(images: Sequence[Image.Image], caption: str = "", gap: int = 2) -> Ima
     return out
 
 
+def flat_images(rows: Sequence[Sequence[Image.Image]]) -> tuple[int, int]:
+    """``(flat, total)``: how many of the images hold a single colour (every pixel within one
+    level of every other in each channel, as a black render from NaN latents does)."""
+    import numpy as np
+
+    flat = total = 0
+    for row in rows:
+        for img in row:
+            array = np.asarray(img.convert("RGB"), dtype=np.int16)
+            total += 1
+            flat += int((array.max(axis=(0, 1)) - array.min(axis=(0, 1)) <= 1).all())
+    return flat, total
+
+
 def seed_labels(seed: int, count: int) -> list[str]:
     """Column headers ``"seed s"`` for ``count`` images drawn with seeds ``seed, seed + 1, ...``."""
     return [f"seed {seed + i}" for i in range(count)]
 
 
-__all__ = ["MIN_CELL", "VERDICT_COLOURS", "cell_scale", "default_font", "labelled_grid", "seed_labels", "strip",
-           "verdict_tile", "wrap_text"]
+__all__ = ["MIN_CELL", "VERDICT_COLOURS", "cell_scale", "default_font", "flat_images", "labelled_grid", "seed_labels",
+           "strip", "verdict_tile", "wrap_text"]

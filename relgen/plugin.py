@@ -149,6 +149,11 @@ class Artifact:
         """Prompts rendered when the user gives none."""
         return []
 
+    def check_options(self, options: dict) -> None:
+        """Refuse generation options (``method_options.*``) this artifact does not take, before
+        anything loads, with one line naming them (:class:`relgen.errors.ConfigError`). Default:
+        every option is left to :meth:`pipeline_inputs`."""
+
     def grid_columns(self, pipe, prompts: list[str], opts, backbone_cfg,
                      progress: bool = False) -> Optional[GridColumns]:
         """Render ``prompts`` under several conditions, one grid column each (RRNet's λ sweep),
@@ -193,6 +198,9 @@ class Method:
             it); empty when the method has none.
         official_words: extra ``key=value`` options ``relgen.import_official`` accepts for
             this method (RRNet's relation words ``A``, ``R``, ``B``, ``ARB``, ``BRA``).
+        own_prompt_set: a registered evaluation prompt set built from the run itself (RRNet's
+            object-swapped pair ``rrnet_pairs``); ``relgen.evaluate`` uses it by default where
+            the run's own relation is what is measured (runs on the relworld model).
     """
 
     config_class: ClassVar[type] = MethodConfig
@@ -203,6 +211,7 @@ class Method:
     denoising_terms: ClassVar[tuple[str, ...]] = ("loss",)
     official_format: ClassVar[str] = ""
     official_words: ClassVar[tuple[str, ...]] = ()
+    own_prompt_set: ClassVar[Optional[str]] = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -69,12 +69,17 @@ def run_training(cfg: DictConfig, run_dir: str | Path, *, default_run_dir: bool 
         if state.log_handler is not None:
             logging.getLogger().removeHandler(state.log_handler)
             state.log_handler.close()
-        if state.lock is not None:
-            state.lock.release()
-        # a folder made for this run goes again unless training began in it
-        for path in {given, state.run_dir}:
-            if path != state.run_dir or not state.started:
-                rundir.remove_if_created(path)
+        try:
+            # a folder made for this run goes again unless training began in it, and only while this
+            # process holds its lock: a run refused because another one holds the folder leaves it alone
+            for path in {given, state.run_dir}:
+                if path != state.run_dir or not state.started:
+                    rundir.remove_if_created(path, held=state.lock)
+                else:  # training began: the folder is a run now, which a later refused run must keep
+                    rundir.forget_created(path)
+        finally:
+            if state.lock is not None:
+                state.lock.release()
 
 
 @dataclass
@@ -188,12 +193,16 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
         "samples": str(samples) if samples else None,
         "checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.csv"),
     }
+    if trainer.sample_warnings:
+        summary["sample_warnings"] = trainer.sample_warnings
     if resume is not None:
         summary["resumed_from"] = str(resume.path)
         summary["resumed_at_step"] = resume.step
         summary["changed_on_resume"] = {k: {"checkpoint": a, "now": b} for k, (a, b) in resume.applied.items()}
     write_json(run_dir / "summary.json", summary)
     what = (f"trained {cfg.method.name} on {cfg.backbone.name} for {trainer.step} steps" if resume is None else
+            f"finished {cfg.method.name} on {cfg.backbone.name} at step {trainer.step}: export and final "
+            "sample grid written" if resume.finishing else
             f"trained {cfg.method.name} on {cfg.backbone.name} from step {resume.step} to {trainer.step}")
     wall = time.time() - state.started_at
     summary_lines = [f"relgen: {what} in {_duration(wall)} (wall time; training {_duration(result['seconds'])})"]
@@ -260,6 +269,20 @@ class Resume:
         self.state = state
         self.applied = applied
         self.step = int(state["step"])
+        #: training reached max_steps but the export, final grid or summary was not written
+        #: (a kill or a full disk after the last step): the resume redoes only those
+        self.finishing = False
+
+
+def finished_at(run_dir: Path) -> Optional[int]:
+    """The step a run's ``summary.json`` (written last, after the export and final grid) records,
+    ``None`` when it has none: its end was never reached."""
+    import json
+
+    try:
+        return int(json.loads((Path(run_dir) / "summary.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def preflight(cfg: DictConfig, run_dir: Path) -> Optional[Resume]:
@@ -276,9 +299,13 @@ def preflight(cfg: DictConfig, run_dir: Path) -> Optional[Resume]:
     from relgen.train.loop import resolved_max_steps
 
     if not cfg.resume:
-        if ckpt.checkpoint_dirs(run_dir):
-            raise ConfigError(f"{run_dir}: already holds checkpoints; pass resume=latest to continue it "
-                              "or choose a new hydra.run.dir")
+        found = ckpt.checkpoint_dirs(run_dir)
+        if found:
+            step = ckpt.latest_step(run_dir)
+            unfinished = step == resolved_max_steps(cfg) and finished_at(run_dir) != step
+            what = (f"its training reached step {step} but its export or final sample grid was not written; "
+                    "pass resume=latest to write them" if unfinished else "pass resume=latest to continue it")
+            raise ConfigError(f"{run_dir}: already holds checkpoints; {what}, or choose a new hydra.run.dir")
         return None
     path = ckpt.find_checkpoint(run_dir, cfg.resume)
     state = ckpt.load_checkpoint(path)
@@ -293,6 +320,12 @@ def preflight(cfg: DictConfig, run_dir: Path) -> Optional[Resume]:
                               f"on them; put them back as in {saved_cfg}, or start a new run")
         applied = drift.applied
     step, max_steps = int(state["step"]), resolved_max_steps(cfg)
+    if max_steps == step and finished_at(run_dir) != step:
+        resume = Resume(path, state, applied)
+        resume.finishing = True
+        print(f"relgen: {path}: training reached max_steps={step}; writing the export, the final sample grid "
+              "and summary.json it did not finish")
+        return resume
     if max_steps <= step:
         raise ConfigError(f"{path}: the checkpoint is at step {step} and max_steps is {max_steps}: nothing to "
                           f"train; raise trainer.max_steps (or method.max_steps) above {step} to continue")

@@ -148,18 +148,39 @@ def note_created(path: Path) -> None:
     _CREATED[str(path)] = top
 
 
+def forget_created(path: Path) -> None:
+    """``path`` holds a run now: never remove it as a folder this process made."""
+    _CREATED.pop(os.path.abspath(path), None)
+
+
 def was_created(path: Path) -> bool:
     return os.path.abspath(path) in _CREATED
 
 
-def remove_if_created(path: Path) -> bool:
+def remove_if_created(path: Path, held: Optional[RunLock] = None) -> bool:
     """Remove ``path`` when this process created it, and the parents it created that are now
-    empty; returns whether it removed ``path``."""
+    empty; returns whether it removed ``path``.
+
+    Two processes started together may both believe they created a new folder; the folder
+    belongs to whichever holds its lock. So ``path`` is removed only under its lock: ``held``
+    (this process's lock, when it holds one) or one taken here; when another live process
+    holds it, the folder is that process's and stays.
+    """
     key = os.path.abspath(path)
     top = _CREATED.pop(key, None)
     if top is None or not Path(key).exists():
         return False
-    shutil.rmtree(key, ignore_errors=True)
+    lock = held if held is not None and held.held and os.path.abspath(held.run_dir) == key else None
+    if lock is None:
+        try:
+            lock = RunLock(Path(key)).acquire()
+        except (ConfigError, OSError):  # another run owns it now (or it cannot be locked): not ours to remove
+            return False
+    try:
+        shutil.rmtree(key, ignore_errors=True)
+    finally:
+        if lock is not held:
+            lock.release()
     parent = Path(key).parent
     while top != Path(key) and parent.is_relative_to(top):
         try:

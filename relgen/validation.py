@@ -118,6 +118,9 @@ def check_steps(cfg: DictConfig) -> None:
     _at_least("trainer.num_threads", t.num_threads, 1, optional=True)
     _at_least("trainer.keep_checkpoints", t.keep_checkpoints, 0)
     _at_least("trainer.num_samples", t.num_samples, 1)
+    if t.get("max_abs_weight") is not None and not (math.isfinite(t.max_abs_weight) and t.max_abs_weight > 0):
+        raise ConfigError(f"trainer.max_abs_weight={t.max_abs_weight} must be a finite number > 0 (the largest "
+                          "magnitude a trained tensor may reach before the run stops), or null (off)")
     _at_least("method.sample_steps", m.sample_steps, 1, optional=True)
     _at_least("backbone.inference_steps", cfg.backbone.inference_steps, 1)
 
@@ -343,3 +346,49 @@ def validate(cfg: DictConfig) -> list[str]:
 
 
 __all__ = ["CHECKS", "ConfigError", "validate"]
+
+
+def check_generation_options(opts: Any, vae_scale: int = 8) -> None:
+    """Refuse generation settings the pipeline would fail on (or render black with), in one line.
+
+    ``opts`` is a :class:`relgen.generate.GenerationOptions`: seed a whole number, counts and
+    steps >= 1, a finite guidance scale >= 0, and a height and width that are multiples of the
+    VAE's downsampling factor (8 for every Stable Diffusion VAE; diffusers refuses others).
+
+    Raises:
+        ConfigError: naming the option and what it accepts.
+    """
+    def whole(key: str, value: Any, least: int, optional: bool) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"relgen.generate: {key}={value!r} must be a whole number >= {least}")
+
+    whole("seed", opts.seed, 0, False)
+    whole("num_images", opts.num_images, 1, False)
+    whole("batch_size", opts.batch_size, 1, False)
+    whole("steps", opts.steps, 1, True)
+    for key in ("height", "width"):
+        value = getattr(opts, key)
+        whole(key, value, vae_scale, True)
+        if value is not None and value % vae_scale:
+            raise ConfigError(f"relgen.generate: {key}={value} must be a multiple of {vae_scale} (the VAE's "
+                              f"downsampling factor), e.g. {key}={max(vae_scale, value // vae_scale * vae_scale)}")
+    guidance = opts.guidance
+    if guidance is not None:
+        try:
+            number = float(guidance)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(guidance, bool) or not math.isfinite(number) or number < 0:
+            raise ConfigError(f"relgen.generate: guidance={guidance!r} must be a finite number >= 0 "
+                              "(classifier-free guidance scale, e.g. 7.5; 1 or less turns guidance off)")
+    if not isinstance(opts.method_options, dict):
+        raise ConfigError(f"relgen.generate: method_options must be key=value options, got {opts.method_options!r}")
+
+
+def prompts_missing_token(prompts: list[str], token: Optional[str]) -> list[str]:
+    """The prompts that do not contain ``token`` (the run's learnt token; ``None``: none to check)."""
+    if not token:
+        return []
+    return [p for p in prompts if token not in p]

@@ -372,12 +372,22 @@ def placeholder_conflict(tokenizer, token: str) -> Optional[str]:
     as one existing token: CLIP reads ``and`` as the word token ``and</w>``, and an added token
     ``and`` would then also capture every "and" inside other words ("band", "android").
     """
-    if token in tokenizer.get_vocab():
+    vocab = tokenizer.get_vocab()
+    if token in vocab:
         return "is already a token"
     pieces = tokenizer.tokenize(token)
     unk = getattr(tokenizer, "unk_token", None)
-    if len(pieces) == 1 and pieces[0] != unk and pieces[0] in tokenizer.get_vocab():
+    if len(pieces) == 1 and pieces[0] != unk and pieces[0] in vocab:
         return f"already reads as the existing token '{pieces[0]}'"
+    # An added token is matched in the raw text before BPE, also inside words: 'ing' would split
+    # "string" into "str" + 'ing'. So it must not be a piece of any token the tokenizer can produce
+    # (compared as CLIP's tokenizer normalises text: lower case, '</w>' marking a word's end).
+    needle = token.lower()
+    inside = [t for t in vocab if needle in t.lower().replace("</w>", "")]
+    if inside:
+        example = min(inside, key=lambda t: (len(t), t))
+        more = f" (and {len(inside) - 1} more)" if len(inside) > 1 else ""
+        return f"is a piece of the existing token '{example}'{more} and would be captured inside those words"
     return None
 
 

@@ -21,7 +21,7 @@ def text_encoder_widths(bcfg, cache_dir: Optional[str] = None) -> Optional[list[
 
     ``None`` when the configs are not on disk (a hub id that is not cached).
     """
-    folder = _config_folder(bcfg, cache_dir)
+    folder = config_folder(bcfg, cache_dir)
     if folder is None:
         return None
     subfolders = ["text_encoder"] + (["text_encoder_2"] if bcfg.family == "sdxl" else [])
@@ -35,7 +35,7 @@ def text_encoder_widths(bcfg, cache_dir: Optional[str] = None) -> Optional[list[
 
 
 def unet_cross_attention_dim(bcfg, cache_dir: Optional[str] = None) -> Optional[int]:
-    folder = _config_folder(bcfg, cache_dir)
+    folder = config_folder(bcfg, cache_dir)
     path = folder / "unet" / "config.json" if folder is not None else None
     if path is None or not path.is_file():
         return None
@@ -45,7 +45,7 @@ def unet_cross_attention_dim(bcfg, cache_dir: Optional[str] = None) -> Optional[
 def unet_skeleton(bcfg, cache_dir: Optional[str] = None):
     """The backbone's UNet built from its ``config.json`` on the ``meta`` device (no weights are read),
     to check an artifact's keys and shapes against; ``None`` when the config is not on disk."""
-    folder = _config_folder(bcfg, cache_dir)
+    folder = config_folder(bcfg, cache_dir)
     path = folder / "unet" / "config.json" if folder is not None else None
     if path is None or not path.is_file():
         return None
@@ -56,7 +56,9 @@ def unet_skeleton(bcfg, cache_dir: Optional[str] = None):
         return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(path.parent)))
 
 
-def _config_folder(bcfg, cache_dir: Optional[str]) -> Optional[Path]:
+def config_folder(bcfg, cache_dir: Optional[str]) -> Optional[Path]:
+    """The backbone's diffusers folder of configs (and tokenizers) on disk, without loading
+    weights; ``None`` when it is not there (a hub id that is not cached)."""
     if bcfg.tiny:
         return materialize_tiny(bcfg, cache_dir)
     source = resolve_pretrained(bcfg)

@@ -243,11 +243,14 @@ class EvaluateConfig:
         lambdas: RRNet: one condition per λ (``None``: the run's grid, ``method.grid_scales``).
         images_dir: Score existing images instead: ``<images_dir>/<condition>/<prompt id
             slug>/<seed>.png`` (the layout the harness writes to its cache).
-        prompts: ``reversion_benchmark``, ``rrnet_pairs`` or a prompt file (JSON).
+        prompts: ``reversion_benchmark``, ``rrnet_pairs`` or a prompt file (JSON). ``None``: the
+            run's default: ``rrnet_pairs`` for an RRNet run on the relworld model, else
+            ``reversion_benchmark``.
         relation: ``reversion_benchmark``: only this relation.
         limit: Keep the first N prompts (per relation for ``reversion_benchmark``).
         metrics: Metric names (``python -m relgen.list`` does not list these; see
-            :mod:`relgen.evaluate.metrics`).
+            :mod:`relgen.evaluate.metrics`). ``None``: the run's default: ``[relworld]`` (offline,
+            relworld's exact detector) for a run on the relworld model, else ``[clip_t, clip_r]``.
         num_images: Seeds per prompt when ``seeds`` is not given: ``seed .. seed+num_images-1``.
         seeds: The seeds, shared by every condition.
         steps, guidance, scheduler: The sampler (``None``: the run's sample settings, then the
@@ -265,10 +268,10 @@ class EvaluateConfig:
     include_base: bool = True
     lambdas: Optional[list[float]] = None
     images_dir: Optional[str] = None
-    prompts: str = "reversion_benchmark"
+    prompts: Optional[str] = None  # None: the run's default (relworld RRNet run: rrnet_pairs)
     relation: Optional[str] = None
     limit: Optional[int] = None
-    metrics: list[str] = field(default_factory=lambda: ["clip_t", "clip_r"])
+    metrics: Optional[list[str]] = None  # None: the run's default (relworld run: [relworld])
     num_images: int = 4
     seed: int = 0
     seeds: Optional[list[int]] = None

@@ -37,6 +37,7 @@ from relgen.evaluate.config import EvaluateConfig, as_object
 from relgen.evaluate.images import IMAGE_SUFFIXES, open_rgb
 from relgen.evaluate.prompts import resolve_prompts
 from relgen.evaluate.samples import EvalPrompt, ImageScore, Sample
+from relgen.registry import get_method
 
 log = logging.getLogger("relgen")
 
@@ -161,6 +162,21 @@ def _load_run(path: str, key: str):
         raise ConfigError(f"{key}={path}: {exc}") from None
 
 
+def apply_run_defaults(cfg: EvaluateConfig, loaded: Any) -> None:
+    """Fill ``metrics`` and ``prompts`` left unset (``None``) from the run: a run on the relworld
+    model is scored offline by relworld's exact detector on its relation's object-swapped pairs
+    (the method's own prompt set, :attr:`relgen.plugin.Method.own_prompt_set`, e.g. an RRNet run's
+    ``rrnet_pairs``, else ``relworld_relation``); any other run by CLIP-T and CLIP-R on ReVersion's
+    benchmark."""
+    backbone = ((loaded.meta.get("backbone") or {}).get("name") if loaded is not None else None)
+    relworld = backbone == "relworld"
+    if cfg.metrics is None:
+        cfg.metrics = ["relworld"] if relworld else ["clip_t", "clip_r"]
+    if cfg.prompts is None:
+        own = get_method(loaded.method).own_prompt_set if relworld else None
+        cfg.prompts = (own or "relworld_relation") if relworld else "reversion_benchmark"
+
+
 def plan(cfg: EvaluateConfig) -> Evaluation:
     """Fix the prompts (with reference images where a metric needs them and no prompt has any:
     :mod:`relgen.evaluate.references`), seeds and conditions, and check every metric name,
@@ -168,14 +184,19 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
     from relgen.evaluate.metrics import get_metric
     from relgen.evaluate.references import default_references
 
+    if cfg.run_dir is None and cfg.images_dir is None:
+        raise ConfigError("give run_dir=<a finished run> (to generate) or images_dir=<a folder of images> (to score)")
+    loaded = _load_run(cfg.run_dir, "run_dir") if cfg.run_dir else None
+    apply_run_defaults(cfg, loaded)
     for name in cfg.metrics:
         get_metric(name)
     if not cfg.metrics:
         raise ConfigError("metrics=[] names no metric; e.g. metrics=[clip_t,vlm_relation]")
-    if cfg.run_dir is None and cfg.images_dir is None:
-        raise ConfigError("give run_dir=<a finished run> (to generate) or images_dir=<a folder of images> (to score)")
-    loaded = _load_run(cfg.run_dir, "run_dir") if cfg.run_dir else None
     prompt_set, prompts = resolve_prompts(cfg.prompts, cfg.relation_words, loaded, cfg.relation, cfg.limit)
+    if "relworld" in cfg.metrics and not all(p.objects for p in prompts):
+        raise ConfigError(f"metrics: relworld scores relworld prompts only (each with its objects), and "
+                          f"prompts={cfg.prompts} has none; use prompts=rrnet_pairs with an RRNet run on the relworld "
+                          "model, or a prompt file whose prompts carry \"objects\" (docs/evaluation.md)")
     needs = [name for name in cfg.metrics if get_metric(name).needs_references]
     if needs:  # prompts without reference images: eval.references, or the run's training dataset
         prompts = default_references(prompts, cfg.eval.references, loaded.run_dir if loaded is not None else None,
@@ -420,25 +441,75 @@ class ScoreCache:
     def __init__(self, path: Path):
         import sqlite3
 
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=60)
-        # a cache: write-ahead log without a sync per transaction (an application crash loses
-        # nothing committed; a power cut may lose the last chunks, which are then rescored)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        try:
+            self.db = self._open(str(path))
+        except sqlite3.DatabaseError as exc:  # not a database, or damaged: a cache is rebuilt, never fatal
+            self.db = self._rebuild(exc)
+
+    @staticmethod
+    def _open(where: str):
+        import sqlite3
+
+        db = sqlite3.connect(where, timeout=60)
+        try:
+            # a cache: write-ahead log without a sync per transaction (an application crash loses
+            # nothing committed; a power cut may lose the last chunks, which are then rescored)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute("SELECT count(*) FROM scores").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _rebuild(self, exc: Exception):
+        """Move the unreadable file aside and start an empty one there (in memory when that fails too)."""
+        import sqlite3
+
+        aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(f"{self.path}{suffix}")
+                if part.exists():
+                    part.replace(Path(f"{aside}{suffix}"))
+            db = self._open(str(self.path))
+            where = f"moved it to {aside.name} and rebuilt it"
+        except (OSError, sqlite3.DatabaseError):
+            db = self._open(":memory:")
+            where = "scoring without it (nothing is cached this time)"
+        log.warning("relgen: warning: %s: unreadable score cache (%s); %s", self.path, exc, where)
+        return db
 
     def get_many(self, keys: list[str]) -> dict[str, str]:
+        import sqlite3
+
         found: dict[str, str] = {}
-        for at in range(0, len(keys), 500):
-            part = keys[at:at + 500]
-            rows = self.db.execute(f"SELECT key, value FROM scores WHERE key IN ({','.join('?' * len(part))})", part)
-            found.update(rows.fetchall())
+        try:
+            for at in range(0, len(keys), 500):
+                part = keys[at:at + 500]
+                rows = self.db.execute(f"SELECT key, value FROM scores WHERE key IN ({','.join('?' * len(part))})",
+                                       part)
+                found.update(rows.fetchall())
+        except sqlite3.DatabaseError as exc:  # damaged after it opened: rebuilt, everything rescored
+            self.db.close()
+            self.db = self._rebuild(exc)
+            return {}
         return found
 
     def put_many(self, items: list[tuple[str, str]]) -> None:
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO scores (key, value) VALUES (?, ?)", items)
+        import sqlite3
+
+        try:
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO scores (key, value) VALUES (?, ?)", items)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            self.db = self._rebuild(exc)
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO scores (key, value) VALUES (?, ?)", items)
 
     def close(self) -> None:
         self.db.close()
@@ -519,6 +590,16 @@ def score_all(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = Tru
 # ------------------------------------------------------------------------------------ entry
 
 
+def check_weights(cfg: EvaluateConfig) -> None:
+    """Fail at once when a metric's weights cannot be had (see
+    :func:`relgen.evaluate.loading.check_metric_weights`); nothing has rendered yet."""
+    from relgen.evaluate.loading import check_metric_weights
+    from relgen.evaluate.metrics import get_metric
+
+    for name in cfg.metrics:
+        check_metric_weights(name, get_metric(name), cfg.eval)
+
+
 def default_out_dir(ev: Evaluation) -> Path:
     cfg = ev.cfg
     if cfg.out_dir:
@@ -558,6 +639,7 @@ def evaluate(cfg: Any = None, progress: bool = True, **overrides) -> Path:
     cfg = as_object(cfg, EvaluateConfig)
     start = time.perf_counter()
     ev = plan(cfg)
+    check_weights(ev.cfg)  # every metric's weights, once the input is known good, before any rendering
     device = resolve_device(cfg.eval.device)
     out = default_out_dir(ev)
     if out.exists():

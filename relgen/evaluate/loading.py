@@ -45,6 +45,46 @@ def from_pretrained(loader: Any, pretrained: str, key: str, revision: Optional[s
                           f"({first}); download the weights or set eval.{key}.pretrained= to a local folder") from exc
 
 
+def check_metric_weights(name: str, metric_cls: Any, eval_cfg: Any) -> None:
+    """Fail at once, before anything renders, when a metric's weights cannot be had: a local
+    folder or file that is not there, or a hub id neither in the Hugging Face cache nor on a
+    reachable hub (the check training makes for its backbone, :func:`relgen.hub.check_hub_source`).
+
+    Raises:
+        ConfigError: naming ``eval.<key>.pretrained`` (or ``eval.fid.inception_weights``).
+    """
+    from pathlib import Path
+
+    from relgen.hub import check_hub_source
+
+    key = getattr(metric_cls, "config_key", "")
+    cfg = getattr(eval_cfg, key, None) if key else None
+    if cfg is None:
+        return
+    if key == "fid" and getattr(cfg, "features", "") == "inception":
+        weights = getattr(cfg, "inception_weights", None)
+        if not weights:
+            raise ConfigError(f"metric {name}: eval.fid.inception_weights is not set; give the Inception v3 weights "
+                              "file (torch-fidelity's weights-inception-2015-12-05-*.pth), or use eval/fid=dinov2")
+        if not Path(weights).expanduser().is_file():
+            raise ConfigError(f"metric {name}: eval.fid.inception_weights={weights}: file not found")
+        return
+    pretrained = getattr(cfg, "pretrained", None)
+    if pretrained is None:
+        return  # a metric without model weights (relworld's detector)
+    if not pretrained:
+        raise ConfigError(f"metric {name}: eval.{key}.pretrained is empty; set it to a hub id or a local folder")
+    local = Path(pretrained).expanduser()
+    if local.exists():
+        return
+    if pretrained.startswith(("/", ".", "~")) or pretrained.count("/") > 1:
+        raise ConfigError(f"metric {name}: eval.{key}.pretrained={pretrained}: no such folder; give a local folder "
+                          "of the model (save_pretrained layout) or a hub id")
+    check_hub_source(f"metric {name}: eval.{key}.pretrained", pretrained, getattr(cfg, "revision", None),
+                     "config.json", hint=f"download it once with network (huggingface-cli download {pretrained}) or "
+                                         f"set eval.{key}.pretrained= to a local folder; nothing was rendered")
+
+
 _MODELS: dict[tuple, Any] = {}
 
 

@@ -6,7 +6,8 @@
   condition's relation token at generation and with the relation's words, ``relation_words``,
   for CLIP and the judge; ``relation=`` picks one relation, ``limit=`` keeps the first N
   scenarios of each) and ``rrnet_pairs`` (the object-swapped pair "A R B" / "B R A" of an RRNet
-  run's relation).
+  run's relation); relworld registers ``relworld_relation`` (a relworld run's relation on
+  object-swapped pairs in relworld's words).
 * a JSON file (schema below), for any prompts with their predicate span, entity words and
   reference images.
 

@@ -28,6 +28,7 @@ from relgen.backbones.base import warn_if_truncated
 from relgen.errors import ConfigError
 from relgen.names import slug
 from relgen.plugin import GridColumns  # also re-exported: what Artifact.grid_columns returns
+from relgen.validation import check_generation_options, prompts_missing_token
 
 #: The token a benchmark template's ``{}`` takes when the artifact trained none.
 DEFAULT_TEMPLATE_TOKEN = "<R>"
@@ -122,17 +123,22 @@ def prompt_grid(rows: list[list[Any]], prompts: list[str], seed: int, title: Opt
 
 
 def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions, path: Path,
-                title: Optional[str] = None, progress: bool = False) -> Path:
+                title: Optional[str] = None, progress: bool = False, inspect_rows=None) -> Path:
     """Render ``prompts`` on the backbone's own modules and save one labelled grid PNG
-    (``progress``: a bar counts the images)."""
+    (``progress``: a bar counts the images; ``inspect_rows(rows)`` is called with the rendered
+    images first, every column's for a grid of columns)."""
     pipe = backbone.pipeline(opts.scheduler)
     was_training = backbone.unet.training
     spec = artifact.grid_columns(pipe, prompts, opts, backbone.cfg, progress=progress)  # e.g. RRNet's λ columns
     if spec is not None:
+        if inspect_rows is not None:
+            inspect_rows([images for cells in spec.cells for images in cells])
         image = columns_grid(spec, prompts, opts.seed, title)
     else:
-        image = prompt_grid(render(pipe, artifact, prompts, opts, backbone.cfg, progress=progress), prompts,
-                            opts.seed, title)
+        rows = render(pipe, artifact, prompts, opts, backbone.cfg, progress=progress)
+        if inspect_rows is not None:
+            inspect_rows(rows)
+        image = prompt_grid(rows, prompts, opts.seed, title)
     backbone.unet.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save_png(image, path)
@@ -152,10 +158,11 @@ def columns_grid(spec: GridColumns, prompts: list[str], seed: int, title: Option
 
 def sample_grid(backbone, artifact, prompts: list[str], path: Path, seed: int = 0, num_images: int = 4,
                 steps: Optional[int] = None, guidance: Optional[float] = None, title: Optional[str] = None,
-                progress: bool = False) -> Path:
+                progress: bool = False, inspect_rows=None) -> Path:
     """A training-time sample grid (what :class:`relgen.train.loop.Trainer` is given to draw one)."""
     opts = GenerationOptions(seed=seed, num_images=num_images, steps=steps, guidance=guidance)
-    return render_grid(backbone, artifact, prompts, opts, path, title=title, progress=progress)
+    return render_grid(backbone, artifact, prompts, opts, path, title=title, progress=progress,
+                       inspect_rows=inspect_rows)
 
 
 def _save_png(image, path: Path) -> None:
@@ -220,8 +227,10 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     render conditions as columns (RRNet's λ sweep for ``method_options.scales``); it returns
     ``None`` to decline. Returns the grid's path.
     """
+    check_generation_options(opts)
     check_out_dir(run_dir, out_dir)
     loaded = load(run_dir, step=step)
+    loaded.artifact.check_options(opts.method_options)
     mcfg = loaded.meta.get("method_config") or {}
     if opts.steps is None and mcfg.get("sample_steps"):
         opts = replace(opts, steps=int(mcfg["sample_steps"]))
@@ -233,6 +242,9 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     prompts = [p.format(token) if "{}" in p else p for p in prompts]
     if not prompts:
         raise ConfigError("relgen.generate: give prompt=... (or prompts=[...], or relation=<benchmark relation>)")
+    for prompt in prompts_missing_token(prompts, loaded.artifact.token):
+        print(f"relgen: warning: prompt {prompt!r} does not contain the run's token {token}; it renders without "
+              "what the run learnt", file=sys.stderr)
     print(f"relgen: loading backbone {loaded.meta['backbone'].get('name')} and the {loaded.method} artifact "
           f"of {loaded.export_dir}", file=sys.stderr, flush=True)
     backbone = loaded.load_backbone(**(backbone_overrides or {}))

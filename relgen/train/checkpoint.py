@@ -68,6 +68,24 @@ def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
     return bad
 
 
+def oversized_tensors(obj: Any, max_abs: Optional[float], prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in ``obj`` with an entry whose magnitude exceeds
+    ``max_abs`` (``trainer.max_abs_weight``; ``None``: none are)."""
+    if max_abs is None:
+        return []
+    bad: list[str] = []
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and float(obj.detach().abs().max()) > max_abs:
+            bad.append(prefix or "tensor")
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            bad.extend(oversized_tensors(value, max_abs, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            bad.extend(oversized_tensors(value, max_abs, f"{prefix}[{i}]"))
+    return bad
+
+
 def _write_payload(path: Path, payload: dict[str, Any]) -> None:
     with open(path, "wb") as f:
         torch.save(payload, f)

@@ -15,6 +15,10 @@ A key is classed by its own dotted name or by a dotted ancestor (``experiment``,
 on one that is not classed, so a new key gets classed when it is added. Keys that exist only
 in newer versions (or are added by an extension) may be listed before they exist: a listed
 key absent from one of the two configs is not compared.
+
+Free-form mappings (``method.optimizer_args``) are compared key by key: an entry added or
+removed inside a mapping both configs hold (``+method.optimizer_args.amsgrad=true``) is a
+change of that dotted key, classed by its ancestors like any other.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ APPLY: frozenset[str] = frozenset({
     "trainer.cache_latents", "trainer.status_every", "trainer.num_threads",
     # loop-wide loss options
     "trainer.snr_gamma", "trainer.noise_offset", "trainer.input_perturbation", "trainer.report_to",
+    "trainer.max_abs_weight",
 })
 
 
@@ -136,6 +141,26 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _mappings(cfg: Any, prefix: str = "") -> set[str]:
+    """Dotted names of every mapping in a config below its top-level groups (empty ones included)."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    out: set[str] = set()
+    for key, value in (cfg or {}).items():
+        if isinstance(value, dict):
+            name = f"{prefix}{key}"
+            if prefix:  # method.optimizer_args, not method itself (a newer version's keys land there)
+                out.add(name)
+            out |= _mappings(value, name + ".")
+    return out
+
+
+def _one_sided(key: str, shared_maps: set[str]) -> bool:
+    """Whether a key only one config holds is an entry added to or removed from a mapping both hold."""
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    return parent in shared_maps
+
+
 def _off(value: Any) -> bool:
     return value is None or value == 0 or value is False
 
@@ -143,9 +168,17 @@ def _off(value: Any) -> bool:
 def compare(saved: Any, new: Any) -> Drift:
     """Class every difference between the checkpoint's config ``saved`` and the new one."""
     old_keys, new_keys = flatten(saved), flatten(new)
+    shared_maps = _mappings(saved) & _mappings(new)
+    # an empty mapping is a leaf of flatten(); its entries on the other side are compared one by one
+    for keys, other in ((old_keys, new_keys), (new_keys, old_keys)):
+        for name in [k for k, v in keys.items() if v == {} and k in shared_maps]:
+            if any(o.startswith(name + ".") for o in other):
+                del keys[name]
+    compared = old_keys.keys() & new_keys.keys()
+    compared |= {k for k in old_keys.keys() ^ new_keys.keys() if _one_sided(k, shared_maps)}
     drift = Drift()
-    for key in sorted(old_keys.keys() & new_keys.keys()):
-        before, after = old_keys[key], new_keys[key]
+    for key in sorted(compared):
+        before, after = old_keys.get(key), new_keys.get(key)  # None: not in that config
         if before == after or key in SILENT:
             continue
         kind = classify(key)

@@ -32,6 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from relgen import atomic
 from relgen.errors import RelgenError, write_error
 from relgen.export import export_run
+from relgen.grid import flat_images
 from relgen.plugin import Method, StepContext
 from relgen.train import checkpoint as ckpt
 from relgen.train.losses import make_weighting
@@ -62,7 +63,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, accelerator, backbone, method: Method,
                  render_samples: Optional[Callable[..., Path]] = None) -> None:
         """``render_samples(backbone, artifact, prompts, path, seed=, num_images=, steps=, guidance=,
-        title=, progress=)`` draws a sample grid (:func:`relgen.generate.sample_grid`); ``None``: no grids."""
+        title=, progress=, inspect_rows=)`` draws a sample grid (:func:`relgen.generate.sample_grid`); ``None``: no grids."""
         self.render_samples = render_samples
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -112,6 +113,7 @@ class Trainer:
             # diffusers' train_text_to_image.py --use_ema
             self.ema = EMAModel(self.params, decay=tcfg.ema_decay)
         self.step = 0
+        self.sample_warnings: list[str] = []  # one line per sample grid with flat (e.g. black) images
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
     # ------------------------------------------------------------------ state
@@ -168,6 +170,11 @@ class Trainer:
         if bad:  # never write a checkpoint that cannot be trained on
             raise RelgenError(f"step {self.step}: {bad[0]} holds non-finite values; not writing a checkpoint; "
                               f"{self._last_good()}; lower method.lr or check the data")
+        big = ckpt.oversized_tensors(state["method_state"], self.cfg.trainer.max_abs_weight)
+        if big:
+            raise RelgenError(f"step {self.step}: {big[0]} holds values above trainer.max_abs_weight="
+                              f"{self.cfg.trainer.max_abs_weight:g} (blown up); not writing a checkpoint; "
+                              f"{self._last_good()}; lower method.lr")
         return ckpt.save_checkpoint(self.run_dir, self.step, state, self.config_yaml,
                                     keep=self.cfg.trainer.keep_checkpoints)
 
@@ -175,6 +182,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         tcfg = self.cfg.trainer
         main = self.acc.is_main_process
+        if main and self.step == 0:  # a fresh start: rows of a run killed before its first checkpoint go
+            _truncate_metrics(self.run_dir / "metrics.csv", 0)
         metrics = _MetricsWriter(self.run_dir) if main else None
         self.start_trackers()
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not (main and tcfg.progress),
@@ -213,6 +222,8 @@ class Trainer:
         bar.close()
         if metrics:
             metrics.close()
+        if not last_logs and main:  # nothing left to train (a resume that finishes the export): the last row
+            last_logs = _last_metrics(self.run_dir / "metrics.csv")
         return {"final_logs": last_logs, "seconds": time.time() - started}
 
     def run_step(self) -> dict[str, float]:
@@ -257,6 +268,17 @@ class Trainer:
                     raise RelgenError(f"step {self.step}: {name} ({tuple(p.shape)}) is not finite after the "
                                       f"optimizer step; stopping, {self._last_good()}; lower method.lr "
                                       "or set method.max_grad_norm")
+        limit = self.cfg.trainer.max_abs_weight
+        if limit is not None:  # finite but blown up: a rate far too high (method.lr=1e30) makes rows of 1e30
+            for group in self.param_groups:
+                for p in group["params"]:
+                    peak = float(p.detach().abs().max()) if p.numel() else 0.0
+                    if peak > limit:
+                        name = group.get("name") or "a trained parameter"
+                        raise RelgenError(f"step {self.step}: {name} ({tuple(p.shape)}) reached |x| = {peak:.3g}, "
+                                          f"above trainer.max_abs_weight={limit:g} (the update blew up); "
+                                          f"stopping, {self._last_good()}; lower method.lr or set "
+                                          "method.max_grad_norm")
         step_logs["lr"] = self.lr_scheduler.get_last_lr()[0]
         return step_logs
 
@@ -267,7 +289,9 @@ class Trainer:
                 state = ckpt.load_checkpoint(path)
             except RelgenError:
                 continue
-            if not ckpt.nonfinite_tensors(state.get("method_state", {})):
+            method_state = state.get("method_state", {})
+            if not ckpt.nonfinite_tensors(method_state) and not ckpt.oversized_tensors(
+                    method_state, self.cfg.trainer.max_abs_weight):
                 return f"the last good checkpoint is {path} (resume=latest continues from it)"
         return "no checkpoint was written yet"
 
@@ -304,11 +328,19 @@ class Trainer:
         log.info("relgen: step %d: rendering the sample grid %s (%d prompts x %d images, %s denoising steps)",
                  self.step, target, len(prompts), num_images, mcfg.sample_steps or self.backbone.cfg.inference_steps)
         started = time.time()
+        counts = []
         with self.averaged_weights():
             path = self.render_samples(self.backbone, self.method.live_artifact(), prompts, target,
                                        seed=mcfg.sample_seed, num_images=num_images, steps=mcfg.sample_steps,
-                                       guidance=mcfg.sample_guidance, title=title, progress=self.cfg.trainer.progress)
+                                       guidance=mcfg.sample_guidance, title=title, progress=self.cfg.trainer.progress,
+                                       inspect_rows=lambda rows: counts.append(flat_images(rows)))
         log.info("relgen: step %d: sample grid %s (%.1f s)", self.step, path, time.time() - started)
+        flat, total = counts[0]
+        if flat:  # a black or single-colour picture: the weights or the sampler broke, training may go on
+            line = (f"{path}: {flat} of {total} sample images are a single flat colour (black when the "
+                    "trained tensors blew up); look at the grid, lower method.lr or check the data")
+            log.warning("relgen: warning: %s", line)
+            self.sample_warnings.append(line)
         self.log_image("samples", path)
         return path
 
@@ -427,6 +459,17 @@ def _write_csv(path: Path, rows: list[list]) -> None:
             csv.writer(f).writerows(rows)
 
     atomic.write_with(path, write, "metrics")
+
+
+def _last_metrics(path: Path) -> dict[str, float]:
+    """The last row of ``metrics.csv`` as ``{column: value}`` (empty cells left out)."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {k: float(v) for k, v in rows[-1].items() if k != "step" and v not in ("", None)}
 
 
 def _fmt(v) -> str:

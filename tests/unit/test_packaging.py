@@ -95,3 +95,20 @@ def test_the_core_registers_no_method_schema():
     assert core == "['base.yaml'] False"
     assert builtins == ("['base.yaml', 'relationbooth.yaml', 'reversion.yaml', 'rrnet.yaml', "
                         "'textual_inversion.yaml'] False")
+
+
+def test_every_command_has_a_console_script_and_the_readme_says_how_to_run_them():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"relgen": "relgen.cli:train_main", "relgen-generate": "relgen.generate:main",
+                       "relgen-evaluate": "relgen.evaluate.__main__:main",
+                       "relgen-import-official": "relgen.import_official:main", "relgen-list": "relgen.list:main"}
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), target
+    readme = (ROOT / "README.md").read_text()
+    # a fresh shell has no relgen on its Python: the README says how to reach the environment's
+    assert "source .venv/bin/activate" in readme and ".venv/bin/relgen method=rrnet" in readme
+    assert "relgen method=rrnet              # the same as python -m relgen method=rrnet" in readme

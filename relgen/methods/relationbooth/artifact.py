@@ -38,6 +38,7 @@ from relgen.errors import DataError, RelgenError
 from relgen.methods.relationbooth.config import RelationBoothConfig
 from relgen.names import export_file_name, exported_file
 from relgen.plugin import Artifact
+from relgen.tensorfile import load_tensors
 
 log = logging.getLogger("relgen")
 
@@ -117,14 +118,8 @@ class RelationBoothArtifact(Artifact):
     def from_export(cls, export_dir: Path, meta: Optional[dict] = None) -> "RelationBoothArtifact":
         """Read a relgen export, its files by the names ``relgen.json`` records (``meta`` None: read
         from the folder); exports that record none have the old fixed names."""
-        from safetensors.torch import load_file
-
-        from relgen.methods.relationbooth.branch import (
-            BranchSpec,
-            branch_from_spec,
-            load_image_encoder,
-            load_local_encoder,
-        )
+        from relgen.methods.relationbooth.branch import (BranchSpec, branch_from_spec, load_image_encoder,
+                                                         load_local_encoder)
 
         export_dir = Path(export_dir)
         spec_path = exported_file(export_dir, meta, SPEC_ROLE, SPEC_FILE)
@@ -147,7 +142,9 @@ class RelationBoothArtifact(Artifact):
             encoder = load_image_encoder(spec.image_encoder, spec.image_encoder_config, spec.seed)
         local = load_local_encoder(encoder, spec.clipself_checkpoint) if spec.clipself_checkpoint else None
         branch = branch_from_spec(spec, encoder, local)
-        flat = load_file(str(branch_path))
+        flat = load_tensors(branch_path, "the exported image branch")
+        if lora_file is not None:
+            load_tensors(lora_file, "the exported LoRA")  # refused here when damaged or not finite
         resampler = {k[len("image_proj."):]: v for k, v in flat.items() if k.startswith("image_proj.")}
         try:
             branch.resampler.load_state_dict(resampler, strict=True)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from relgen.errors import RelgenError
+from relgen.tensorfile import check_finite
 
 _HF = "vision_model."
 
@@ -228,6 +229,13 @@ class MSAdapterWeights:
 
 
 def read_adapter_file(path: Path) -> Mapping[str, Any]:
+    """An MS-Diffusion adapter file's tensors (``.bin`` or our flat ``.safetensors``), each finite."""
+    raw = _read_adapter_raw(path)
+    check_finite(raw, path, "MS-Diffusion adapter")
+    return raw
+
+
+def _read_adapter_raw(path: Path) -> Mapping[str, Any]:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

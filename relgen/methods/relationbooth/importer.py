@@ -33,6 +33,7 @@ from relgen.methods.relationbooth.convert import (
     read_adapter_file,
 )
 from relgen.plugin import Exporter
+from relgen.tensorfile import check_finite
 
 
 def official_exporter(cfg, file: Path) -> Exporter:
@@ -47,6 +48,7 @@ def official_exporter(cfg, file: Path) -> Exporter:
             lora = load_file(str(file))
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise RelgenError(f"{file}: cannot be read as a safetensors LoRA ({exc})") from exc
+        check_finite(lora, file, "DreamRelation LoRA")
         if not any("lora" in k for k in lora):
             raise RelgenError(f"{file}: holds no LoRA weights (no 'lora' keys); give DreamRelation's "
                               "pytorch_lora_weights.safetensors, or MS-Diffusion's ms_adapter.bin alone")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from relgen.backbones.configs import check_width, text_encoder_widths
+from relgen.backbones.base import placeholder_conflict
+from relgen.backbones.configs import check_width, config_folder, text_encoder_widths
 from relgen.data.images import one_line
 from relgen.errors import RelgenError
 from relgen.methods.reversion.artifact import ReVersionArtifact
@@ -74,15 +75,39 @@ def import_official_embeds(path, lowercase_prompts: bool = True):
 
 def official_exporter(cfg, file: Path):
     """``relgen.import_official`` for ReVersion: check ``learned_embeds.bin`` against the backbone
-    (one SD 1.x/2.x text encoder of the row's width), record its token in ``cfg.method``, and
-    return the function that writes ``reversion-<token>.safetensors``."""
+    (one SD 1.x/2.x text encoder of the row's width, a token its tokenizers do not know), record
+    its token in ``cfg.method``, and return the function that writes ``reversion-<token>.safetensors``."""
     if cfg.backbone.family != "sd":
         raise RelgenError(f"{file}: ReVersion's learned_embeds.bin holds one text encoder's row; backbone "
                           f"{cfg.backbone.name} has two (use an SD 1.x/2.x backbone)")
     art = import_official_embeds(file, lowercase_prompts=cfg.method.lowercase_prompts)
+    folder = config_folder(cfg.backbone, cfg.cache_dir)
+    if folder is not None:  # the token as training checks it (else at generation, by apply())
+        check_token_for_tokenizers(art.token, folder, file)
     row = art.rows["text_encoder"]
     check_width(file, f"the '{art.token}' row", row.shape[1], text_encoder_widths(cfg.backbone, cfg.cache_dir),
                 cfg.backbone)
     cfg.method.placeholder_token = art.token
     name = embeds_file_name(cfg.method.name, art.token)  # reversion-R.safetensors
     return lambda out: {EMBEDS_ROLE: save_token_embeddings(out / name, art.token, art.rows)}
+
+
+def check_token_for_tokenizers(token: str, folder, source) -> None:
+    """Refuse a token that training would refuse (see
+    :func:`relgen.backbones.base.placeholder_conflict`), read against the tokenizers of the diffusers
+    folder ``folder`` (``tokenizer/``, ``tokenizer_2/``; those missing are skipped).
+
+    Raises:
+        RelgenError: naming ``source``, the token and the tokenizer.
+    """
+    from transformers import CLIPTokenizer  # deferred: transformers
+
+    for sub in ("tokenizer", "tokenizer_2"):
+        path = Path(folder) / sub
+        if not any((path / name).is_file() for name in ("vocab.json", "tokenizer.json")):
+            continue
+        reason = placeholder_conflict(CLIPTokenizer.from_pretrained(str(path)), token)
+        if reason:
+            raise RelgenError(f"{source}: its token '{token}' {reason} of the backbone's {sub}; training "
+                              "refuses such a token because it would change existing words, so it is not "
+                              "imported; rename the key of the file to a new string such as '<R>'")

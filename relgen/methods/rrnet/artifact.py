@@ -267,9 +267,8 @@ class RRNetArtifact(Artifact):
         The file names are those ``relgen.json`` records (``meta`` None: read from the folder);
         exports that record none have the old fixed ``rrnet_gat.safetensors``.
         """
-        from safetensors.torch import load_file
-
         from relgen.methods.rrnet.gnn import RelationGAT
+        from relgen.tensorfile import load_tensors
 
         export_dir = Path(export_dir)
         rel_path = exported_file(export_dir, meta, RELATION_ROLE, RELATION_FILE)
@@ -286,7 +285,7 @@ class RRNetArtifact(Artifact):
                               heads=int(rel["heads"]), eot_self_loops=bool(rel["eot_self_loops"]))
         except KeyError as exc:
             raise RelgenError(f"{rel_path}: missing key {exc}; re-export the run") from None
-        state = load_file(str(gat_path))
+        state = load_tensors(gat_path, "the exported RRNet network")
         try:
             gnn.load_state_dict(state)
         except RuntimeError as exc:
@@ -381,6 +380,16 @@ class RRNetArtifact(Artifact):
         _, _, graph = self.gnn_inputs(pipe, prompts, A, R, B)
         return self.gnn.eot_deltas(graph)[:, 1].float().cpu()
 
+    def check_options(self, options: dict) -> None:
+        """Check generation options before anything loads (``relgen.generate`` calls it first)."""
+        unknown = set(options) - {"scale", "scales", "A", "R", "B"}
+        if unknown:
+            raise ConfigError(f"unknown RRNet option(s) {sorted(unknown)}; known: scale, scales, A, R, B")
+        if options.get("scales") not in (None, True):
+            lambda_values(options["scales"], "method_options.scales")
+        if options.get("scale") is not None:
+            lambda_values(options["scale"], "method_options.scale")
+
     @torch.no_grad()
     def pipeline_inputs(self, pipe, prompts: list[str], scale: Optional[float] = None,
                         scales: Optional[Sequence[float]] = None, A: Optional[str] = None,
@@ -405,14 +414,14 @@ class RRNetArtifact(Artifact):
             raise ConfigError(f"unknown RRNet option(s) {sorted(unused)}; known: scale, scales, A, R, B")
         n = len(prompts)
         if scales is not None:
-            values = [float(s) for s in (scales if isinstance(scales, (list, tuple)) else [scales])]
+            values = lambda_values(scales, "method_options.scales")
             if len(values) == 1:
                 values = values * n
             if len(values) != n:
                 raise ConfigError(f"method_options.scales has {len(values)} values for {n} prompts; "
                                   "give one per prompt (or one for all)")
         else:
-            values = [self.scale if scale is None else float(scale)] * n
+            values = [self.scale if scale is None else lambda_values(scale, "method_options.scale")[0]] * n
         encoded, eot, graph = self.gnn_inputs(pipe, prompts, A, R, B)
         deltas = self.gnn.eot_deltas(graph)[:, 1]
         embeds = rectify(encoded[0], eot, deltas, torch.tensor(values), self.edit_rows)
@@ -440,7 +449,7 @@ class RRNetArtifact(Artifact):
         if scales in (None, True):
             scales = [0.0] + [s for s in self.grid_scales if s != 0]
         else:
-            scales = [float(s) for s in scales]
+            scales = lambda_values(scales, "method_options.scales")
         cells = render_scale_grid(pipe, self, prompts, scales, replace(opts, method_options=options), backbone_cfg,
                                   progress=progress)
         return GridColumns(kind="lambda", columns=[lambda_name(value, " = ") + (" (base model)" if value == 0 else "")
@@ -470,6 +479,30 @@ class RRNetArtifact(Artifact):
 def lambda_name(value: float, sep: str = "=") -> str:
     """How RRNet's λ is named in folders (``lambda=0.6``) and grid headers (``lambda = 0.6``)."""
     return f"lambda{sep}{float(value):g}"
+
+
+def lambda_values(value, key: str) -> list[float]:
+    """λ values as finite floats (one value or a list), or one line naming ``key``.
+
+    Raises:
+        ConfigError: a value that is not a finite number (``method_options.scales=[abc]``).
+    """
+    import math
+
+    items = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(
+        value, str) else [value]
+    if not items:
+        raise ConfigError(f"{key}=[]: give at least one λ value, e.g. {key}=[0,0.5,1]")
+    out = []
+    for item in items:
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(item, bool) or not math.isfinite(number):
+            raise ConfigError(f"{key}: {item!r} is not a finite number; give λ values such as {key}=[0,0.5,1]")
+        out.append(number)
+    return out
 
 
 def render_scale_grid(pipe, artifact: RRNetArtifact, prompts: Sequence[str], scales: Sequence[float],

@@ -218,5 +218,8 @@ class RelationGAT(nn.Module):
         for key in state:
             if key not in expected:
                 raise RelgenError(f"{path}: unexpected key '{key}' for the RRNet network")
+        from relgen.tensorfile import check_finite
+
+        check_finite(state, path, "RRNet network")
         self.load_state_dict(state, strict=True)
         return state

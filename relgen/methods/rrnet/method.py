@@ -173,6 +173,7 @@ class RRNet(Method):
     official_format = ("RRNet's gat_<R> (torch.save of the graph network); A=, R=, B= name the relation's words "
                        "(ARB=, BRA= its two prompts) so generation needs no more")
     official_words = OFFICIAL_WORDS
+    own_prompt_set = "rrnet_pairs"  # the run's own object-swapped pair
 
     @classmethod
     def check_config(cls, cfg) -> list[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
+from relgen.data.shapes import COLOURS, RELATIONS
 from relgen.errors import ConfigError
 from relgen.evaluate.samples import EvalPrompt
 from relgen.methods.rrnet.artifact import RRNetArtifact
@@ -26,7 +28,30 @@ def rrnet_pairs(relation: dict[str, Any]) -> list[EvalPrompt]:
                           f"{missing} (an imported official checkpoint?): use prompts=<file.json>")
     arb, bra = relation["ARB"], relation["BRA"]
     r = relation["R"]
+    # on relworld the pair also carries its objects, so relworld's exact detector can score it
+    world = relworld_pair_objects(relation) if relation.get("backbone") == "relworld" else None
+    key, objects_arb, objects_bra = world if world is not None else (r, None, None)
     return [EvalPrompt(id=arb, text=arb, readable=arb, a=relation["A"], b=relation["B"], predicate=r,
-                       relation=r, swapped=bra, order=0),
+                       relation=key, swapped=bra, order=0, objects=objects_arb),
             EvalPrompt(id=bra, text=bra, readable=bra, a=relation["B"], b=relation["A"], predicate=r,
-                       relation=r, swapped=arb, order=1)]
+                       relation=key, swapped=arb, order=1, objects=objects_bra)]
+
+
+def relworld_pair_objects(relation: dict[str, Any]) -> Optional[tuple[str, dict, dict]]:
+    """For an RRNet relation written by relworld's RRNet dataset ("a red square is above a blue
+    circle", A = ``square``, R = ``above``, B = ``circle``): the relation key and the
+    ``objects`` of its ARB and BRA prompts (``{"a": [shape, colour], "b": [shape, colour]}``),
+    which relworld's detector reads. ``None`` for any other relation."""
+    key = next((k for k, r in RELATIONS.items() if r.word == relation.get("R")), None)
+    if key is None:
+        return None
+
+    def colour_of(shape: str, text: str) -> Optional[str]:
+        found = re.search(rf"\b(\w+) {re.escape(shape)}\b", text)
+        return found.group(1) if found and found.group(1) in COLOURS else None
+
+    a, b, arb = relation["A"], relation["B"], relation["ARB"]
+    ca, cb = colour_of(a, arb), colour_of(b, arb)
+    if ca is None or cb is None:
+        return None
+    return key, {"a": [a, ca], "b": [b, cb]}, {"a": [b, cb], "b": [a, ca]}

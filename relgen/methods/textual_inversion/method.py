@@ -170,13 +170,10 @@ class TokenArtifact(Artifact):
 
     @classmethod
     def from_file(cls, path: Path, meta: dict) -> "TokenArtifact":
-        from safetensors import safe_open
+        from relgen.tensorfile import read_safetensors
 
-        if not path.is_file():
-            raise RelgenError(f"{path}: exported embeddings not found; was the run finished?")
-        with safe_open(str(path), "pt") as f:
-            token = (f.metadata() or {}).get("placeholder_token") or meta["method_config"]["placeholder_token"]
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, metadata = read_safetensors(path, "exported embeddings")
+        token = metadata.get("placeholder_token") or meta["method_config"]["placeholder_token"]
         if set(tensors) <= {"clip_l", "clip_g"}:
             rows = {k: v.reshape(-1, v.shape[-1]) for k, v in tensors.items()}
         else:
@@ -206,6 +203,12 @@ class TokenArtifact(Artifact):
                 raise RelgenError(f"{where}token {self.token}: learned row is {row.shape[0]}-wide but the pipeline's "
                                   f"{key} embeds {width}-wide; use a pipeline of the backbone it was trained on")
             if self.token not in tok.get_vocab():
+                from relgen.backbones.base import placeholder_conflict
+
+                reason = placeholder_conflict(tok, self.token)
+                if reason:  # training refuses such a token: it would change an existing word
+                    raise RelgenError(f"{where}token '{self.token}' {reason} of the pipeline's {key} tokenizer; "
+                                      "training refuses such a token because it would change existing words")
                 tok.add_tokens([self.token])
             tid = tok.convert_tokens_to_ids(self.token)
             if tid >= enc.get_input_embeddings().weight.shape[0]:
