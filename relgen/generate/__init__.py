@@ -11,6 +11,7 @@ one folder of images per prompt, one labelled grid of all of them (named
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -291,3 +292,12 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     }
     write_json(out / "generation.json", record, "generation record", newline=False, default=str)
     return [grid_path]
+
+
+def __getattr__(name: str):
+    """``main``, ``OPTIONS``, ``USAGE``: the command line's names (:mod:`relgen.generate.cli`), read on
+    first use, so the console script ``relgen-generate = "relgen.generate:main"`` resolves; nothing in
+    this library uses them."""
+    if name in ("main", "OPTIONS", "USAGE"):
+        return getattr(importlib.import_module("relgen.generate.cli"), name)
+    raise AttributeError(f"module 'relgen.generate' has no attribute {name!r}")

@@ -219,7 +219,7 @@ def test_two_process_cpu_run_with_gloo(tmp_path):
 
 
 def test_generate_help_lists_every_option(capsys):
-    from relgen.generate.cli import OPTIONS, main
+    from relgen.generate import OPTIONS, main
 
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

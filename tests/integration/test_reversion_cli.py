@@ -72,7 +72,7 @@ def test_short_run_on_each_tiny_backbone(backbone, keys, tmp_path_factory):
 
 
 def test_generate_renders_benchmark_prompts_of_a_relation(tmp_path_factory, capsys):
-    from relgen.generate.cli import main
+    from relgen.generate import main
 
     run_dir = trained_run("tiny_sd15", tmp_path_factory)
     out = run_dir / "gen"

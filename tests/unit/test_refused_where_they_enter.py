@@ -39,7 +39,7 @@ def run(finished, tmp_path):
 
 def test_a_truncated_export_is_one_line_naming_it(run, capsys):
     import relgen
-    from relgen.generate.cli import main
+    from relgen.generate import main
 
     path = run / "export" / EMBEDS
     path.write_bytes(path.read_bytes()[:60])  # a copy that stopped half-way
