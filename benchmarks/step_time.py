@@ -110,7 +110,7 @@ def _text_floor(method, batch):
         noise = torch.randn(latents.shape, generator=gen).to(bb.device)
         t = torch.randint(0, 1000, (latents.shape[0],), generator=gen).to(bb.device)
         cond = bb.encode_text(ids)
-        pred = bb.unet_forward(bb.add_noise(latents, noise, t), t, cond)
+        pred = bb.unet_forward(bb.add_noise(latents, noise, t).to(bb.unet.dtype), t, cond)  # as the methods
         torch.nn.functional.mse_loss(pred.float(), noise.float()).backward()
     finally:
         for h in handles:
@@ -137,7 +137,7 @@ def _pair_floor(method, batch):
     latents = torch.randn((2, *res), generator=gen).to(bb.device)
     noise = torch.randn(latents.shape, generator=gen).to(bb.device)
     t = torch.randint(0, 1000, (1,), generator=gen).repeat(2).to(bb.device)
-    noisy = bb.add_noise(latents, noise, t)
+    noisy = bb.add_noise(latents, noise, t).to(bb.unet.dtype)  # as the methods
     loss = 0
     for x in (noisy, noisy.flip(0)):
         pred = bb.unet_forward(x, t, cond)
@@ -204,7 +204,11 @@ OPTIONS = {
 }
 
 
-def _build(method_name: str, backbone: str, full: bool, extra=()):
+def _build(method_name: str, backbone: str, full: bool, extra=(), resolution: int | None = None):
+    """The run ``python -m relgen`` would build: ``resolution`` (full size only) replaces the 256 px
+    default; ``extra`` overrides come last. On an accelerator the random weights are drawn there."""
+    import contextlib
+
     import torch
     from accelerate import Accelerator
 
@@ -214,15 +218,21 @@ def _build(method_name: str, backbone: str, full: bool, extra=()):
 
     torch.manual_seed(0)
     over = [f"method={method_name}", f"backbone=tiny_{backbone}", f"dataset={DATASETS[method_name]}",
-            "trainer.report_to=[]", "trainer.progress=false", *extra]
+            "trainer.report_to=[]", "trainer.progress=false"]
     if full:
-        over += ["backbone.resolution=256", "dataset.size=256"]
+        over += [f"backbone.resolution={resolution or 256}", f"dataset.size={resolution or 256}"]
+    over += list(extra)
     cfg = _compose(over)
     acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
     if full:
-        bb = build_random_backbone(cfg.backbone, size="full", device=acc.device)
+        # drawing 2.6 B random weights on the host takes longer than the measurement on a GPU
+        where = torch.device(acc.device) if acc.device.type == "cuda" else contextlib.nullcontext()
+        with where:
+            bb = build_random_backbone(cfg.backbone, size="full", device=acc.device)
     else:
         bb = load_backbone(cfg.backbone, device=acc.device)
+    if cfg.trainer.gradient_checkpointing:  # as relgen.run does
+        bb.unet.enable_gradient_checkpointing()
     data = open_dataset(cfg.dataset).load()
     return over, cfg, acc, bb, get_method(method_name)(cfg.method, bb, data)
 
@@ -252,27 +262,37 @@ def run_options(method_name: str, backbone: str, full: bool, pairs: int) -> dict
             "plain_step_s": statistics.median(plain), "options": rows, "device": str(acc.device)}
 
 
-def run_one(method_name: str, backbone: str, full: bool, pairs: int) -> dict:
+def run_one(method_name: str, backbone: str, full: bool, pairs: int, extra=(), resolution: int | None = None) -> dict:
     import torch
 
     from relgen.train.loop import Trainer
 
-    _, cfg, acc, bb, method = _build(method_name, backbone, full)
+    _, cfg, acc, bb, method = _build(method_name, backbone, full, extra, resolution)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, Path(run_dir), acc, bb, method)
         trainer.run_step()  # warm-up
+        memory = _memory_parts(bb, method, trainer, before)
         batch = method.next_batch(torch.Generator().manual_seed(1))
-        _floor(method, batch)
+
+        def floor():  # under the step's autocast (mixed precision), as Trainer.run_step
+            with acc.autocast():
+                for _ in range(cfg.method.grad_accum):
+                    _floor(method, batch)
+
+        floor()
         for p in trainer.params:
             p.grad = None
         steps, floors = [], []
-        micro = cfg.method.grad_accum
         for _ in range(pairs):
             steps.append(_timed(trainer.run_step))
-            floors.append(_timed(lambda: [_floor(method, batch) for _ in range(micro)]))
+            floors.append(_timed(floor))
             for module in [bb.unet] + [s.encoder for s in bb.slots]:
                 module.zero_grad(set_to_none=True)
-        extra = _uncached_extra(method, batch)
+        uncached = _uncached_extra(method, batch)
     ratios = [s / f for s, f in zip(steps, floors)]
     step = statistics.median(steps)
     return {
@@ -280,10 +300,35 @@ def run_one(method_name: str, backbone: str, full: bool, pairs: int) -> dict:
         "latent": method.resolution // bb.vae_scale if hasattr(method, "resolution") else None,
         "pairs": pairs, "step_s": step, "floor_s": statistics.median(floors),
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-        "peak_mem_gib": _peak_memory_gib(), "uncached_extra_s": extra,
-        "uncached_over_cached": (step + extra) / step,
+        "peak_mem_gib": _peak_memory_gib(), "uncached_extra_s": uncached,
+        "uncached_over_cached": (step + uncached) / step, **memory,
         "device": str(acc.device), "torch_threads": torch.get_num_threads(),
     }
+
+
+def _tensor_gib(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**30
+
+
+def _memory_parts(bb, method, trainer, allocated_before) -> dict:
+    """Memory by kind, counted from the tensors themselves (any device): all weights, the trained
+    parameters among them, the optimizer state; on CUDA also the measurement's peak above the
+    weights allocated before training (optimizer state, gradients, activations, workspace)."""
+    import torch
+
+    modules = [bb.unet, bb.vae] + [s.encoder for s in bb.slots]
+    frozen = {id(p): p for m in modules for p in m.parameters()}
+    trained = {id(p): p for p in trainer.params}
+    state = [v for s in trainer.optimizer.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    weights = {**frozen, **trained}.values()
+    by_dtype = {str(d).replace("torch.", ""): _tensor_gib([p for p in weights if p.dtype == d])
+                for d in sorted({p.dtype for p in weights}, key=str)}
+    out = {"weights_gib": _tensor_gib(weights), "weights_by_dtype_gib": by_dtype,
+           "trained_gib": _tensor_gib(trained.values()), "optimizer_state_gib": _tensor_gib(state)}
+    if allocated_before is not None:
+        out["peak_above_weights_gib"] = (torch.cuda.max_memory_allocated() - allocated_before) / 2**30
+        out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    return out
 
 
 def main() -> int:
@@ -297,6 +342,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--options", action="store_true",
                     help="time each loop-wide training option against the plain step (ratio, same run)")
+    ap.add_argument("--resolution", type=int, default=None, help="pixels with --full (default 256)")
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. trainer=lowvram")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.options:
@@ -308,7 +355,7 @@ def main() -> int:
 
             torch.set_num_threads(args.threads)
         method, backbone = args.one.split(":")
-        print(json.dumps(run_one(method, backbone, args.full, args.pairs)))
+        print(json.dumps(run_one(method, backbone, args.full, args.pairs, args.extra, args.resolution)))
         return 0
 
     rows = []

@@ -228,6 +228,33 @@ def composition_error(argv: list[str]) -> str | None:
                     f"{', '.join(options)}")
     return None  # anything else: Hydra's own report
 
+def _sweep_job(hc, run_dir: str, train: Callable[[], int]) -> float:
+    """One job of a sweep: its row in ``sweep.csv`` and its objective for the sweeper (NaN when
+    it failed; a pruned run raises :class:`relgen.train.loop.Pruned` for the sweeper to see)."""
+    import time
+
+    from relgen.sweep import record_row
+
+    errors: list[str] = []
+    started = time.time()
+    overrides = list(hc.overrides.task)
+    try:
+        code = run_cli(train, on_error=errors.append)
+    except Exception as exc:
+        from relgen.train.loop import Pruned
+
+        status = "pruned" if isinstance(exc, Pruned) else "failed"
+        record_row(hc.sweep.dir, hc.job.num, overrides, run_dir, status, time.time() - started,
+                   "" if status == "pruned" else f"{type(exc).__name__}: {exc}")
+        record_job(hc.sweep.dir, hc.job.num, hc.job.override_dirname, 0 if status == "pruned" else 1)
+        raise
+    if code and not errors:
+        errors.append(f"exit status {code}")
+    value = record_row(hc.sweep.dir, hc.job.num, overrides, run_dir, "failed" if code else "completed",
+                       time.time() - started, errors[0] if errors else "")
+    record_job(hc.sweep.dir, hc.job.num, hc.job.override_dirname, code)
+    return float("nan") if code or value is None else value
+
 
 def train_main() -> None:
     """``python -m relgen method=<m> backbone=<b> dataset=<d> [trainer=...]``."""
@@ -241,9 +268,12 @@ def train_main() -> None:
         sys.exit(2)
 
     register_builtin_schemas()  # before Hydra composes
+    from hydra_plugins.relgen_sweeper import ensure_registered
+
+    ensure_registered()  # hydra/sweeper=relgen_optuna
 
     @hydra.main(config_path="pkg://relgen.conf", config_name="config", version_base="1.3")
-    def _app(cfg) -> None:
+    def _app(cfg) -> Optional[float]:
         task_started()
         from hydra.core.hydra_config import HydraConfig
 
@@ -256,12 +286,13 @@ def train_main() -> None:
         if multirun and not os.listdir(run_dir):
             note_created(run_dir)  # the job folder Hydra just made for this job
         default_run_dir = not multirun and not _run_dir_given(hc)
-        code = run_cli(lambda: run_training(cfg, run_dir, default_run_dir=default_run_dir,
-                                            write_extra=_hydra_record(cfg, hc)))
+        train = lambda: run_training(cfg, run_dir, default_run_dir=default_run_dir,  # noqa: E731
+                                     write_extra=_hydra_record(cfg, hc))
         if multirun:
             # The other jobs still run; the sweep reports every failure once at its end.
-            record_job(hc.sweep.dir, hc.job.num, hc.job.override_dirname, code)
-        elif code:
+            return _sweep_job(hc, run_dir, train)
+        code = run_cli(train)
+        if code:
             sys.exit(code)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -18,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from relgen.registry import register_builtin_schemas, register_schema
-from relgen.rundir import run_name
+from relgen.rundir import job_name, run_name
 
 
 @dataclass
@@ -29,8 +29,11 @@ class BackboneConfig:
         name: registry name (``sd15``, ``sd21_base``, ``sd21``, ``sdxl``, ``tiny_*``).
         family: ``sd`` (one CLIP text encoder: SD 1.x / 2.x) or ``sdxl`` (two encoders).
         pretrained: a hub id, a local diffusers folder, or a single ``.safetensors`` file.
-        single_file_config: for a single file, a local diffusers folder (or hub id available
-            offline) holding the model's configs; required when the hub is unreachable.
+        single_file_config: for a single file, a local diffusers folder holding the model's
+            configs, instead of the published ones shipped with relgen (for fine-tunes whose
+            architecture differs from the published model's).
+        architecture: ``sd1`` | ``sd2`` | ``sdxl``: what a single checkpoint file must be (read
+            from its keys; another architecture is refused); ``None`` checks only the family.
         tiny: build seeded random weights of this structure ("sd15", "sd21", "sdxl") instead.
         resolution: native training and generation resolution in pixels.
         prediction_type: what the checkpoint predicts; checked against its scheduler config.
@@ -45,6 +48,7 @@ class BackboneConfig:
     revision: Optional[str] = None
     variant: Optional[str] = None
     single_file_config: Optional[str] = None
+    architecture: Optional[str] = None
     tiny: Optional[str] = None  # "sd15" | "sd21" | "sdxl": build random weights of that structure
     tiny_seed: int = 0
     resolution: int = 512
@@ -138,6 +142,19 @@ class TrainerConfig:
     # run stops naming the last good checkpoint. Trained token rows, graph weights and LoRA entries sit
     # orders of magnitude below; float16 overflows at 65504. null: only NaN/inf stop a run.
     max_abs_weight: Optional[float] = 1.0e4
+    # The validation loss: the method's own-image denoising term on val_batches fixed micro-batches
+    # (data, noise and timesteps drawn from val_seed alone, so every run of a sweep sees the same),
+    # on the EMA weights when trainer.ema_decay is on; every validate_every steps and at the end.
+    validate_every: Optional[int] = None  # None: only at the end
+    val_batches: int = 4
+    val_seed: int = 1234
+    # What the run reports to a sweeper (summary.json "objective", the task function's return value):
+    # "val_loss" (minimised), or "<metric>[.<output>]" of relgen.evaluate scored on the final export
+    # (e.g. clip_t, detector_relation.relation_accuracy, relworld.relation_accuracy; FID minimised,
+    # every other metric maximised), with objective_eval holding the evaluation's settings
+    # (prompts, num_images, seeds, eval models: the keys of python -m relgen.evaluate).
+    objective: str = "val_loss"
+    objective_eval: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,6 +180,9 @@ def compose_run(*overrides: str):
     from hydra.core.global_hydra import GlobalHydra
 
     register_builtin_schemas()  # the built-in methods' schemas, as the command line registers them
+    from hydra_plugins.relgen_sweeper import ensure_registered
+
+    ensure_registered()  # hydra/sweeper=relgen_optuna, as the command line registers it
     if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app
         return compose("config", overrides=list(overrides))
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
@@ -175,6 +195,14 @@ def _run_name() -> str:
 
 # ``${relgen_run_name:}``: the default run folder name (cached: one name per composed config).
 OmegaConf.register_new_resolver("relgen_run_name", _run_name, use_cache=True, replace=True)
+
+
+def _job_name(sweep_dir, num, overrides) -> str:
+    return job_name(sweep_dir, num, overrides)
+
+
+# ``${relgen_job_name:<sweep dir>,<job num>,<job overrides>}``: a sweep job's folder name
+OmegaConf.register_new_resolver("relgen_job_name", _job_name, replace=True)
 
 
 register_schema("backbone", "backbone", BackboneConfig)

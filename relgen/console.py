@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 from relgen.errors import WRITE_ERRNOS, RelgenError, write_error
 
@@ -24,12 +24,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 
 
-def run_cli(body: Callable[[], int]) -> int:
-    """Run a command's ``body``: a :class:`relgen.errors.RelgenError` becomes one line and exit 2."""
+def run_cli(body: Callable[[], int], on_error: Optional[Callable[[str], None]] = None) -> int:
+    """Run a command's ``body``: a :class:`relgen.errors.RelgenError` becomes one line and exit 2
+    (``on_error`` also gets the line, e.g. a sweep's row)."""
     try:
         return body()
     except RelgenError as exc:
         print(f"relgen: error: {exc}", file=sys.stderr)
+        if on_error is not None:
+            on_error(str(exc))
         return EXIT_USAGE
     except OSError as exc:
         # a folder that cannot be written (a read-only or full cache, output or export folder) wherever

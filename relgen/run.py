@@ -171,10 +171,26 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
              "read from the cache once)", cfg.method.name)
     method = method_cls(cfg.method, backbone, data)
     trainer = Trainer(cfg, run_dir, acc, backbone, method, render_samples=sample_grid)
+    from relgen.sweep import pruning_hook
+
+    hook = pruning_hook(cfg) if main else None  # a trial of an Optuna search with a pruner
+    if hook is not None:
+        trainer.validation_hooks.append(hook)
     if resume is not None:
         trainer.resume(resume.path, resume.state)
     state.started = True
-    result = trainer.train()
+    from relgen.train.loop import Pruned
+
+    try:
+        result = trainer.train()
+    except Pruned as stop:
+        if main:
+            trainer.finish()
+            write_json(run_dir / "summary.json", {
+                "method": cfg.method.name, "backbone": cfg.backbone.name, "dataset": cfg.dataset.name,
+                "status": "pruned", "steps": trainer.step, "run_dir": str(run_dir),
+                "objective": objective_record(cfg, stop.value, stop.step)})
+        raise
     if not main:
         return
 
@@ -192,9 +208,15 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
         "run_dir": str(run_dir), "export": str(export_dir),
         "samples": str(samples) if samples else None,
         "checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.csv"),
+        "status": "completed", "val_loss": result["val_loss"],
+        "objective": objective_record(cfg, result["val_loss"], trainer.step),
     }
     if trainer.sample_warnings:
         summary["sample_warnings"] = trainer.sample_warnings
+    if cfg.trainer.objective != "val_loss":  # a relgen.evaluate metric of the export
+        from relgen.sweep import metric_objective
+
+        summary["objective"] = metric_objective(cfg, run_dir, trainer.step)
     if resume is not None:
         summary["resumed_from"] = str(resume.path)
         summary["resumed_at_step"] = resume.step
@@ -208,8 +230,17 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     summary_lines = [f"relgen: {what} in {_duration(wall)} (wall time; training {_duration(result['seconds'])})"]
     summary_lines += [f"  {key:12s} {summary[key]}" for key in ("run_dir", "export", "samples", "checkpoints",
                                                                   "metrics") if summary[key]]
+    objective = summary["objective"]
+    summary_lines.append(f"  {'objective':12s} {objective['name']}={objective['value']:.6g} "
+                         f"({objective['direction']}; {objective.get('report', 'validation.csv')})")
     for line in summary_lines:
         state.say(line)
+
+
+def objective_record(cfg: DictConfig, value: float, step: int) -> dict[str, Any]:
+    """summary.json's ``objective`` for the validation loss: its value and direction (minimize)."""
+    return {"name": "val_loss", "value": float(value), "direction": "minimize", "step": int(step),
+            "val_batches": int(cfg.trainer.val_batches), "val_seed": int(cfg.trainer.val_seed)}
 
 
 def apply_dataset_resolution(cfg: DictConfig) -> None:

@@ -108,6 +108,50 @@ def evaluation_run(root, prompts: dict) -> Path:
     return root
 
 
+def write_single_file(path, name: str = "tiny_sd15", size: str = "tiny", v_pred_marker: bool = False,
+                      metadata: Optional[dict] = None, dtype=None) -> Path:
+    """Seeded random weights of backbone ``name`` (``tiny_sd15``, ``tiny_sd21``, ``tiny_sdxl``) written
+    as one original-layout checkpoint at ``path`` (``.safetensors`` or ``.ckpt``), as model sites
+    distribute them. Returns the diffusers folder of the same weights (``<path>.diffusers``), whose
+    configs a tiny file needs (``backbone.single_file_config=``); ``size="full"`` writes the published
+    architectures, which the configs shipped with relgen read. ``v_pred_marker`` and ``metadata``
+    record a prediction type the way v-prediction files do.
+
+    The tiny SDXL's second encoder gets its own width here (48, not 32): the single-file reader tells
+    the two CLIP encoders apart by width, as the published ones (768 and 1280) differ."""
+    import tempfile
+
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    from relgen.backbones.original_layout import save_original_checkpoint
+    from relgen.backbones.tiny import _UNET, build_tiny_components
+
+    cfg = compose(f"backbone={name}").backbone
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        comps = build_tiny_components(cfg.tiny, cfg.prediction_type, cfg.tiny_seed, Path(tmp), size=size)
+    comps.pop("train_scheduler")
+    if cfg.family == "sdxl" and size == "tiny":
+        text = comps["text_encoder_2"].config.to_dict()
+        text.update(hidden_size=48, projection_dim=48)
+        comps["text_encoder_2"] = CLIPTextModelWithProjection(type(comps["text_encoder_2"].config)(**text))
+        unet = dict(_UNET[("tiny", "sdxl")], cross_attention_dim=32 + 48,
+                    projection_class_embeddings_input_dim=6 * 8 + 48)  # 6 time ids x 8 + the pooled width
+        comps["unet"] = UNet2DConditionModel(**unet)
+    if cfg.family == "sdxl":
+        pipe = StableDiffusionXLPipeline(**comps)
+    else:
+        pipe = StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    folder = path.with_name(path.name + ".diffusers")
+    pipe.save_pretrained(folder, safe_serialization=True)
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if cfg.family == "sdxl" else [])
+    save_original_checkpoint(path, cfg.architecture, pipe.unet, pipe.vae, encoders, v_pred_marker=v_pred_marker,
+                             metadata=metadata, dtype=dtype)
+    return folder
+
+
 def run_relgen(*args: str, module: str = "relgen", timeout: int = 900, env: Optional[dict] = None,
                cwd=None) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args...`` in a subprocess; returns the CompletedProcess."""
@@ -165,4 +209,4 @@ def check_method(root, *overrides: str) -> dict[str, Path]:
 
 
 __all__ = ["CONTRACT_PROMPT", "SHORT_RUN", "check_method", "compose", "load_tiny", "run_relgen", "same_export",
-           "short_run", "synthetic_data"]
+           "short_run", "synthetic_data", "write_single_file"]

@@ -231,6 +231,33 @@ def check_training_options(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={tcfg[key]} must be >= 0 (0 is off)")
     if tcfg.ema_decay is not None and not 0 < tcfg.ema_decay < 1:
         raise ConfigError(f"trainer.ema_decay={tcfg.ema_decay} must be in (0, 1), e.g. 0.999, or null (off)")
+    if tcfg.validate_every is not None and tcfg.validate_every < 1:
+        raise ConfigError(f"trainer.validate_every={tcfg.validate_every} must be >= 1 (steps) or null (only at "
+                          "the end)")
+    if tcfg.val_batches < 1:
+        raise ConfigError(f"trainer.val_batches={tcfg.val_batches} must be >= 1")
+    if tcfg.objective != "val_loss":
+        metric_objective_parts(tcfg.objective)  # a known metric and output, or one line naming them
+
+
+def metric_objective_parts(objective: str) -> tuple[str, str]:
+    """``"<metric>[.<output>]"`` -> ``(metric, output)``; the output defaults to the metric's first.
+
+    Raises:
+        ConfigError: an unknown metric or output (the known ones listed).
+    """
+    from relgen.evaluate.metrics import get_metric, list_metrics  # deferred: torch
+
+    metric, _, output = objective.partition(".")
+    try:
+        cls = get_metric(metric)
+    except ConfigError:
+        raise ConfigError(f"trainer.objective={objective!r}: accepted: val_loss or <metric>[.<output>] with a "
+                          f"relgen.evaluate metric: {', '.join(list_metrics())}") from None
+    output = output or next(iter(cls.outputs))
+    if output not in cls.outputs:
+        raise ConfigError(f"trainer.objective={objective!r}: metric {metric} reports {', '.join(cls.outputs)}")
+    return metric, output
 
 
 def check_report_to(cfg: DictConfig) -> None:
@@ -308,8 +335,18 @@ def check_weights(cfg: DictConfig) -> None:
         if local.is_dir() and not (local / "model_index.json").is_file():
             raise ConfigError(f"backbone.pretrained={b.pretrained}: not a diffusers folder (no model_index.json); "
                               "point it at the folder save_pretrained wrote")
-        if local.is_file() and b.single_file_config and not Path(b.single_file_config).expanduser().exists():
-            check_hub_source("backbone.single_file_config", b.single_file_config, None, "model_index.json")
+        if local.is_file() and b.single_file_config and not Path(b.single_file_config).expanduser().is_dir():
+            if not looks_like_path(b.single_file_config):  # a hub id: cached, or a hub that answers
+                check_hub_source("backbone.single_file_config", b.single_file_config, None, "model_index.json")
+            else:
+                raise ConfigError(f"backbone.single_file_config={b.single_file_config}: no such folder; point it at a "
+                                  "local diffusers folder with the model's configs, or leave it unset to use "
+                                  "the published configs shipped with relgen")
+        if local.is_file() and local.suffix in (".safetensors", ".ckpt"):
+            from relgen.backbones import single_file
+
+            # the file's architecture and recorded prediction type, from its header alone
+            single_file.check_backbone(b, single_file.detect(local), local)
         return
     check_hub_source("backbone.pretrained", b.pretrained, b.revision, "model_index.json",
                      hint="download the weights where there is network access, or set "

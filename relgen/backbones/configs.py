@@ -12,6 +12,7 @@ from typing import Optional
 
 from huggingface_hub import snapshot_download
 
+from relgen.backbones import single_file
 from relgen.backbones.loading import materialize_tiny, resolve_pretrained
 from relgen.errors import RelgenError
 
@@ -66,7 +67,10 @@ def config_folder(bcfg, cache_dir: Optional[str]) -> Optional[Path]:
     if local.is_dir():
         return local
     if local.suffix in (".safetensors", ".ckpt"):
-        return Path(bcfg.single_file_config).expanduser() if bcfg.single_file_config else None
+        if bcfg.single_file_config:
+            return Path(bcfg.single_file_config).expanduser()
+        info = single_file.detect(local)
+        return single_file.config_folder(info.architecture, info.prediction_type or bcfg.prediction_type)
     try:  # a hub id: its configs, if they are in the local cache
         return Path(snapshot_download(source, revision=bcfg.revision, allow_patterns=["*.json"],
                                       local_files_only=True))

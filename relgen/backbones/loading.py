@@ -3,6 +3,7 @@ tiny offline builders (which write a diffusers folder and load it through the sa
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,8 @@ import torch
 from relgen.backbones.base import Backbone, TextEncoderSlot, cache_root, fix_eos_token_id, torch_dtype
 from relgen.config import BackboneConfig
 from relgen.errors import ConfigError, RelgenError
+
+log = logging.getLogger("relgen")
 
 
 def load_backbone(cfg: BackboneConfig, cache_dir: Optional[str] = None,
@@ -183,43 +186,90 @@ def _load_folder(cfg: BackboneConfig, source: str) -> dict:
                 raise _missing_weights(cfg, source, exc) from exc
             raise
 
+    variant = cfg.variant or (_only_variant(folder) if folder is not None else None)
+    if variant and not cfg.variant:
+        log.info("relgen: %s holds only '%s' weight files; loading variant=%s", source, variant, variant)
+    dtype, vae_dtype = torch_dtype(cfg.dtype), torch_dtype(cfg.vae_dtype)
+    weights = dict(variant=variant) if variant else {}
+
+    def model(load, **dt):  # transformers takes dtype=, diffusers torch_dtype=
+        return lambda *a, **k: load(*a, **k, **weights, **dt)
+
     tokenizers = [part("tokenizer", "tokenizer", CLIPTokenizer.from_pretrained)]
-    encoders = [part("text_encoder", "text encoder", CLIPTextModel.from_pretrained)]
+    encoders = [part("text_encoder", "text encoder", model(CLIPTextModel.from_pretrained, dtype=dtype))]
     if cfg.family == "sdxl":
         tokenizers.append(part("tokenizer_2", "second tokenizer", CLIPTokenizer.from_pretrained))
-        encoders.append(part("text_encoder_2", "second text encoder", CLIPTextModelWithProjection.from_pretrained))
-    variant = dict(variant=cfg.variant) if cfg.variant else {}
-    unet = part("unet", "UNet", lambda *a, **k: UNet2DConditionModel.from_pretrained(*a, **k, **variant))
-    vae = part("vae", "VAE", lambda *a, **k: AutoencoderKL.from_pretrained(*a, **k, **variant))
+        encoders.append(part("text_encoder_2", "second text encoder",
+                             model(CLIPTextModelWithProjection.from_pretrained, dtype=dtype)))
+    unet = part("unet", "UNet", model(UNet2DConditionModel.from_pretrained, torch_dtype=dtype))
+    vae = part("vae", "VAE", model(AutoencoderKL.from_pretrained, torch_dtype=vae_dtype))
     scheduler_config = dict(part("scheduler", "scheduler config", DDPMScheduler.load_config))
     return dict(tokenizers=tokenizers, text_encoders=encoders, unet=unet, vae=vae,
                 noise_scheduler=_training_scheduler(scheduler_config), scheduler_config=scheduler_config)
 
 
-def _load_single_file(cfg: BackboneConfig, source: str) -> dict:
-    """An original-layout checkpoint through diffusers' ``from_single_file``.
+def _only_variant(folder: Path) -> Optional[str]:
+    """The variant (``fp16``, ...) of a local folder whose UNet has only variant weight files
+    (``diffusion_pytorch_model.fp16.safetensors``), else ``None``."""
+    unet = folder / "unet"
+    plain = [unet / f"diffusion_pytorch_model.{ext}" for ext in ("safetensors", "bin", "safetensors.index.json")]
+    plain = [p for p in plain if p.is_file()]
+    if plain or not unet.is_dir():
+        return None
+    names = {p.name.split(".")[1] for p in unet.glob("diffusion_pytorch_model.*.safetensors")}
+    names |= {p.name.split(".")[1] for p in unet.glob("diffusion_pytorch_model.*.bin")}
+    return names.pop() if len(names) == 1 else None
 
-    No hub is reachable here, so ``backbone.single_file_config`` must name a local diffusers
-    folder with the model's configs (any copy of the same model family works).
+
+def _load_single_file(cfg: BackboneConfig, source: str) -> dict:
+    """An original-layout checkpoint through diffusers' ``from_single_file``, offline.
+
+    The architecture is detected from the file's keys and checked against ``backbone=``; the
+    component configs and CLIP tokenizers come from the published ones shipped with relgen
+    (``backbone.single_file_config`` may name a local diffusers folder to use instead).
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    if not Path(source).expanduser().is_file():
+    from relgen.backbones import single_file
+
+    path = Path(source).expanduser()
+    if not path.is_file():
         raise RelgenError(f"backbone {cfg.name}: single-file checkpoint '{source}' does not exist; "
                           "fix backbone.pretrained")
-    cls = StableDiffusionXLPipeline if cfg.family == "sdxl" else StableDiffusionPipeline
-    kw = {}
+    info = single_file.detect(path)
+    prediction = single_file.check_backbone(cfg, info, path)
     if cfg.single_file_config:
-        kw["config"] = cfg.single_file_config
+        local = Path(cfg.single_file_config).expanduser()
+        folder, components = (local if local.is_dir() else cfg.single_file_config), {}  # a folder or a hub id
+        what = f"backbone.single_file_config={cfg.single_file_config}"
+    else:
+        folder = single_file.config_folder(info.architecture, prediction)
+        components = single_file.shipped_tokenizers(folder)
+        what = f"the published {folder.name} configs shipped with relgen"
+    log.info("relgen: %s is an %s; prediction type %s (%s); configs: %s", path.name,
+             f"{single_file.ARCH_NAMES[info.architecture]} checkpoint ({info.architecture_evidence})",
+             prediction, info.prediction_evidence if info.prediction_type else f"backbone={cfg.name}'s; "
+             + info.prediction_evidence, what)
+    cls = StableDiffusionXLPipeline if info.architecture == "sdxl" else StableDiffusionPipeline
+    extra = {} if info.architecture == "sdxl" else dict(safety_checker=None, feature_extractor=None,
+                                                         requires_safety_checker=False)
+    dtype, vae_dtype = torch_dtype(cfg.dtype), torch_dtype(cfg.vae_dtype)
     try:
-        pipe = cls.from_single_file(str(Path(source).expanduser()), local_files_only=True, **kw)
-    except (OSError, ValueError) as exc:
-        raise RelgenError(f"backbone {cfg.name}: could not read '{source}' as a {cfg.family} checkpoint "
-                          f"({exc}); set backbone.single_file_config= to a local diffusers folder of the "
-                          "same model family") from exc
+        if vae_dtype != dtype:  # read the VAE at its own precision (SDXL's stays float32)
+            from diffusers import AutoencoderKL
+
+            components["vae"] = AutoencoderKL.from_single_file(str(path), config=str(folder), subfolder="vae",
+                                                               local_files_only=True, torch_dtype=vae_dtype)
+        pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True,
+                                    torch_dtype=dtype, **components, **extra)
+    except Exception as exc:  # noqa: BLE001 - diffusers, safetensors and torch each raise their own types
+        raise RelgenError(f"backbone {cfg.name}: could not read '{source}' with the configs of {what} "
+                          f"({_first_line(exc)}); if the file is a fine-tune with another architecture, set "
+                          "backbone.single_file_config= to a local diffusers folder of that model") from exc
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if cfg.family == "sdxl" else [])
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if cfg.family == "sdxl" else [])
     scheduler_config = dict(pipe.scheduler.config)
+    scheduler_config["prediction_type"] = prediction  # the file's, else the preset's (logged above)
     return dict(tokenizers=tokenizers, text_encoders=encoders, unet=pipe.unet, vae=pipe.vae,
                 noise_scheduler=_training_scheduler(scheduler_config), scheduler_config=scheduler_config)
 

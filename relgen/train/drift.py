@@ -36,7 +36,8 @@ REFUSE: frozenset[str] = frozenset({
     "method.image_resample",
     # the backbone: which weights, which structure, which target
     "backbone.name", "backbone.family", "backbone.pretrained", "backbone.revision", "backbone.variant",
-    "backbone.single_file_config", "backbone.tiny", "backbone.tiny_seed", "backbone.prediction_type",
+    "backbone.single_file_config", "backbone.architecture", "backbone.tiny", "backbone.tiny_seed",
+    "backbone.prediction_type",
     "backbone.resolution",
     # the data
     "dataset.name", "dataset.root", "dataset.seed", "dataset.size", "dataset.relations",
@@ -94,6 +95,8 @@ APPLY: frozenset[str] = frozenset({
     # loop-wide loss options
     "trainer.snr_gamma", "trainer.noise_offset", "trainer.input_perturbation", "trainer.report_to",
     "trainer.max_abs_weight",
+    # the validation loss and the objective (read-only passes over fixed batches)
+    "trainer.validate_every", "trainer.val_batches", "trainer.val_seed", "trainer.objective",
 })
 
 

@@ -57,8 +57,24 @@ def resolved_max_steps(cfg: DictConfig) -> int:
     return int(cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.method.max_steps)
 
 
+class Pruned(Exception):
+    """A validation hook stopped the run early (a sweeper pruned its trial)."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"pruned at step {step} (val_loss {value:.6g})")
+        self.step = step
+        self.value = value
+
+    def __reduce__(self):  # crosses process boundaries (joblib, submitit, Ray) intact
+        return (Pruned, (self.step, self.value))
+
+
 class Trainer:
-    """Runs ``method`` for ``max_steps`` optimizer steps in ``run_dir``."""
+    """Runs ``method`` for ``max_steps`` optimizer steps in ``run_dir``.
+
+    ``validation_hooks`` are called on the main process as ``hook(step, val_loss)`` after each
+    validation; one returning True stops the run with :class:`Pruned`.
+    """
 
     def __init__(self, cfg: DictConfig, run_dir: Path, accelerator, backbone, method: Method,
                  render_samples: Optional[Callable[..., Path]] = None) -> None:
@@ -115,6 +131,7 @@ class Trainer:
         self.step = 0
         self.sample_warnings: list[str] = []  # one line per sample grid with flat (e.g. black) images
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.validation_hooks: list[Callable[[int, float], bool]] = []
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -147,6 +164,7 @@ class Trainer:
         self._apply_hparams()
         if self.acc.is_main_process:
             _truncate_metrics(self.run_dir / "metrics.csv", self.step)
+            _truncate_metrics(self.run_dir / "validation.csv", self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
     def _apply_hparams(self) -> None:
@@ -185,6 +203,7 @@ class Trainer:
         if main and self.step == 0:  # a fresh start: rows of a run killed before its first checkpoint go
             _truncate_metrics(self.run_dir / "metrics.csv", 0)
         metrics = _MetricsWriter(self.run_dir) if main else None
+        val_writer = _MetricsWriter(self.run_dir, "validation.csv") if main else None
         self.start_trackers()
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not (main and tcfg.progress),
                    desc=f"{self.cfg.method.name}", dynamic_ncols=True)
@@ -218,13 +237,76 @@ class Trainer:
                     log.info("relgen: step %d: export %s", self.step, path)
                 if main and tcfg.sample_every and self.step % tcfg.sample_every == 0 and self.step < self.max_steps:
                     self.sample_grid(f"step-{self.step:06d}")
+                if tcfg.validate_every and self.step % tcfg.validate_every == 0 and self.step < self.max_steps:
+                    self.run_validation(val_writer)
                 self.acc.wait_for_everyone()
         bar.close()
         if metrics:
             metrics.close()
         if not last_logs and main:  # nothing left to train (a resume that finishes the export): the last row
             last_logs = _last_metrics(self.run_dir / "metrics.csv")
-        return {"final_logs": last_logs, "seconds": time.time() - started}
+        val_loss = self.run_validation(val_writer, final=True)
+        return {"final_logs": last_logs, "seconds": time.time() - started, "val_loss": val_loss}
+
+    # ------------------------------------------------------------------ validation
+    def validation_losses(self) -> dict[str, float]:
+        """The validation losses of the current (EMA, when on) parameters.
+
+        ``trainer.val_batches`` micro-batches, the i-th drawn with a generator seeded
+        ``trainer.val_seed + i`` (data, noise and timesteps alike), so every run of a sweep and
+        every validation of a run sees the same batches. Timesteps are uniform and noise offset,
+        input perturbation and loss weighting are off: runs that differ in those options stay
+        comparable. ``val_loss`` is the method's first ``denoising_terms`` entry (its own-image
+        denoising MSE: the steering, negative or keypoint terms depend on swept weights); every
+        logged term is also returned as ``val/<term>``. Training state is untouched: the global
+        RNG is forked and a method attribute rebound by the pass (e.g. a data schedule
+        position) gets its value back.
+        """
+        tcfg = self.cfg.trainer
+        sampler = make_timestep_sampler("uniform", self.backbone.num_train_timesteps)
+        sums: dict[str, float] = {}
+        saved = dict(vars(self.method))
+        devices = [self.acc.device] if self.acc.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), self.averaged_weights():
+                torch.manual_seed(tcfg.val_seed)  # dropout and other draws from the global RNG
+                for i in range(tcfg.val_batches):
+                    generator = torch.Generator().manual_seed(tcfg.val_seed + i)
+                    ctx = StepContext(generator, sampler, self.step, 0)
+                    batch = self.method.next_batch(generator)
+                    with self.acc.autocast():
+                        out = self.method.training_step(batch, ctx)
+                    for k, v in {"loss": float(out.loss), **out.logs}.items():
+                        sums[k] = sums.get(k, 0.0) + float(v) / tcfg.val_batches
+        finally:
+            for key in [k for k in vars(self.method) if k not in saved]:
+                delattr(self.method, key)
+            for key, value in saved.items():
+                setattr(self.method, key, value)
+        term = self.method.denoising_terms[0] if self.method.denoising_terms else "loss"
+        losses = {"val_loss": sums.get(term, sums["loss"])}
+        losses.update({f"val/{k}": v for k, v in sums.items()})
+        return losses
+
+    def run_validation(self, writer: Optional["_MetricsWriter"] = None, final: bool = False) -> float:
+        """Compute, log (``validation.csv``, trackers) and hand the validation loss to the hooks
+        (after the last step a hook's stop is moot: the run is complete)."""
+        losses = self.validation_losses()
+        value = losses["val_loss"]
+        log.info("relgen: step %d: val_loss %.6g", self.step, value)
+        if writer is not None:
+            writer.write(self.step, losses)
+        self.acc.log({k: v for k, v in losses.items() if math.isfinite(v)}, step=self.step)
+        stop = False
+        if self.acc.is_main_process:
+            stop = any([bool(hook(self.step, value)) for hook in self.validation_hooks])
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            stop = broadcast_object_list([stop], from_process=0)[0]
+        if stop and not final:
+            raise Pruned(self.step, value)
+        return value
 
     def run_step(self) -> dict[str, float]:
         """One optimizer step: ``grad_accum`` micro-batches, then clip, update, schedule."""
@@ -377,8 +459,8 @@ class Trainer:
 class _MetricsWriter:
     """metrics.csv, one row per logged step (the trackers get the same scalars)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / "metrics.csv"
+    def __init__(self, run_dir: Path, name: str = "metrics.csv") -> None:
+        self.path = Path(run_dir) / name
         self.fields: Optional[list[str]] = None
         if self.path.exists():
             with open(self.path) as f:

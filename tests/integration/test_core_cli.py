@@ -1,5 +1,6 @@
 """The command line end to end: train, generate, list, dry runs, errors, sweeps, plugins."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -154,10 +155,23 @@ def test_sweep_failing_job_does_not_stop_the_others(tmp_path):
                       "dataset=reversion_folder,shapes_reversion", f"hydra.sweep.dir={tmp_path}", timeout=900)
     # job 0 (reversion_folder without root) fails, job 1 still runs; the sweep reports failure
     assert proc.returncode == 2
-    suffix = ",trainer.max_steps=1,trainer=debug"  # every job folder is named by its overrides
-    # the failed job stopped before training: its folder is gone again
+    suffix = ",trainer.max_steps=1,trainer=debug"
+    # the failed job stopped before training: its folder is gone again; a job folder is named by
+    # its number and the overrides that vary across the sweep
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert jobs == ["backbone=tiny_sd15,dataset=shapes_reversion" + suffix], jobs
+    assert jobs == ["001_dataset=shapes_reversion"], jobs
+    # sweep.csv: a row per job, the failed one with its one-line error, the other with its objective
+    with open(tmp_path / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "completed")]
+    assert rows[0]["error"].startswith("dataset reversion_folder: set dataset.root= to the dataset folder")
+    assert rows[0]["objective"] == ""
+    assert rows[0]["overrides"] == "backbone=tiny_sd15 trainer=debug trainer.max_steps=1 dataset=reversion_folder"
+    summary = json.loads((tmp_path / jobs[0] / "summary.json").read_text())
+    assert float(rows[1]["objective"]) == summary["objective"]["value"]
+    assert rows[1]["run_dir"] == str(tmp_path / jobs[0]) and rows[1]["direction"] == "minimize"
+    sweep = json.loads((tmp_path / "summary.json").read_text())
+    assert (sweep["jobs"], sweep["completed"], sweep["failed"], sweep["best"]["job"]) == (2, 1, 1, 1)
     assert (tmp_path / jobs[0] / "export" / "textual_inversion-R.safetensors").exists()
     # the job's own one-line error, one line for the sweep, and no traceback
     assert "relgen: error: dataset reversion_folder: set dataset.root= to the dataset folder" in proc.stderr
@@ -172,8 +186,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
                       f"hydra.sweep.dir={tmp_path}", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name for p in jobs] == [f"backbone=tiny_sd15,dataset=shapes_reversion,seed={seed},trainer.max_steps=1,"
-                                      "trainer=debug" for seed in (1, 2)], [p.name for p in jobs]
+    assert [p.name for p in jobs] == ["000_seed=1", "001_seed=2"], [p.name for p in jobs]
     a, b = (load_file(str(p / "export" / "textual_inversion-R.safetensors"))["<R>"] for p in jobs)
     assert not torch.equal(a, b)  # different seeds, different draws
 

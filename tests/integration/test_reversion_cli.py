@@ -10,12 +10,12 @@ import torch
 from conftest import grid_cells
 from relgen.testing import compose, run_relgen
 
+# <job number>_<the overrides that vary, by their last key component>, in the grid's order
 SWEEP_JOBS = [
-    "backbone=tiny_sd15,dataset=shapes_reversion," + job for job in (
-        "method.steer_loss_weight=0,method.timestep_sampler=relation_focal,method=reversion,trainer=debug",
-        "method.steer_loss_weight=0,method.timestep_sampler=uniform,method=reversion,trainer=debug",
-        "method.steer_loss_weight=0.01,method.timestep_sampler=relation_focal,method=reversion,trainer=debug",
-        "method.steer_loss_weight=0.01,method.timestep_sampler=uniform,method=reversion,trainer=debug")
+    "000_steer_loss_weight=0,timestep_sampler=uniform",
+    "001_steer_loss_weight=0,timestep_sampler=relation_focal",
+    "002_steer_loss_weight=0.01,timestep_sampler=uniform",
+    "003_steer_loss_weight=0.01,timestep_sampler=relation_focal",
 ]
 
 _RUNS: dict[str, Path] = {}

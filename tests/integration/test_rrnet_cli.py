@@ -75,7 +75,7 @@ def test_relation_sweep_then_scale_grid(tmp_path):
                       "method.relation=above,below",
                       f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = {name: next(sweep.glob(f"*method.relation={name},*")) for name in ("above", "below")}
+    jobs = {name: next(sweep.glob(f"*_relation={name}")) for name in ("above", "below")}
     words = {}
     for job in jobs.values():
         rel = json.loads((job / "export" / "relation.json").read_text())

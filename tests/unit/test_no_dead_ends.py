@@ -223,7 +223,8 @@ def test_a_misspelt_experiment_fails_listing_the_presets():
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "relgen: error: experiment=rrnet_papr is not a preset; did you mean experiment=rrnet_paper? known: "
-        "relationbooth_paper, relationbooth_relworld, relationbooth_tiny, reversion_paper, rrnet_paper")
+        "relationbooth_paper, relationbooth_relworld, relationbooth_tiny, reversion_paper, rrnet_paper, "
+        "search_relationbooth, search_reversion, search_rrnet")
 
 
 def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):

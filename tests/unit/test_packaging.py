@@ -56,6 +56,7 @@ def test_wheel_ships_configs_and_package_data(tmp_path):
     expected = {f"relgen/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
     expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "relgen").rglob("data/*") if p.is_file()}
     expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "relgen" / "relworld" / "weights").rglob("*") if p.is_file()}
+    expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "relgen" / "backbones" / "data").rglob("*") if p.is_file()}
     expected.add("hydra_plugins/relgen_searchpath/__init__.py")
     assert expected - names == set()
 

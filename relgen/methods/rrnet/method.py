@@ -271,8 +271,12 @@ class RRNet(Method):
         return batch_graphs([g_arb, g_bra])
 
     def relation_deltas(self, graph=None) -> Tensor:
-        """``(2, 2, D)`` network outputs: ``[0] = (A's delta, ARB's delta)``, ``[1] = (B's, BRA's)``."""
-        return self.gnn.eot_deltas(self.graph if graph is None else graph)
+        """``(2, 2, D)`` network outputs: ``[0] = (A's delta, ARB's delta)``, ``[1] = (B's, BRA's)``.
+
+        The network runs in float32 under mixed precision too: DGL's message passing needs node and
+        edge features of one dtype, which autocast would split (and the network is small)."""
+        with torch.autocast(device_type=self.gnn_device.type, enabled=False):
+            return self.gnn.eot_deltas(self.graph if graph is None else graph)
 
     # -- training ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[dict]:
