@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from relgen.config import BackboneConfig
 from relgen.errors import RelgenError
 from relgen.names import META_FILE
+from relgen.registry import get_method
 
 
 @dataclass
@@ -26,7 +28,7 @@ class LoadedRun:
     Attributes:
         run_dir: The run folder.
         meta: ``relgen.json`` of the export.
-        artifact: The method's :class:`~relgen.methods.base.Artifact`.
+        artifact: The method's :class:`~relgen.plugin.Artifact`.
         export_dir: The export folder read (``export/`` or ``export/step-NNNNNN/``).
     """
 
@@ -52,7 +54,6 @@ class LoadedRun:
         from omegaconf import OmegaConf
 
         from relgen.backbones.loading import load_backbone
-        from relgen.config import BackboneConfig
 
         cfg = OmegaConf.merge(OmegaConf.structured(BackboneConfig), self.meta["backbone"], overrides)
         return load_backbone(cfg, self.meta.get("cache_dir"))
@@ -81,7 +82,6 @@ def load(run_dir, export_dir: Optional[str] = None, step: Optional[int] = None) 
         step: Read the intermediate export of that step (``export/step-NNNNNN/``, written every
             ``method.export_every`` steps) instead of the final one.
     """
-    from relgen.registry import get_method
 
     run_dir = Path(run_dir).expanduser()
     export = Path(export_dir) if export_dir else export_folder(run_dir, step)

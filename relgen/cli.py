@@ -20,41 +20,9 @@ import os
 import sys
 from typing import Callable, Optional
 
+# sets the quiet, offline-friendly library defaults; run_cli and the exit statuses are re-exported
+from relgen.console import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, run_cli  # noqa: F401
 from relgen.hints import FLAG_KEYS, command_line_hints
-
-# Quiet, offline-friendly defaults; set before torch/diffusers/dgl are imported.
-os.environ.setdefault("DGLBACKEND", "pytorch")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def run_cli(body: Callable[[], int], on_error: Optional[Callable[[str], None]] = None) -> int:
-    from relgen.errors import RelgenError
-
-    try:
-        return body()
-    except RelgenError as exc:
-        print(f"relgen: error: {exc}", file=sys.stderr)
-        if on_error is not None:
-            on_error(str(exc))
-        return EXIT_USAGE
-    except OSError as exc:
-        # a folder that cannot be written (a read-only or full cache, output or export folder) wherever
-        # the write happens: one line naming it; any other OSError is a bug and keeps its traceback
-        from relgen.errors import WRITE_ERRNOS, write_error
-
-        if exc.errno not in WRITE_ERRNOS or not exc.filename:
-            raise
-        print(f"relgen: error: {write_error(exc, exc.filename, 'file or folder there')}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("relgen: interrupted; the last checkpoint is intact (resume=latest)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-#: Exit statuses (see the module docstring).
-EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 
 _task_started = False  # a Hydra app's task function began: an exit 1 after this is a failure, not usage
 

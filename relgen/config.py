@@ -17,6 +17,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from relgen.registry import register_builtin_schemas, register_schema
+from relgen.rundir import job_name, run_name
+
 
 @dataclass
 class BackboneConfig:
@@ -176,8 +179,6 @@ def compose_run(*overrides: str):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from relgen.registry import register_builtin_schemas
-
     register_builtin_schemas()  # the built-in methods' schemas, as the command line registers them
     from hydra_plugins.relgen_sweeper import ensure_registered
 
@@ -189,8 +190,6 @@ def compose_run(*overrides: str):
 
 
 def _run_name() -> str:
-    from relgen.rundir import run_name
-
     return run_name()
 
 
@@ -199,18 +198,11 @@ OmegaConf.register_new_resolver("relgen_run_name", _run_name, use_cache=True, re
 
 
 def _job_name(sweep_dir, num, overrides) -> str:
-    from relgen.sweep import job_name
-
     return job_name(sweep_dir, num, overrides)
 
 
 # ``${relgen_job_name:<sweep dir>,<job num>,<job overrides>}``: a sweep job's folder name
 OmegaConf.register_new_resolver("relgen_job_name", _job_name, replace=True)
-
-
-def register_schema(group: str, name: str, node: type) -> None:
-    """Make ``/schema/<group>/<name>`` available to YAML defaults lists."""
-    _store.store(group=f"schema/{group}", name=name, node=node)
 
 
 register_schema("backbone", "backbone", BackboneConfig)

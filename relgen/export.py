@@ -24,9 +24,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from relgen.card import (BASE_MODEL_KEY, EXPORT_PATH_KEY, FOLDER_KEY, base_model, generation_kwargs, load_run_line,
-                         program)
+import relgen
+from relgen.card import BASE_MODEL_KEY, EXPORT_PATH_KEY, FOLDER_KEY, base_model
+from relgen.errors import write_error
 from relgen.names import META_FILE
+from relgen.registry import get_method
 
 CARD_FILE = "README.md"
 STEP_PREFIX = "step-"
@@ -56,7 +58,6 @@ def export_run(cfg: DictConfig, run_dir: Path, method, *, step: Optional[int] = 
         return _export_into(cfg, run_dir, method, tmp, root, target, final, step, dataset, command)
     except OSError as exc:  # the old export (if any) is untouched until the final swap
         shutil.rmtree(tmp, ignore_errors=True)
-        from relgen.errors import write_error
 
         raise write_error(exc, target, "export") from None
 
@@ -65,7 +66,6 @@ def _export_into(cfg: DictConfig, run_dir: Path, method, tmp: Path, root: Path, 
                  step: Optional[int], dataset: Optional[str], command: Optional[str]) -> Path:
     """Write the export into ``tmp``, then publish it at ``target`` in one step: the old one and
     the new one are swapped, so a process killed at any moment leaves one of them, never none."""
-    import relgen
 
     tmp.mkdir(parents=True)
     written = method.export(tmp)
@@ -122,7 +122,6 @@ def model_card(meta: dict, export_path: str = "export", folder: Optional[Path] =
     ``export/step-NNNNNN``), which the card's code blocks are run from; ``folder``: where the
     export's files are being written (methods read their own files there for the examples).
     """
-    from relgen.registry import get_method
 
     backbone = meta["backbone"]
     base = base_model(backbone, meta.get("cache_dir"))
@@ -130,8 +129,7 @@ def model_card(meta: dict, export_path: str = "export", folder: Optional[Path] =
     source = backbone.get("pretrained") or f"tiny random weights ({backbone.get('tiny')}, seed {backbone.get('tiny_seed')})"
     revision = backbone.get("revision") or ("main" if backbone.get("pretrained") else "—")
     method_cls = get_method(meta["method"])
-    usage = getattr(method_cls, "card_usage", None)
-    usage_text, limits = usage(meta) if usage is not None else (_generic_usage(meta), [])
+    usage_text, limits = method_cls.card_usage(meta)
     step = meta.get("step")
     lines = [
         "---",
@@ -172,13 +170,6 @@ def model_card(meta: dict, export_path: str = "export", folder: Optional[Path] =
 def _file_names(meta: dict) -> list[str]:
     files = meta.get("files") or []
     return list(files.values()) if isinstance(files, dict) else list(files)  # a list: exports of older relgen
-
-
-def _generic_usage(meta: dict) -> str:
-    return program(meta, [load_run_line(meta), "run.apply(pipe)",
-                          "image = pipe(**run.pipeline_inputs(pipe, [\"a prompt\"]), "
-                          f"{generation_kwargs(meta)}).images[0]"],
-                   imports=["import relgen"])
 
 
 __all__ = ["CARD_FILE", "META_FILE", "export_run", "model_card"]

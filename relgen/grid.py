@@ -82,9 +82,15 @@ def cell_scale(width: int, height: int, min_cell: int = MIN_CELL) -> int:
     return max(1, math.ceil(min_cell / max(1, min(width, height))))
 
 
+#: A box drawn on a cell: ``(label, (x0, y0, x1, y1) in the image's pixels, verdict right)``.
+CellBox = tuple[str, Sequence[float], bool]
+
+
 def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Optional[Sequence[str]] = None,
                   column_labels: Optional[Sequence[str]] = None, title: Optional[str] = None,
-                  min_cell: int = MIN_CELL, label_width: int = 160) -> Image.Image:
+                  min_cell: int = MIN_CELL, label_width: int = 160, max_cell: Optional[int] = None,
+                  notes: Optional[Sequence[Sequence[Sequence[str]]]] = None,
+                  boxes: Optional[Sequence[Sequence[Sequence[CellBox]]]] = None) -> Image.Image:
     """Paste ``rows`` of images into one labelled grid.
 
     Args:
@@ -99,6 +105,10 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Optional[Se
         title: One line over the whole grid (e.g. the run and the step).
         min_cell: Smallest cell side in pixels.
         label_width: Width of the row-label column in pixels.
+        max_cell: Largest cell side in pixels: larger images are shrunk (bicubic) to fit it.
+        notes: ``notes[r][c]``: lines written under cell ``(r, c)`` (an evaluation's verdicts).
+        boxes: ``boxes[r][c]``: boxes drawn on cell ``(r, c)``, green when the verdict was
+            right and red when wrong (what a detector found).
 
     Returns:
         An RGB image; cell ``(r, c)`` starts at ``(x0 + c * cell_w, y0 + r * cell_h)`` where
@@ -113,8 +123,10 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Optional[Se
         raise ValueError(f"{len(column_labels)} column labels for {cols} columns")
     width = max(img.size[0] for row in rows for img in row)
     height = max(img.size[1] for row in rows for img in row)
-    scale = cell_scale(width, height, min_cell)
-    cell_w, cell_h = width * scale, height * scale
+    scale: float = cell_scale(width, height, min_cell)
+    if max_cell is not None and max(width, height) * scale > max_cell:
+        scale = max_cell / max(width, height)
+    cell_w, cell_h = max(1, round(width * scale)), max(1, round(height * scale))
 
     font = default_font()
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (FONT_SIZE, 2)
@@ -128,7 +140,11 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Optional[Se
     title_h = len(title_text) * line_h + 2 * _PAD if title_text else 0
     header_h = max(len(t) for t in col_text) * line_h + 2 * _PAD if col_text else 0
     y0 = title_h + header_h
-    grid = Image.new("RGB", (x0 + cols * cell_w, y0 + len(rows) * cell_h), _BACKGROUND)
+    note_text = [[[line for note in cell for line in wrap_text(note, font, cell_w - 2 * _PAD, 1)] for cell in row]
+                 for row in notes or []]
+    band = max([len(cell) for row in note_text for cell in row] + [0]) * line_h + (_PAD if notes else 0)
+    row_h = cell_h + band
+    grid = Image.new("RGB", (x0 + cols * cell_w, y0 + len(rows) * row_h), _BACKGROUND)
     draw = ImageDraw.Draw(grid)
     for i, line in enumerate(title_text):
         draw.text((_PAD, _PAD + i * line_h), line, fill=_INK, font=font)
@@ -137,7 +153,7 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Optional[Se
             w = draw.textlength(line, font=font)
             draw.text((x0 + c * cell_w + (cell_w - w) / 2, title_h + _PAD + i * line_h), line, fill=_INK, font=font)
     for r, row in enumerate(rows):
-        top = y0 + r * cell_h
+        top = y0 + r * row_h
         if row_text:
             lines = row_text[r]
             start = top + max(_PAD, (cell_h - len(lines) * line_h) // 2)
@@ -145,9 +161,20 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Optional[Se
                 draw.text((_PAD, start + i * line_h), line, fill=_INK, font=font)
         for c, img in enumerate(row):
             img = img.convert("RGB")
-            if scale > 1:
-                img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.Resampling.NEAREST)
-            grid.paste(img, (x0 + c * cell_w, top))
+            s = scale
+            if s != 1:
+                size = (max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s)))
+                img = img.resize(size, Image.Resampling.NEAREST if s > 1 else Image.Resampling.BICUBIC)
+            left = x0 + c * cell_w
+            grid.paste(img, (left, top))
+            for label, (bx0, by0, bx1, by1), ok in (boxes[r][c] if boxes else ()):
+                colour = (0, 170, 0) if ok else (220, 0, 0)
+                rect = [left + bx0 * s, top + by0 * s, left + bx1 * s - 1, top + by1 * s - 1]
+                rect[2], rect[3] = max(rect[0], rect[2]), max(rect[1], rect[3])  # degenerate boxes
+                draw.rectangle(rect, outline=colour, width=2)
+                draw.text((rect[0] + 2, rect[1] + 1), drawable(label)[:12], fill=colour, font=font)
+            for i, line in enumerate(note_text[r][c] if note_text else ()):
+                draw.text((left + _PAD, top + cell_h + _PAD // 2 + i * line_h), line, fill=_INK, font=font)
     return grid
 
 

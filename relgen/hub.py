@@ -22,6 +22,11 @@ from relgen.errors import ConfigError
 CONNECT_TIMEOUT = 3.0
 
 
+def looks_like_path(value: str) -> bool:
+    """Whether a model source is written as a path (not a hub id)."""
+    return value.startswith(("/", "./", "../", "~", ".\\")) or value.endswith((".safetensors", ".ckpt", ".bin", ".pt"))
+
+
 def is_cached(repo_id: str, filename: str, revision: Optional[str] = None) -> bool:
     """``filename`` of ``repo_id`` is in the local Hugging Face cache (no network is used)."""
     from huggingface_hub import try_to_load_from_cache

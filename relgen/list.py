@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from relgen.console import run_cli
+from relgen.registry import BACKBONES, DATASETS, METHODS, list_methods
+
 
 def main() -> int:
-    from relgen.cli import run_cli
-    from relgen.registry import BACKBONES, DATASETS, METHODS, list_methods
-
     def body() -> int:
         list_methods()  # imports built-ins and plugins
         for title, registry in (("methods", METHODS), ("backbones", BACKBONES), ("datasets", DATASETS)):

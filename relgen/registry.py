@@ -1,13 +1,21 @@
-"""Name registries for methods, backbones and datasets.
+"""Name registries for methods, backbones, datasets and evaluation prompt sets.
 
-Built-ins are imported explicitly (:func:`_import_builtins`), so a built-in name can never be
-"not registered". Third-party packages register through the entry-point group
-``relgen.plugins``: the entry point names an object with optional ``methods``, ``backbones``
-and ``datasets`` dicts mapping a registry name to a lazy ``"module:attr"`` string, and an
-optional ``config_package`` whose YAML Hydra adds to its search path.
+Everything registers through the entry-point group ``relgen.plugins``, relgen's own built-ins
+included (``relgen = "relgen.builtins:plugin"``; a source tree without installed metadata
+loads that same object). A plugin object may hold:
 
-Nothing heavy is imported here: registering stores a factory or a ``"module:attr"`` string,
-and the target module is imported only when the name is looked up with ``get_*``.
+* ``methods``: a list of :class:`relgen.plugin.Method` classes or ``(target, config, summary)``
+  triples, where ``target`` is a lazy ``"module:Class"`` string and ``config`` the method's
+  config dataclass or its ``"module:Class"`` string; the registry name is the schema's
+  ``name`` default and the schema is registered as ``/schema/method/<name>``. The older dict
+  ``{name: target or (target, summary)}`` with ``schemas`` is accepted too.
+* ``backbones``, ``datasets``, ``prompt_sets``: dicts of a name to a lazy ``"module:attr"``
+  string or ``(target, summary)``;
+* ``modules``: modules imported when the plugin loads (they call ``register_*`` themselves);
+* ``config_package``: a package whose YAML Hydra adds to its search path.
+
+Nothing heavy is imported here: registering stores a ``"module:attr"`` string, and the target
+module is imported only when the name is looked up with ``get_*``.
 """
 
 from __future__ import annotations
@@ -15,12 +23,13 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
 
 from relgen.errors import ConfigError
 
 ENTRY_POINT_GROUP = "relgen.plugins"
-
 
 @dataclass
 class _Entry:
@@ -74,13 +83,57 @@ class Registry:
         return self.entries[name].summary
 
 
+
 METHODS = Registry("method")
 BACKBONES = Registry("backbone")
 DATASETS = Registry("dataset")
+PROMPT_SETS = Registry("prompt set")
 
 
-def register_method(name, target=None, **kw):
-    return METHODS.register(name, target, **kw)
+def _resolve(target: Any) -> Any:
+    return _Entry(target).resolve() if isinstance(target, str) else target
+
+
+def register_schema(group: str, name: str, node: type) -> None:
+    """Make ``/schema/<group>/<name>`` available to YAML defaults lists."""
+    ConfigStore.instance().store(group=f"schema/{group}", name=name, node=node)
+
+
+def register_method_schema(schema: type) -> type:
+    """Register a method's config dataclass as ``/schema/method/<its name default>``."""
+    register_schema("method", _schema_name(schema), schema)
+    return schema
+
+
+def _schema_name(schema: Any) -> str:
+    name = getattr(schema, "name", None)
+    if not isinstance(name, str) or not name or name == "???":  # "???": omegaconf's MISSING
+        raise ConfigError(f"{getattr(schema, '__name__', schema)}: a method's config dataclass needs a 'name' "
+                          "default (name: str = \"mymethod\"); it is the method's registry name")
+    return name
+
+
+def register_method(target: Any, config: Any = None, *, summary: str = "", origin: str = "relgen",
+                    name: Any = None):
+    """Register a method; its name and schema come from the method itself.
+
+    ``register_method(MyMethod)`` reads ``MyMethod.config_class`` (its ``name`` default is the
+    registry name); ``register_method("pkg.method:MyMethod", MyConfig)`` keeps the class
+    unimported until it is used. ``config`` may be a ``"module:Class"`` string. The schema is
+    registered as ``/schema/method/<name>``. The older ``register_method(name, target)`` works too.
+    """
+    if isinstance(target, str) and ":" not in target and config is not None and name is None:
+        target, config, name = config, None, target  # register_method(name, target)
+    if config is None and not isinstance(target, str):
+        config = target.config_class
+    schema = _resolve(config) if config is not None else None
+    if name is None:
+        name = _schema_name(schema) if schema is not None else target.name
+    if isinstance(schema, type) and schema.__dict__.get("name", None) == name:
+        register_schema("method", name, schema)
+    if not summary and not isinstance(target, str):
+        summary = ((target.__doc__ or "").strip().splitlines() or [""])[0]
+    return METHODS.register(name, target, summary=summary, origin=origin)
 
 
 def register_backbone(name, target=None, **kw):
@@ -89,6 +142,12 @@ def register_backbone(name, target=None, **kw):
 
 def register_dataset(name, target=None, **kw):
     return DATASETS.register(name, target, **kw)
+
+
+def register_prompt_set(name, target=None, **kw):
+    """A named evaluation prompt set: ``target(relation_words, loaded_run, relation, limit)``
+    returns the :class:`relgen.evaluate.samples.EvalPrompt` list of ``prompts=<name>``."""
+    return PROMPT_SETS.register(name, target, **kw)
 
 
 def get_method(name: str):
@@ -103,6 +162,10 @@ def get_dataset(name: str):
     return DATASETS.get(name)
 
 
+def get_prompt_set(name: str):
+    return PROMPT_SETS.get(name)
+
+
 def list_methods() -> list[str]:
     return METHODS.names()
 
@@ -115,49 +178,94 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
+def list_prompt_sets() -> list[str]:
+    return PROMPT_SETS.names()
+
+
 # --------------------------------------------------------------------------------------------
-# Built-ins and entry-point plugins
+# Plugins (relgen's own built-ins are one)
 
-_BUILTIN_MODULES = (
-    "relgen.methods",
-    "relgen.backbones",
-    "relgen.data.registry",
-    "relgen.relworld.datasets",
-)
-_state = {"builtins": False, "plugins": None}
-
-
-def _import_builtins() -> None:
-    if not _state["builtins"]:
-        _state["builtins"] = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+#: relgen's own plugin object, the target of its ``relgen`` entry point; loaded directly too,
+#: so a source tree whose metadata is not installed has its built-ins.
+BUILTIN_PLUGIN = "relgen.builtins:plugin"
+BUILTIN_NAME = "relgen"
+_state: dict[str, Any] = {"plugins": None}
 
 
 def plugin_entry_points() -> list:
-    return list(entry_points(group=ENTRY_POINT_GROUP))
+    """The installed ``relgen.plugins`` entry points other than relgen's own."""
+    return [ep for ep in entry_points(group=ENTRY_POINT_GROUP)
+            if not (ep.name == BUILTIN_NAME and ep.value == BUILTIN_PLUGIN)]
 
 
-def _load_plugins() -> None:
-    """Import built-ins, then register what every ``relgen.plugins`` entry point declares."""
-    _import_builtins()
-    if _state["plugins"] is not None:
-        return
-    _state["plugins"] = []
+def _plugins(strict: bool) -> list[tuple[str, str, Any]]:
+    """``(entry point name, origin, plugin object)``: relgen's own plugin, then the installed ones."""
+    out = [(BUILTIN_NAME, "relgen", _resolve(BUILTIN_PLUGIN))]
     for ep in plugin_entry_points():
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken plugin must not break relgen itself
-            raise ConfigError(f"plugin entry point '{ep.name}' ({ep.value}) failed to import: "
-                              f"{exc}; fix or uninstall that package") from exc
-        origin = f"plugin {ep.name}"
-        for registry, attr in ((METHODS, "methods"), (BACKBONES, "backbones"), (DATASETS, "datasets")):
-            for name, target in (getattr(plugin, attr, None) or {}).items():
-                summary = ""
-                if isinstance(target, tuple):
-                    target, summary = target
-                registry.register(name, target, summary=summary, origin=origin)
-        _state["plugins"].append(ep.name)
+            if strict:
+                raise ConfigError(f"plugin entry point '{ep.name}' ({ep.value}) failed to import: "
+                                  f"{exc}; fix or uninstall that package") from exc
+            continue  # reported with a clear message when the registry is first used
+        out.append((ep.name, f"plugin {ep.name}", plugin))
+    return out
+
+
+def _method_entries(plugin: Any) -> list[tuple[Any, Any, str, Any]]:
+    """``(target, config, summary, name)`` of each method a plugin declares."""
+    methods = getattr(plugin, "methods", None) or []
+    if isinstance(methods, dict):
+        schemas = getattr(plugin, "schemas", None) or {}
+        out = []
+        for name, target in methods.items():
+            target, summary = target if isinstance(target, tuple) else (target, "")
+            out.append((target, schemas.get(f"method/{name}"), summary, name))
+        return out
+    return [(*m, None) if isinstance(m, tuple) else (m, None, "", None) for m in methods]
+
+
+def _load_plugins() -> None:
+    """Register what relgen's own plugin and every ``relgen.plugins`` entry point declares."""
+    if _state["plugins"] is not None:
+        return
+    _state["plugins"] = []
+    for ep_name, origin, plugin in _plugins(strict=True):
+        _register_plugin(ep_name, origin, plugin)
+
+
+def refresh_plugins() -> list[str]:
+    """Register the plugins installed since the registry was first used in this process (e.g. a
+    package put on ``sys.path`` by a test); returns their entry-point names."""
+    before = list(_state["plugins"] or [])
+    _load_plugins()
+    for ep_name, origin, plugin in _plugins(strict=True):
+        if ep_name != BUILTIN_NAME and ep_name not in _state["plugins"]:
+            _register_plugin(ep_name, origin, plugin)
+    return [name for name in _state["plugins"] if name not in before]
+
+
+def forget_plugin(ep_name: str) -> None:
+    """Drop every name the entry point ``ep_name`` registered (the inverse of :func:`refresh_plugins`)."""
+    for registry in (METHODS, BACKBONES, DATASETS, PROMPT_SETS):
+        for name in [n for n, e in registry.entries.items() if e.origin == f"plugin {ep_name}"]:
+            del registry.entries[name]
+    if _state["plugins"] and ep_name in _state["plugins"]:
+        _state["plugins"].remove(ep_name)
+
+
+def _register_plugin(ep_name: str, origin: str, plugin: Any) -> None:
+    for module in getattr(plugin, "modules", None) or ():
+        importlib.import_module(module)
+    for target, config, summary, name in _method_entries(plugin):
+        register_method(target, config, summary=summary, origin=origin, name=name)
+    for registry, attr in ((BACKBONES, "backbones"), (DATASETS, "datasets"), (PROMPT_SETS, "prompt_sets")):
+        for name, target in (getattr(plugin, attr, None) or {}).items():
+            target, summary = target if isinstance(target, tuple) else (target, "")
+            registry.register(name, target, summary=summary, origin=origin)
+    if ep_name != BUILTIN_NAME:
+        _state["plugins"].append(ep_name)
 
 
 def _plugin_hint() -> str:
@@ -165,31 +273,31 @@ def _plugin_hint() -> str:
     return f" (installed plugins: {', '.join(names)})" if names else " (no relgen.plugins entry points installed)"
 
 
-def register_builtin_schemas() -> None:
-    """Register the built-in methods' config schemas in Hydra's ConfigStore.
+def _register_schemas(plugin: Any) -> None:
+    for target, config, _, name in _method_entries(plugin):
+        if config is None and isinstance(target, str):
+            continue  # a lazy class without its schema: the plugin's ``schemas`` names it
+        schema = _resolve(config) if config is not None else target.config_class
+        register_schema("method", name or _schema_name(schema), schema)
+    for key, target in (getattr(plugin, "schemas", None) or {}).items():
+        group, _, name = key.partition("/")
+        register_schema(group, name, _resolve(target))
 
-    Each built-in method's ``config`` module registers its own schema when imported, so this
-    imports them (through :mod:`relgen.methods`, which imports no torch). Every path that
-    composes a run calls it first: the CLI, and Hydra's search-path plugin through
-    :func:`plugin_config_packages`.
+
+def register_builtin_schemas() -> None:
+    """Register the built-in methods' config schemas in Hydra's ConfigStore (no torch import).
+
+    Every path that composes a run calls it first: the CLI, :func:`relgen.config.compose_run`,
+    and Hydra's search-path plugin through :func:`plugin_config_packages`.
     """
-    importlib.import_module("relgen.methods")
+    _register_schemas(_resolve(BUILTIN_PLUGIN))
 
 
 def plugin_config_packages() -> list[str]:
     """Register the built-in and installed plugins' schemas; return the plugins' ``config_package`` names."""
-    from relgen.config import register_schema
-
-    register_builtin_schemas()
     packages = []
-    for ep in plugin_entry_points():
-        try:
-            plugin = ep.load()
-        except Exception:
-            continue  # reported with a clear message when the registry is first used
-        for key, target in (getattr(plugin, "schemas", None) or {}).items():
-            group, _, name = key.partition("/")
-            register_schema(group, name, _Entry(target).resolve())
+    for _, _, plugin in _plugins(strict=False):
+        _register_schemas(plugin)
         package = getattr(plugin, "config_package", None)
         if package:
             packages.append(package)

@@ -8,7 +8,6 @@ minutes it takes to load SDXL. ``dry_run=true`` stops after those checks.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,14 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from relgen import rundir
+from relgen.atomic import write_text
+from relgen.data.registry import open_dataset
 from relgen.errors import ConfigError, RelgenError
 from relgen.export import exchange_paths, export_run  # noqa: F401  (also imported from here)
+from relgen.registry import get_backbone, get_method
+from relgen.train.drift import compare
+from relgen.validation import training_resolution, validate
 
 log = logging.getLogger("relgen")
 
@@ -38,7 +43,6 @@ def run_training(cfg: DictConfig, run_dir: str | Path, *, default_run_dir: bool 
         write_extra: writes more files into the run folder once every check has passed (the
             command line writes Hydra's ``.hydra/`` record there).
     """
-    from relgen import rundir
 
     state = _RunState(Path(run_dir), early_log=_hold_early_lines())
     given = state.run_dir
@@ -103,10 +107,7 @@ class _RunState:
 
 
 def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra) -> None:
-    from relgen.data.registry import open_dataset
-    from relgen.methods.base import check_capabilities
-    from relgen.registry import get_backbone, get_method
-    from relgen.validation import validate
+    from relgen.plugin import check_capabilities
 
     validate(cfg)  # every value a user can get wrong, before anything loads or is written
     apply_dataset_resolution(cfg)
@@ -115,11 +116,8 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     check_capabilities(method_cls, cfg.backbone.family, dataset.format, dataset.provides,
                        cfg.method.name, cfg.backbone.name, cfg.dataset.name)
     data = dataset.load()  # reads and validates every file now
-    check_data = getattr(method_cls, "check_data", None)
-    if check_data is not None:  # optional hook: method checks that need the data, not weights
-        check_data(cfg.method, data)
+    method_cls.check_data(cfg.method, data)  # method checks that need the data, not weights
     from relgen.data.images import check_images, image_paths
-    from relgen.validation import training_resolution
 
     # Headers only for a real run (its first step decodes everything anyway); a dry run decodes
     # every image, so a truncated or mislabelled file fails it rather than step 1.
@@ -140,9 +138,10 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
         log.warning("relgen: warning: %s", busy)
     state.threads_before = set_num_threads(cfg.trainer.num_threads)
 
-    from relgen.train.loop import Trainer, resolved_max_steps, write_json
-
     from accelerate.utils import ProjectConfiguration
+
+    from relgen.generate import sample_grid
+    from relgen.train.loop import Trainer, resolved_max_steps, write_json
 
     # trackers of trainer.report_to; TensorBoard writes under <run>/tensorboard
     acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu,
@@ -171,7 +170,7 @@ def _run(cfg: DictConfig, state: "_RunState", default_run_dir: bool, write_extra
     log.info("relgen: setting up %s (its trained modules; text features and image latents are computed or "
              "read from the cache once)", cfg.method.name)
     method = method_cls(cfg.method, backbone, data)
-    trainer = Trainer(cfg, run_dir, acc, backbone, method)
+    trainer = Trainer(cfg, run_dir, acc, backbone, method, render_samples=sample_grid)
     from relgen.sweep import pruning_hook
 
     hook = pruning_hook(cfg) if main else None  # a trial of an Optuna search with a pruner
@@ -272,7 +271,6 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path, default_run_dir: bool, acc) ->
         ConfigError: another live process holds the folder (its pid named), or ``resume=latest``
             found no earlier run.
     """
-    from relgen import rundir
 
     if cfg.resume == "latest" and default_run_dir and acc.is_main_process:
         root = Path(cfg.output_root)
@@ -329,7 +327,6 @@ def preflight(cfg: DictConfig, run_dir: Path) -> Optional[Resume]:
             state depends on (all such keys listed); or there is nothing left to train.
     """
     from relgen.train import checkpoint as ckpt
-    from relgen.train.drift import compare
     from relgen.train.loop import resolved_max_steps
 
     if not cfg.resume:
@@ -369,15 +366,7 @@ def preflight(cfg: DictConfig, run_dir: Path) -> Optional[Resume]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from relgen.errors import write_error
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(exc, path, "run config") from None
+    write_text(path, text, "run config")
 
 
 def _how_it_ended(exc: BaseException, seconds: float) -> str:

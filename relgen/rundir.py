@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from relgen.errors import ConfigError
 
@@ -189,3 +191,46 @@ def remove_if_created(path: Path, held: Optional[RunLock] = None) -> bool:
             break
         parent = parent.parent
     return True
+
+
+# --------------------------------------------------------------------------- sweep job names
+#: Written when the sweep starts: the override keys that vary across its jobs (for job names).
+SWEEP_INFO = ".relgen-sweep.json"
+#: Keys never shown in a job folder name.
+HIDDEN_KEYS = {"hydra.sweep.dir", "output_root", "hydra.launcher.n_jobs"}
+
+
+# ---------------------------------------------------------------------------------- job names
+def _short_value(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        text = value
+    else:
+        text = value if re.fullmatch(r"-?\d+", value) else f"{number:.4g}"
+    text = re.sub(r"[^\w.=+\-]", "-", text)  # no path separators, quotes or spaces in a folder name
+    return text[:24]
+
+
+def job_name(sweep_dir: str, num: Any, overrides: Any) -> str:
+    """``003_lr=0.0002,steer_loss_weight=0.01``: the job number and the overrides that vary.
+
+    The varying keys come from :data:`SWEEP_INFO` in the sweep folder (written by
+    :class:`SweepCallback`); without it every override is shown.
+    """
+    varying: Optional[set[str]] = None
+    try:
+        with open(os.path.join(str(sweep_dir), SWEEP_INFO)) as f:
+            varying = set(json.load(f)["varying"])
+    except (OSError, ValueError, KeyError):
+        pass
+    parts = []
+    for item in overrides or []:
+        key, sep, value = str(item).lstrip("+~").partition("=")
+        if not sep or key in HIDDEN_KEYS or (varying is not None and key not in varying):
+            continue
+        parts.append(f"{key.rsplit('.', 1)[-1]}={_short_value(value)}")
+    name = f"{int(num):03d}"
+    if parts:
+        name += "_" + ",".join(parts)
+    return name[:120]

@@ -28,52 +28,16 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+# job folder names are made where run folder names are (the config's resolver reads them there)
+from relgen.rundir import HIDDEN_KEYS, SWEEP_INFO, _short_value, job_name  # noqa: F401
+from relgen.validation import metric_objective_parts  # noqa: F401 (a config check, used here too)
+
 log = logging.getLogger("relgen")
 
 SWEEP_CSV = "sweep.csv"
 SWEEP_FIELDS = ["job", "status", "objective", "name", "direction", "steps", "seconds", "run_dir", "overrides",
                 "error"]
-#: Written when the sweep starts: the override keys that vary across its jobs (for job names).
-SWEEP_INFO = ".relgen-sweep.json"
 SUMMARY = "summary.json"
-#: Keys never shown in a job folder name.
-HIDDEN_KEYS = {"hydra.sweep.dir", "output_root", "hydra.launcher.n_jobs"}
-
-
-# ---------------------------------------------------------------------------------- job names
-def _short_value(value: str) -> str:
-    try:
-        number = float(value)
-    except ValueError:
-        text = value
-    else:
-        text = value if re.fullmatch(r"-?\d+", value) else f"{number:.4g}"
-    text = re.sub(r"[^\w.=+\-]", "-", text)  # no path separators, quotes or spaces in a folder name
-    return text[:24]
-
-
-def job_name(sweep_dir: str, num: Any, overrides: Any) -> str:
-    """``003_lr=0.0002,steer_loss_weight=0.01``: the job number and the overrides that vary.
-
-    The varying keys come from :data:`SWEEP_INFO` in the sweep folder (written by
-    :class:`SweepCallback`); without it every override is shown.
-    """
-    varying: Optional[set[str]] = None
-    try:
-        with open(os.path.join(str(sweep_dir), SWEEP_INFO)) as f:
-            varying = set(json.load(f)["varying"])
-    except (OSError, ValueError, KeyError):
-        pass
-    parts = []
-    for item in overrides or []:
-        key, sep, value = str(item).lstrip("+~").partition("=")
-        if not sep or key in HIDDEN_KEYS or (varying is not None and key not in varying):
-            continue
-        parts.append(f"{key.rsplit('.', 1)[-1]}={_short_value(value)}")
-    name = f"{int(num):03d}"
-    if parts:
-        name += "_" + ",".join(parts)
-    return name[:120]
 
 
 # ---------------------------------------------------------------------------------- sweep.csv
@@ -471,27 +435,6 @@ def optuna_search(impl: Any, pruner: Any, arguments: list[str]) -> None:
 # ---------------------------------------------------------------------------------- metric objectives
 #: Metrics whose smaller values are better; every other relgen.evaluate output is maximised.
 MINIMIZED_METRICS = {"fid"}
-
-
-def metric_objective_parts(objective: str) -> tuple[str, str]:
-    """``"<metric>[.<output>]"`` -> ``(metric, output)``; the output defaults to the metric's first.
-
-    Raises:
-        ConfigError: an unknown metric or output (the known ones listed).
-    """
-    from relgen.errors import ConfigError
-    from relgen.evaluate.metrics.base import get_metric, list_metrics
-
-    metric, _, output = objective.partition(".")
-    try:
-        cls = get_metric(metric)
-    except ConfigError:
-        raise ConfigError(f"trainer.objective={objective!r}: accepted: val_loss or <metric>[.<output>] with a "
-                          f"relgen.evaluate metric: {', '.join(list_metrics())}") from None
-    output = output or next(iter(cls.outputs))
-    if output not in cls.outputs:
-        raise ConfigError(f"trainer.objective={objective!r}: metric {metric} reports {', '.join(cls.outputs)}")
-    return metric, output
 
 
 def metric_objective(cfg, run_dir: Path, step: int) -> dict[str, Any]:

@@ -1,5 +1,16 @@
 """What a method plugin needs to test itself, importable from the installed package.
 
+The contract every built-in method passes, run on a plugin's method in one line
+(:func:`check_method`: dry-run checks, an exact resume, export loading and generation)::
+
+    from relgen.testing import check_method
+
+    @pytest.mark.parametrize("backbone", ["tiny_sd15", "tiny_sdxl"])
+    def test_contract(tmp_path, backbone):
+        check_method(tmp_path, "method=myrel", f"backbone={backbone}", "dataset=shapes_reversion")
+
+The pieces it is built from, for a plugin's own tests::
+
     from relgen.testing import compose, load_tiny, synthetic_data, short_run
 
     backbone = load_tiny("tiny_sd15")                   # seeded random weights, SD 1.5 structure
@@ -21,6 +32,11 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from relgen.api import load
+from relgen.config import compose_run
+from relgen.data.registry import open_dataset
+from relgen.run import run_training
+
 #: Overrides of :func:`short_run`: two optimizer steps, no progress bar or TensorBoard, no
 #: sample grid (pass ``trainer.sample_at_end=true`` to exercise generation too).
 SHORT_RUN = ("trainer=debug", "trainer.sample_every=null", "trainer.sample_at_end=false")
@@ -28,7 +44,6 @@ SHORT_RUN = ("trainer=debug", "trainer.sample_every=null", "trainer.sample_at_en
 
 def compose(*overrides: str):
     """The run config Hydra composes for these command-line overrides (``python -m relgen ...``)."""
-    from relgen.config import compose_run
 
     return compose_run(*overrides)
 
@@ -54,7 +69,6 @@ def synthetic_data(name: str = "shapes_reversion", *overrides: str):
     """A synthetic dataset (``shapes_reversion``, ``shapes_rrnet``, ``shapes_dreamrelation``, the
     ``relworld_*`` sets) written in its official layout, read and validated by its reader: the
     object a method's ``__init__`` receives as ``data``. ``overrides`` are ``dataset.*`` ones."""
-    from relgen.data.registry import open_dataset
 
     cfg = compose(f"dataset={name}", *overrides)
     return open_dataset(cfg.dataset, cfg.cache_dir).load()
@@ -70,7 +84,6 @@ def short_run(run_dir, *overrides: str, steps: Optional[int] = None) -> Path:
     relworld model and its data. Returns the run folder, which holds ``export/``,
     ``checkpoints/``, ``metrics.csv`` and ``summary.json``.
     """
-    from relgen.run import run_training
 
     extra = (f"trainer.max_steps={steps}",) if steps is not None else ()
     cfg = compose(*SHORT_RUN, *extra, *overrides)
@@ -85,8 +98,6 @@ def evaluation_run(root, prompts: dict) -> Path:
     in ``root/run``, with ``prompts`` (a prompt file's JSON object) written to ``root/prompts.json``.
     Returns ``root``."""
     import json
-
-    from relgen.run import run_training
 
     root = Path(root)
     code = run_training(compose("backbone=tiny_sd15", "dataset=shapes_reversion", "trainer=debug",
@@ -150,4 +161,52 @@ def run_relgen(*args: str, module: str = "relgen", timeout: int = 900, env: Opti
                           timeout=timeout, env=full_env, cwd=cwd)
 
 
-__all__ = ["SHORT_RUN", "compose", "load_tiny", "run_relgen", "short_run", "synthetic_data", "write_single_file"]
+def same_export(a, b) -> None:
+    """Assert that two runs exported the same tensors (every ``.safetensors`` of ``export/``)."""
+    import torch
+    from safetensors.torch import load_file
+
+    files = sorted(p.name for p in (Path(a) / "export").glob("*.safetensors"))
+    assert files and files == sorted(p.name for p in (Path(b) / "export").glob("*.safetensors")), files
+    for name in files:
+        x, y = load_file(str(Path(a) / "export" / name)), load_file(str(Path(b) / "export" / name))
+        assert x.keys() == y.keys(), name
+        for key in x:
+            assert torch.equal(x[key], y[key]), f"{name}: {key} differs"
+
+
+#: The prompt :func:`check_method` renders when the artifact has no sample prompts of its own.
+CONTRACT_PROMPT = "a red circle {} a blue square"
+
+
+def check_method(root, *overrides: str) -> dict[str, Path]:
+    """The method contract, on the method, backbone and dataset ``overrides`` name.
+
+    1. A dry run passes every check that needs no weights (the config checks, the method's
+       :meth:`~relgen.plugin.Method.check_config` and ``check_data``) and leaves nothing behind.
+    2. Resume is exact: a run stopped after step 1 and resumed to step 2 exports the same
+       tensors as a straight two-step run (checkpoints hold the method's ``state_dict``).
+    3. The export loads (``relgen.load``), applies to the backbone's diffusers pipeline and
+       renders through :func:`relgen.generate.generate_from_run` (one image, two steps).
+
+    Returns ``{"run": the straight run, "resumed": the resumed run, "grid": the rendered grid}``.
+    """
+    from relgen.generate import GenerationOptions, generate_from_run
+
+    root = Path(root)
+    dry = root / "dry"
+    code = run_training(compose(*SHORT_RUN, "dry_run=true", *overrides), str(dry))
+    assert code == 0 and not dry.exists(), f"dry run returned {code} or left {dry} behind"
+    every = ("trainer.checkpoint_every=1", *overrides)
+    straight = short_run(root / "straight", *every, steps=2)
+    resumed = short_run(root / "resumed", *every, steps=1)
+    short_run(resumed, *every, "resume=latest", steps=2)
+    same_export(straight, resumed)
+    prompts = load(straight).artifact.sample_prompts()[:1] or [CONTRACT_PROMPT]
+    grid = generate_from_run(str(straight), prompts, GenerationOptions(num_images=1, steps=2, batch_size=1))[0]
+    assert grid.is_file(), grid
+    return {"run": straight, "resumed": resumed, "grid": grid}
+
+
+__all__ = ["CONTRACT_PROMPT", "SHORT_RUN", "check_method", "compose", "load_tiny", "run_relgen", "same_export",
+           "short_run", "synthetic_data", "write_single_file"]

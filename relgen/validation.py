@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from relgen.errors import ConfigError, RelgenError
+from relgen.hub import check_hub_source, looks_like_path
+from relgen.registry import get_backbone, get_method
 
 log = logging.getLogger("relgen")
 
@@ -26,8 +28,6 @@ Check = Callable[[DictConfig], Optional[list[str]]]
 
 def check_method_name(cfg: DictConfig) -> None:
     """The method, backbone and dataset names are registered (an unknown one lists the known)."""
-    from relgen.registry import get_backbone, get_method
-
     get_method(cfg.method.name)
     get_backbone(cfg.backbone.name)
 
@@ -237,9 +237,27 @@ def check_training_options(cfg: DictConfig) -> None:
     if tcfg.val_batches < 1:
         raise ConfigError(f"trainer.val_batches={tcfg.val_batches} must be >= 1")
     if tcfg.objective != "val_loss":
-        from relgen.sweep import metric_objective_parts
-
         metric_objective_parts(tcfg.objective)  # a known metric and output, or one line naming them
+
+
+def metric_objective_parts(objective: str) -> tuple[str, str]:
+    """``"<metric>[.<output>]"`` -> ``(metric, output)``; the output defaults to the metric's first.
+
+    Raises:
+        ConfigError: an unknown metric or output (the known ones listed).
+    """
+    from relgen.evaluate.metrics import get_metric, list_metrics  # deferred: torch
+
+    metric, _, output = objective.partition(".")
+    try:
+        cls = get_metric(metric)
+    except ConfigError:
+        raise ConfigError(f"trainer.objective={objective!r}: accepted: val_loss or <metric>[.<output>] with a "
+                          f"relgen.evaluate metric: {', '.join(list_metrics())}") from None
+    output = output or next(iter(cls.outputs))
+    if output not in cls.outputs:
+        raise ConfigError(f"trainer.objective={objective!r}: metric {metric} reports {', '.join(cls.outputs)}")
+    return metric, output
 
 
 def check_report_to(cfg: DictConfig) -> None:
@@ -262,54 +280,10 @@ def check_report_to(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.report_to: {name} is not installed; pip install {name.replace('_', '-')}, "
                               "or drop it from trainer.report_to")
 
-def check_image_resample(cfg: DictConfig) -> None:
-    """``method.image_resample`` (RRNet) names a filter diffusers' ``VaeImageProcessor`` knows."""
-    if "image_resample" not in cfg.method:
-        return
-    from diffusers.utils import PIL_INTERPOLATION
 
-    if cfg.method.image_resample not in PIL_INTERPOLATION:
-        raise ConfigError(f"method.image_resample='{cfg.method.image_resample}' is not a VaeImageProcessor "
-                          f"filter; use one of {', '.join(sorted(PIL_INTERPOLATION))}")
-
-
-def check_local_tokens(cfg: DictConfig) -> list[str]:
-    """RelationBooth's local tokens without a CLIPSelf checkpoint are the plain-encoder variant: say so."""
-    method = cfg.method
-    if "local_tokens_inference" not in method or method.get("clipself_checkpoint") is not None:
-        return []
-    used = [key for key in ("local_tokens_train", "local_tokens_inference") if method.get(key)]
-    if not used:
-        return []
-    return [f"method.{'/'.join(used)}=true without method.clipself_checkpoint: the local tokens come from the "
-            "plain image encoder, not from DreamRelation's CLIPSelf encoder (set method.clipself_checkpoint=.../"
-            "epoch_6.pt for the released tokens)"]
-
-
-def check_box_far_edge(cfg: DictConfig) -> None:
-    """``method.box_far_edge`` (RelationBooth) is one of :data:`relgen.data.transforms.BOX_FAR_EDGES`."""
-    if "box_far_edge" not in cfg.method:
-        return
-    from relgen.data.transforms import BOX_FAR_EDGES
-
-    if cfg.method.box_far_edge not in BOX_FAR_EDGES:
-        raise ConfigError(f"method.box_far_edge='{cfg.method.box_far_edge}' is not known; use one of "
-                          f"{', '.join(BOX_FAR_EDGES)}")
-
-
-def check_cal_layer_rule(cfg: DictConfig) -> None:
-    """``method.cal_layer_rule`` (RelationBooth) is ``absolute`` or ``relative``, with a positive limit."""
-    method = cfg.method
-    if "cal_layer_rule" not in method:
-        return
-    if method.cal_layer_rule not in ("absolute", "relative"):
-        raise ConfigError(f"method.cal_layer_rule='{method.cal_layer_rule}' is not known; use absolute (layers "
-                          "with at most method.cal_max_queries queries) or relative (query-grid side at most "
-                          "method.cal_max_side_fraction x the latent side)")
-    if method.cal_layer_rule == "absolute" and method.cal_max_queries < 1:
-        raise ConfigError(f"method.cal_max_queries={method.cal_max_queries} must be at least 1 (released: 1024)")
-    if method.cal_layer_rule == "relative" and not 0 < method.cal_max_side_fraction <= 1:
-        raise ConfigError(f"method.cal_max_side_fraction={method.cal_max_side_fraction} must be in (0, 1]")
+def check_method(cfg: DictConfig) -> Optional[list[str]]:
+    """The method's own checks (:meth:`relgen.plugin.Method.check_config`), before anything loads."""
+    return get_method(cfg.method.name).check_config(cfg)
 
 
 #: Allowed values of the string options, by key (``None``: read from the library at check time).
@@ -339,15 +313,9 @@ def check_string_options(cfg: DictConfig) -> None:
     _one_of("backbone.family", cfg.backbone.family, ("sd", "sdxl"))
 
 
-def _looks_like_path(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~", ".\\")) or value.endswith((".safetensors", ".ckpt", ".bin", ".pt"))
-
-
 def check_weights(cfg: DictConfig) -> None:
     """The backbone's weights exist: a local folder or file, a package folder, or a hub id that is
     cached or on a reachable hub (found out once, in seconds; see :mod:`relgen.hub`)."""
-    from relgen.hub import check_hub_source
-
     b = cfg.backbone
     if b.tiny:
         return
@@ -360,7 +328,7 @@ def check_weights(cfg: DictConfig) -> None:
         resolve_pretrained(b)  # names the package or the missing model_index.json
         return
     local = Path(b.pretrained).expanduser()
-    if local.exists() or _looks_like_path(b.pretrained):
+    if local.exists() or looks_like_path(b.pretrained):
         if not local.exists():
             raise ConfigError(f"backbone.pretrained={b.pretrained}: no such file or folder; point it at a local "
                               "diffusers folder or a .safetensors file")
@@ -368,7 +336,7 @@ def check_weights(cfg: DictConfig) -> None:
             raise ConfigError(f"backbone.pretrained={b.pretrained}: not a diffusers folder (no model_index.json); "
                               "point it at the folder save_pretrained wrote")
         if local.is_file() and b.single_file_config and not Path(b.single_file_config).expanduser().is_dir():
-            if not _looks_like_path(b.single_file_config):  # a hub id: cached, or a hub that answers
+            if not looks_like_path(b.single_file_config):  # a hub id: cached, or a hub that answers
                 check_hub_source("backbone.single_file_config", b.single_file_config, None, "model_index.json")
             else:
                 raise ConfigError(f"backbone.single_file_config={b.single_file_config}: no such folder; point it at a "
@@ -385,29 +353,6 @@ def check_weights(cfg: DictConfig) -> None:
                           "backbone.pretrained=/path/to/diffusers-folder or /path/to/model.safetensors")
 
 
-def check_method_paths(cfg: DictConfig) -> None:
-    """``method.ms_adapter`` and ``method.clipself_checkpoint`` are files; ``method.image_encoder``
-    is a local folder or a hub id that is cached or reachable."""
-    from relgen.hub import check_hub_source
-
-    m = cfg.method
-    for key in ("ms_adapter", "clipself_checkpoint"):
-        value = m.get(key) if key in m else None
-        if value and not Path(value).expanduser().is_file():
-            raise ConfigError(f"method.{key}={value}: file not found; give the path of the file "
-                              f"(or leave method.{key} unset)")
-    encoder = m.get("image_encoder") if "image_encoder" in m else None
-    if encoder:
-        local = Path(encoder).expanduser()
-        if local.exists() or _looks_like_path(encoder):
-            if not (local / "config.json").is_file():
-                raise ConfigError(f"method.image_encoder={encoder}: not a transformers model folder (no config.json); "
-                                  "point it at a CLIPVisionModelWithProjection folder or a hub id")
-            return
-        check_hub_source("method.image_encoder", encoder, None, "config.json",
-                         hint="download it where there is network access, or set method.image_encoder= to a local folder")
-
-
 #: The checks :func:`validate` runs, in order. A new check is appended here.
 CHECKS: list[Check] = [
     check_method_name,
@@ -421,12 +366,8 @@ CHECKS: list[Check] = [
     check_resolution,
     check_training_options,
     check_report_to,
-    check_image_resample,
-    check_local_tokens,
-    check_box_far_edge,
-    check_cal_layer_rule,
+    check_method,
     check_string_options,
-    check_method_paths,
     check_weights,
 ]
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 
 from relgen.config import BackboneConfig
-from relgen.errors import ConfigError, RelgenError
+from relgen.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,13 @@ def torch_dtype(name: str) -> torch.dtype:
         return _DTYPES[name]
     except KeyError:
         raise ConfigError(f"backbone dtype '{name}' is not one of {sorted(_DTYPES)}") from None
+
+
+def first_eos(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B,) index of the first EOS token of each row of ``ids`` (the EOT position). The pad token
+    is not assumed to be EOS: SD 2.x and SDXL's second tokenizer pad with "!"."""
+    # argmax returns the first maximal index: the first EOS
+    return (ids == eos_id).int().argmax(dim=1)
 
 
 @dataclass
@@ -167,9 +174,7 @@ class Backbone:
 
     def eot_positions(self, ids: torch.Tensor, slot: int = 0) -> torch.Tensor:
         """(B,) index of the first EOS token; explicit ids, since SD 2.x pads with "!"."""
-        is_eos = ids == self.slots[slot].eos_id
-        # argmax returns the first maximal index: the first EOS
-        return is_eos.int().argmax(dim=1)
+        return first_eos(ids, self.slots[slot].eos_id)
 
     def encode_text(self, ids: list[torch.Tensor]) -> TextCond:
         """Conditioning from token ids (one tensor per encoder); gradients pass through.

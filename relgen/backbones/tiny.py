@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from relgen.data._tiny_tokenizer import DEFAULT_WORDS, write_tiny_clip_tokenizer
+
 TINY_VERSION = "2"  # bump when the builders change, so cached folders are rebuilt
 
 
@@ -72,12 +74,8 @@ def build_tiny_components(family: str, prediction_type: str, seed: int, tokenize
     ``size="full"`` builds the published text-encoder, UNet and VAE architectures (random
     weights) for benchmarks.
     """
-    from diffusers import (AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler,
-                           UNet2DConditionModel)
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
-                              CLIPTokenizer)
-
-    from relgen.data._tiny_tokenizer import DEFAULT_WORDS, write_tiny_clip_tokenizer
+    from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     if family not in ("sd15", "sd21", "sdxl") or size not in ("tiny", "full"):
         raise ValueError(f"unknown tiny structure {family!r} / size {size!r}")

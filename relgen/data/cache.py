@@ -12,13 +12,14 @@ import logging
 import os
 import re
 import struct
-import uuid
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
+
+from relgen import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -114,21 +115,7 @@ class TensorCache:
         data = save_bytes(
             {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
         )
-        tmp = path.parent / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            from relgen.errors import write_error
-
-            raise write_error(exc, path, "cache entry") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic.write_with(path, lambda tmp: _write_synced(tmp, data), "cache entry")
 
     def get_or_compute(
         self, key: str, fn: Callable[[], dict[str, torch.Tensor]]
@@ -151,4 +138,13 @@ class TensorCache:
         return self.path(key).is_file()
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` and flush it to the disk before it is renamed into place."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 __all__ = ["TensorCache", "cache_key"]
+

@@ -12,7 +12,7 @@ import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from PIL import Image
 
 from relgen.data.images import IMAGE_EXTENSIONS, is_image_file, list_images, natural_key, one_line
 from relgen.errors import DataError
+from relgen.text import find_words, word_index, words
 
 _EXTENSIONS_TEXT = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
 
@@ -53,31 +54,9 @@ def _read_json(path: Path, what: str) -> Any:
         raise DataError(f"{path}: cannot be read ({one_line(exc)}); {what}") from exc
 
 
-def _words(text: str) -> list[str]:
-    """Lower-case words of ``text`` (split on whitespace) with trailing punctuation stripped.
-
-    DreamRelation's released phrase matcher (``get_phrase_idx``) also splits on whitespace, but
-    compares case-sensitively and strips only one final ``.``, ``!``, ``?``, ``,`` or ``:``
-    (it also accepts a prompt word containing ``-`` + the phrase word, which this rule does
-    not). Apart from that hyphen case, every word the released matcher accepts is accepted here.
-    """
-    return [w.rstrip(string.punctuation).lower() for w in text.split()]
-
-
-def _find_words(haystack: Sequence[str], needle: Sequence[str]) -> int:
-    """Index of the first occurrence of the word sequence ``needle`` in ``haystack``; -1 if none."""
-    n = len(needle)
-    if n == 0:
-        return -1
-    for i in range(len(haystack) - n + 1):
-        if list(haystack[i : i + n]) == list(needle):
-            return i
-    return -1
-
-
 def _contains_word(text: str, word: str) -> bool:
     """Whether ``word`` (one or more words) occurs in ``text`` as whole words, ignoring case."""
-    return _find_words(_words(text), _words(word)) >= 0
+    return word_index(text, word) >= 0
 
 
 def _image_size(path: Path, what: str) -> tuple[int, int]:
@@ -476,8 +455,8 @@ def _read_dreamrelation_item(
             f"{where}: 'predicate' must be a non-empty list of words, got "
             f"{one_line(json.dumps(predicate))}; write e.g. \"predicate\": [\"hugging\"]"
         )
-    predicate_words = [w for p in (predicate or []) for w in _words(p)]
-    if predicate is not None and _find_words(_words(prompt), predicate_words) < 0:
+    predicate_words = [w for p in (predicate or []) for w in words(p)]
+    if predicate is not None and find_words(words(prompt), predicate_words) < 0:
         raise DataError(
             f"{where}: predicate {predicate} does not appear as consecutive words in its prompt "
             f"{prompt!r}; use the predicate words exactly as written in the prompt"
@@ -668,7 +647,7 @@ def predicate_token_span(tokenizer: Any, prompt: str, predicate: Sequence[str]) 
     split on whitespace, the position starts at 1 (BOS sits at index 0), every word before the
     predicate adds its pieces as written (punctuation attached to it included, as
     ``"Look, a cat is hugging ..."`` needs), and the predicate words add theirs, the last one
-    without its trailing punctuation. Words are matched by :func:`_words` (case ignored, all
+    without its trailing punctuation. Words are matched by :func:`relgen.text.words` (case ignored, all
     trailing punctuation stripped), which is more lenient than the released match (case-
     sensitive, one final ``.!?,:`` stripped); where both match words without a hyphen, the
     spans are equal.
@@ -688,13 +667,12 @@ def predicate_token_span(tokenizer: Any, prompt: str, predicate: Sequence[str]) 
         DataError: If the predicate is empty, not found, or lies past the tokenizer's maximum
             length.
     """
-    target = [w for p in predicate for w in _words(p)]
+    target = [w for p in predicate for w in words(p)]
     target = [w for w in target if w]
     if not target:
         raise DataError(f"predicate {list(predicate)} has no words; give e.g. [\"hugging\"]")
     raw_words = prompt.split()
-    words = _words(prompt)
-    start_word = _find_words(words, target)
+    start_word = find_words(words(prompt), target)
     if start_word < 0:
         raise DataError(
             f"predicate {list(predicate)} not found as consecutive words in prompt {prompt!r}; "
@@ -736,3 +714,31 @@ __all__ = [
     "read_rrnet_folder",
     "validate_boxes",
 ]
+
+
+#: The key of reference images that belong to the whole image rather than to one entity.
+WHOLE_IMAGE = "*"
+
+
+def reference_images(layout: str, data: Any) -> Optional[dict[str, list[str]]]:
+    """The reference images a dataset of ``layout`` holds, as read by its reader: ``{entity:
+    paths}`` (DreamRelation: each entity's concept images; RRNet: the object images of A and B)
+    or ``{WHOLE_IMAGE: paths}`` (ReVersion: the exemplars), in the reader's order; ``None`` for
+    a layout without reference images."""
+    pairs = _REFERENCE_IMAGES.get(layout)
+    if pairs is None:
+        return None
+    out: dict[str, list[str]] = {}
+    for key, paths in pairs(data):
+        known = out.setdefault(key, [])
+        known += [str(p) for p in paths if str(p) not in known]
+    return out
+
+
+#: ``(entity, paths)`` pairs of each layout's reference images, in the reader's order.
+_REFERENCE_IMAGES: dict[str, Callable[[Any], Iterable[tuple[str, Sequence]]]] = {
+    "reversion": lambda data: [(WHOLE_IMAGE, [item.image for item in data.items])],
+    "rrnet": lambda data: [pair for rel in data for pair in ((rel.A, rel.images["A"]), (rel.B, rel.images["B"]))],
+    "dreamrelation": lambda data: [(entity, [image]) for item in data
+                                   for entity, image in zip(item.entities, item.concept_images)],
+}

@@ -13,12 +13,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from relgen.errors import ConfigError, DataError
-from relgen.registry import register_dataset
+from relgen.registry import get_dataset, register_dataset
 
 PROVIDES = {
     "reversion": frozenset({"images", "captions"}),
     "rrnet": frozenset({"images", "object_images", "relation_prompts"}),
     "dreamrelation": frozenset({"images", "captions", "keypoints", "masks", "references", "predicate"}),
+}
+
+
+#: How :meth:`DatasetHandle.describe` counts each layout's data: ``data -> (count, noun)``.
+_COUNTS: dict[str, Callable[[Any], tuple[int, str]]] = {
+    "reversion": lambda data: (len(data.items), "images"),
+    "rrnet": lambda data: (len(data), "relations"),
+    "dreamrelation": lambda data: (len(data), "items"),
 }
 
 
@@ -40,14 +48,11 @@ class DatasetHandle:
         return self.reader(self.root)
 
     def describe(self, data: Any) -> str:
-        if self.format == "reversion":
-            return f"{len(data.items)} images in {self.root}"
-        return f"{len(data)} {'relations' if self.format == 'rrnet' else 'items'} in {self.root}"
+        count, what = _COUNTS.get(self.format, _COUNTS["dreamrelation"])(data)
+        return f"{count} {what} in {self.root}"
 
 
 def open_dataset(dcfg, cache_dir: Optional[str] = None) -> DatasetHandle:
-    from relgen.registry import get_dataset
-
     return get_dataset(dcfg.name)(dcfg, cache_dir)
 
 

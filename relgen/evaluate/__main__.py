@@ -6,7 +6,6 @@ A Hydra app with its own primary config (``conf/evaluate.yaml``); ``-m`` sweeps 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ def main() -> None:
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import OmegaConf
 
+        from relgen.atomic import write_json
         from relgen.cli import record_job, run_cli
         from relgen.evaluate.config import EvaluateConfig
         from relgen.evaluate.harness import evaluate
@@ -39,7 +39,8 @@ def main() -> None:
             out = evaluate(schema)
             pointer = Path(hc.runtime.output_dir) / RESULT_POINTER
             pointer.parent.mkdir(parents=True, exist_ok=True)
-            pointer.write_text(json.dumps({"report": str(out), "overrides": list(hc.overrides.task)}))
+            write_json(pointer, {"report": str(out), "overrides": list(hc.overrides.task)}, "result pointer",
+                       newline=False, indent=None)
             print(out / "report.md")
             return 0
 

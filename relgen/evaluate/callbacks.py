@@ -14,6 +14,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from relgen.atomic import write_json, write_text
+
 
 def comparison(sweep_dir: Path) -> tuple[dict[str, Any], str]:
     """The comparison of every finished job under ``sweep_dir``: ``(json, markdown)``."""
@@ -72,8 +74,6 @@ class ComparisonReport(Callback):
         if not sweep_dir.is_dir():
             return
         data, markdown = comparison(sweep_dir)
-        for name, text in (("comparison.json", json.dumps(data, indent=1)), ("comparison.md", markdown)):
-            tmp = sweep_dir / f"{name}.tmp"
-            tmp.write_text(text)
-            tmp.replace(sweep_dir / name)
+        write_json(sweep_dir / "comparison.json", data, "sweep comparison", newline=False, indent=1)
+        write_text(sweep_dir / "comparison.md", markdown, "sweep comparison")
         print(sweep_dir / "comparison.md")

@@ -30,9 +30,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from relgen.api import load
+from relgen.atomic import write_bytes
 from relgen.errors import ConfigError, DataError, RelgenError
 from relgen.evaluate.config import EvaluateConfig, as_object
+from relgen.evaluate.images import IMAGE_SUFFIXES, open_rgb
+from relgen.evaluate.prompts import resolve_prompts
 from relgen.evaluate.samples import EvalPrompt, ImageScore, Sample
+from relgen.registry import get_method
 
 log = logging.getLogger("relgen")
 
@@ -133,12 +138,6 @@ def base_condition(backbone_cfg: Any, name: str = "base") -> Condition:
     return Condition(name, "base", "base", {}, f"base-{_digest(settings)}-{weights}", backbone=backbone_cfg)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 # ------------------------------------------------------------------------------------ plan
 
 
@@ -154,8 +153,6 @@ def _seeds(cfg: EvaluateConfig) -> list[int]:
 
 
 def _load_run(path: str, key: str):
-    from relgen.api import load
-
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"{key}={path}: not a folder (give a finished run's folder)")
@@ -168,15 +165,16 @@ def _load_run(path: str, key: str):
 def apply_run_defaults(cfg: EvaluateConfig, loaded: Any) -> None:
     """Fill ``metrics`` and ``prompts`` left unset (``None``) from the run: a run on the relworld
     model is scored offline by relworld's exact detector on its relation's object-swapped pairs
-    (an RRNet run's ``rrnet_pairs``, else ``relworld_relation``); any other run by CLIP-T and CLIP-R
-    on ReVersion's benchmark."""
+    (the method's own prompt set, :attr:`relgen.plugin.Method.own_prompt_set`, e.g. an RRNet run's
+    ``rrnet_pairs``, else ``relworld_relation``); any other run by CLIP-T and CLIP-R on ReVersion's
+    benchmark."""
     backbone = ((loaded.meta.get("backbone") or {}).get("name") if loaded is not None else None)
     relworld = backbone == "relworld"
     if cfg.metrics is None:
         cfg.metrics = ["relworld"] if relworld else ["clip_t", "clip_r"]
     if cfg.prompts is None:
-        cfg.prompts = (("rrnet_pairs" if loaded.method == "rrnet" else "relworld_relation") if relworld
-                       else "reversion_benchmark")
+        own = get_method(loaded.method).own_prompt_set if relworld else None
+        cfg.prompts = (own or "relworld_relation") if relworld else "reversion_benchmark"
 
 
 def plan(cfg: EvaluateConfig) -> Evaluation:
@@ -184,7 +182,6 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
     :mod:`relgen.evaluate.references`), seeds and conditions, and check every metric name,
     loading no model."""
     from relgen.evaluate.metrics import get_metric
-    from relgen.evaluate.prompts import resolve_prompts
     from relgen.evaluate.references import default_references
 
     if cfg.run_dir is None and cfg.images_dir is None:
@@ -220,17 +217,11 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
             raise ConfigError(f"baseline={cfg.baseline}: not a condition folder of images_dir; known: {names}")
     else:
         ident = run_identity(loaded)
-        artifact = loaded.artifact
-        if loaded.method == "rrnet":
-            lambdas = cfg.lambdas if cfg.lambdas is not None else list(getattr(artifact, "grid_scales", [artifact.scale]))
-            for lam in lambdas:
-                conditions.append(Condition(f"lambda={float(lam):g}", str(loaded.run_dir), "run", {"scale": float(lam)},
-                                            ident, loaded))
-            lambda0 = next((c.name for c in conditions if c.options["scale"] == 0.0), None)
-        else:
-            conditions.append(Condition("method", str(loaded.run_dir), "run", {}, ident, loaded))
-            lambda0 = None
-        if (cfg.include_base and lambda0 is None) or cfg.baseline == "base":
+        own = loaded.artifact.evaluation_conditions(cfg)  # e.g. RRNet: one condition per λ
+        for c in own:
+            conditions.append(Condition(c.name, str(loaded.run_dir), "run", dict(c.options), ident, loaded))
+        own_baseline = next((c.name for c in own if c.baseline), None)  # the run's own baseline condition
+        if (cfg.include_base and own_baseline is None) or cfg.baseline == "base":
             conditions.insert(0, Condition("base", "base", "base", {}, f"base-{_digest(loaded.meta.get('backbone'))}",
                                            loaded))
         if cfg.baseline and cfg.baseline != "base":
@@ -239,7 +230,7 @@ def plan(cfg: EvaluateConfig) -> Evaluation:
             conditions.append(Condition(name, str(other.run_dir), "run", {}, run_identity(other), other))
             baseline = name
         else:
-            baseline = lambda0 or ("base" if any(c.name == "base" for c in conditions) else None)
+            baseline = own_baseline or ("base" if any(c.name == "base" for c in conditions) else None)
     sampler = {"steps": cfg.steps, "guidance": cfg.guidance, "scheduler": cfg.scheduler}
     if loaded is not None:
         mcfg = loaded.meta.get("method_config") or {}
@@ -260,22 +251,18 @@ def _condition_text(prompt: EvalPrompt, condition: Condition) -> str:
     artifact gets its own token where the prompt has ``{}``."""
     if condition.kind == "base":
         return prompt.readable
-    token = getattr(condition.loaded.artifact, "token", None)
+    token = condition.loaded.artifact.token
     if "{}" not in prompt.text:
         return prompt.text
     return prompt.text.format(token) if token else prompt.readable  # no token: the relation written out
 
 
 def _prompt_options(condition: Condition, prompt: EvalPrompt, text: str) -> dict:
-    """Generation options of one prompt: RRNet builds its graph from the prompt's subject,
-    relation and object words; they are the prompt's own unless the run's relation words are
-    all in the text (then the artifact orders them itself, as in training)."""
+    """Generation options of one prompt: the condition's, with the artifact's own for this
+    prompt (:meth:`relgen.plugin.Artifact.prompt_options`) for a run's condition."""
     options = dict(condition.options)
-    relation = getattr(condition.loaded.artifact, "relation", None) if condition.kind == "run" else None
-    if isinstance(relation, dict) and condition.loaded.method == "rrnet":
-        words = [relation.get(k) for k in ("A", "R", "B")]
-        if not all(w and w.lower() in text.lower() for w in words):
-            options.update(A=prompt.a, R=prompt.predicate, B=prompt.b)
+    if condition.kind == "run":
+        options.update(condition.loaded.artifact.prompt_options(prompt, text))
     return options
 
 
@@ -327,7 +314,6 @@ def generate_samples(condition: Condition, prompts: list[EvalPrompt], seeds: lis
     Returns:
         One :class:`Sample` per prompt and seed, prompt-major.
     """
-    from relgen.evaluate.images import open_rgb
     from relgen.generate import GenerationOptions, _save_png, render
 
     if texts is not None and len(texts) != len(prompts):
@@ -388,7 +374,7 @@ def _backbone_key(condition: Condition) -> str:
 def _pipeline_for(condition: Condition, backbones: dict, device: Any, scheduler: Optional[str] = None):
     """The pipeline and artifact of a condition. One backbone per run folder: the base model's
     images are drawn before the run's artifact is applied to it (a LoRA changes the UNet)."""
-    from relgen.methods.base import Artifact
+    from relgen.plugin import Artifact
 
     key = _backbone_key(condition)
     if key not in backbones:
@@ -414,7 +400,6 @@ def _pipeline_for(condition: Condition, backbones: dict, device: Any, scheduler:
 
 
 def _folder_image(folder: Path, prompt: EvalPrompt, seed: int) -> Path:
-    from relgen.evaluate.images import IMAGE_SUFFIXES
     from relgen.generate import slug
 
     sub = folder / slug(prompt.id)
@@ -577,7 +562,7 @@ def score_all(ev: Evaluation, cache_dir: Path, device: Any, progress: bool = Tru
                     values = json.loads(path.read_text())
                 else:
                     values = metric.score_set(samples)
-                    _atomic_write(path, json.dumps(values).encode())
+                    write_bytes(path, json.dumps(values).encode(), "cached score")
                 ev.set_scores.setdefault(name, {})[condition.name] = values
                 continue
             results: list[Optional[ImageScore]] = [None] * len(samples)

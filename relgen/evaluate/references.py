@@ -24,15 +24,16 @@ import logging
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
+from relgen.data.readers import WHOLE_IMAGE, reference_images
+from relgen.data.registry import open_dataset
 from relgen.errors import DataError, RelgenError
+from relgen.evaluate.images import list_images
 from relgen.evaluate.samples import EvalPrompt
 
 log = logging.getLogger("relgen")
 
-#: The key of references that belong to the whole image rather than to one entity.
-WHOLE_IMAGE = "*"
 
 #: The config key that names reference images (``eval.references=<folder>``).
 KEY = "eval.references"
@@ -41,7 +42,6 @@ KEY = "eval.references"
 def folder_references(folder: str | Path) -> dict[str, list[str]]:
     """Reference images of ``eval.references=<folder>``: ``{entity: paths}`` from sub-folders
     named after entities, and ``{WHOLE_IMAGE: paths}`` from images directly in the folder."""
-    from relgen.evaluate.images import list_images
 
     folder = Path(folder).expanduser()
     paths = list_images(folder, KEY)  # a missing or empty folder fails here, naming the key
@@ -61,8 +61,6 @@ def dataset_references(run_dir: str | Path, metrics: str = "clip_i/dino") -> dic
             folder is missing or unreadable.
     """
     from omegaconf import OmegaConf
-
-    from relgen.data.registry import open_dataset
 
     run_dir = Path(run_dir).expanduser()
     where = f"run_dir={run_dir}: the prompts carry no reference images for {metrics}"
@@ -92,23 +90,8 @@ def dataset_references(run_dir: str | Path, metrics: str = "clip_i/dino") -> dic
     except RelgenError as exc:
         raise DataError(f"{where}; its dataset {handle.root} cannot be read ({exc}): give "
                         f"{KEY}=<folder of images>") from None
-    out: dict[str, list[str]] = {}
-
-    def add(key: str, paths: Any) -> None:
-        known = out.setdefault(key, [])
-        known += [str(p) for p in paths if str(p) not in known]
-
-    if handle.format == "reversion":
-        add(WHOLE_IMAGE, [item.image for item in data.items])
-    elif handle.format == "rrnet":
-        for relation in data:
-            add(relation.A, relation.images["A"])
-            add(relation.B, relation.images["B"])
-    elif handle.format == "dreamrelation":
-        for item in data:
-            for entity, image in zip(item.entities, item.concept_images):
-                add(entity, [image])
-    else:
+    out = reference_images(handle.format, data)
+    if out is None:
         raise DataError(f"{where}; dataset {handle.name} has the layout '{handle.format}', whose reference "
                         f"images are not known: give {KEY}=<folder of images>")
     return out

@@ -26,13 +26,14 @@ bootstrap for scores) and the paired cluster-bootstrap interval of the differenc
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from relgen import atomic
 from relgen.evaluate import stats
+from relgen.evaluate.grids import Cell, labelled_grid
 from relgen.evaluate.metrics.base import RATE
 
 SCHEMA = "relgen.evaluate/1"
@@ -197,7 +198,6 @@ def _markdown(ev, agg: dict[str, Any], grids: list[str], command: str) -> str:
 
 
 def write_grids(ev, folder: Path) -> list[str]:
-    from relgen.evaluate.grids import Cell, labelled_grid
     from relgen.generate import _save_png
 
     names = [c.name for c in ev.conditions]
@@ -229,11 +229,7 @@ def write_grids(ev, folder: Path) -> list[str]:
 def write_report(ev, out: Path, command: Optional[str] = None) -> Path:
     """Write the report into ``<out>.partial`` and rename it to ``out`` when complete."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic.folder(out, "evaluation report", temp=out.with_name(out.name + ".partial")) as tmp:
         command = command or "python -m relgen.evaluate " + " ".join(sys.argv[1:])
         agg = aggregate(ev)
         grids = write_grids(ev, tmp / "grids")
@@ -252,8 +248,4 @@ def write_report(ev, out: Path, command: Optional[str] = None) -> Path:
         }
         (tmp / "results.json").write_text(json.dumps(data, indent=1, default=str))
         (tmp / "report.md").write_text(_markdown(ev, agg, grids, command))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
-        raise
-    tmp.replace(out)
     return out

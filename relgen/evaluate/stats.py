@@ -21,12 +21,11 @@ All bootstraps use a fixed RNG seed, so a report is reproducible to the digit.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Hashable, Optional, Sequence
 
 import numpy as np
-
-from relgen.relworld.detector import wilson_interval
 
 #: Bootstrap resamples used unless a caller asks for another number.
 DEFAULT_RESAMPLES = 10_000
@@ -90,6 +89,21 @@ class Comparison:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927; z = 1.96 for 95 %).
+
+    ``centre = (p + z^2 / 2n) / (1 + z^2 / n)``, ``half = z sqrt(p (1 - p) / n + z^2 / 4n^2) /
+    (1 + z^2 / n)``.
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _as_array(values: Sequence[Any], name: str) -> np.ndarray:

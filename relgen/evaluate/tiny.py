@@ -12,6 +12,8 @@ from typing import Iterable
 
 import torch
 
+from relgen.data._tiny_tokenizer import DEFAULT_WORDS, write_tiny_clip_tokenizer
+
 #: Words of the tiny tokenizers besides the prompt vocabulary.
 _JUDGE_WORDS = ("yes", "no", "neither", "there", "is", "any", "in", "the", "image", "are", "both", "and",
                 "present", "can", "you", "infer", "relationship", "that", "exists", "between", "or", "a",
@@ -21,8 +23,6 @@ _JUDGE_WORDS = ("yes", "no", "neither", "there", "is", "any", "in", "the", "imag
 
 def _clip_tokenizer_dir(folder: Path, words: Iterable[str]) -> "object":
     from transformers import CLIPTokenizer
-
-    from relgen.data._tiny_tokenizer import DEFAULT_WORDS, write_tiny_clip_tokenizer
 
     write_tiny_clip_tokenizer(folder / "_tok", list(DEFAULT_WORDS) + list(words))
     return CLIPTokenizer.from_pretrained(folder / "_tok")
@@ -111,8 +111,13 @@ def write_tiny_llava(folder: str | Path, seed: int = 0, words: Iterable[str] = (
     """A tiny ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama) + ``LlavaProcessor``
     folder with a word-level tokenizer over the questions' and prompts' words."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
-                              PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     folder = Path(folder)
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "USER", "ASSISTANT", ":"]

@@ -35,22 +35,10 @@ import numpy as np
 from scipy import ndimage
 
 from relgen.data import shapes
+from relgen.evaluate.geometry import GEOMETRIES, SATISFIES  # noqa: F401 (re-exported)
+from relgen.evaluate.stats import wilson_interval  # noqa: F401 (re-exported)
 from relgen.relworld.world import WorldSpec, texture_colour
 from relgen.data.shapes import COLOURS, SceneObject, shape_mask
-
-#: Relations the detector can report for "A ? B" (``contains`` = B inside A).
-GEOMETRIES = ("above", "below", "left_of", "right_of", "on_top_of", "inside", "contains")
-
-#: Which detected geometries satisfy a prompted relation. "A above B" also holds when A rests
-#: on B; "A below B" also when B rests on A (the detector reports that as ``below``).
-SATISFIES: dict[str, frozenset[str]] = {
-    "above": frozenset({"above", "on_top_of"}),
-    "below": frozenset({"below"}),
-    "left_of": frozenset({"left_of"}),
-    "right_of": frozenset({"right_of"}),
-    "on_top_of": frozenset({"on_top_of"}),
-    "inside": frozenset({"inside"}),
-}
 
 
 @dataclass(frozen=True)
@@ -422,21 +410,6 @@ class Rate:
 
     def __str__(self) -> str:
         return f"{100 * self.value:.1f} [{100 * self.low:.1f}, {100 * self.high:.1f}]"
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (Wilson 1927; z = 1.96 for 95 %).
-
-    ``centre = (p + z^2 / 2n) / (1 + z^2 / n)``, ``half = z sqrt(p (1 - p) / n + z^2 / 4n^2) /
-    (1 + z^2 / n)``.
-    """
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rate(flags: Sequence[bool], z: float = 1.96) -> Rate:

@@ -16,7 +16,6 @@ reach the method through ``StepContext``), the EMA (``trainer.ema_decay``) and t
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -30,8 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from relgen.errors import RelgenError
-from relgen.methods.base import Method, StepContext
+from relgen import atomic
+from relgen.errors import RelgenError, write_error
+from relgen.export import export_run
+from relgen.grid import flat_images
+from relgen.plugin import Method, StepContext
 from relgen.train import checkpoint as ckpt
 from relgen.train.losses import make_weighting
 from relgen.train.optim import make_optimizer
@@ -74,7 +76,11 @@ class Trainer:
     validation; one returning True stops the run with :class:`Pruned`.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, accelerator, backbone, method: Method) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, accelerator, backbone, method: Method,
+                 render_samples: Optional[Callable[..., Path]] = None) -> None:
+        """``render_samples(backbone, artifact, prompts, path, seed=, num_images=, steps=, guidance=,
+        title=, progress=, inspect_rows=)`` draws a sample grid (:func:`relgen.generate.sample_grid`); ``None``: no grids."""
+        self.render_samples = render_samples
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.acc = accelerator
@@ -227,8 +233,6 @@ class Trainer:
                         log.info("relgen: step %d: checkpoint %s", self.step, path)
                 export_every = self.cfg.method.export_every
                 if main and export_every and self.step % export_every == 0 and self.step < self.max_steps:
-                    from relgen.export import export_run
-
                     path = export_run(self.cfg, self.run_dir, self.method, step=self.step, final=False)
                     log.info("relgen: step %d: export %s", self.step, path)
                 if main and tcfg.sample_every and self.step % tcfg.sample_every == 0 and self.step < self.max_steps:
@@ -397,25 +401,21 @@ class Trainer:
     def sample_grid(self, tag: str) -> Optional[Path]:
         """Render the method's sample prompts with fixed seeds into ``samples/<tag>.png`` (with the
         EMA weights when on) and send the grid to the trackers."""
-        from relgen.generate import GenerationOptions, render_grid
-        from relgen.grid import flat_images
-
         prompts = self.method.sample_prompts()
-        if not prompts:
+        if not prompts or self.render_samples is None:
             return None
-        mcfg = self.cfg.method
-        opts = GenerationOptions(seed=mcfg.sample_seed, num_images=self.cfg.trainer.num_samples,
-                                 steps=mcfg.sample_steps, guidance=mcfg.sample_guidance)
+        mcfg, num_images = self.cfg.method, self.cfg.trainer.num_samples
         title = f"{self.cfg.method.name} · {self.cfg.backbone.name} · step {self.step}"
         target = self.run_dir / "samples" / f"{tag}.png"
         log.info("relgen: step %d: rendering the sample grid %s (%d prompts x %d images, %s denoising steps)",
-                 self.step, target, len(prompts), opts.num_images, opts.steps or self.backbone.cfg.inference_steps)
+                 self.step, target, len(prompts), num_images, mcfg.sample_steps or self.backbone.cfg.inference_steps)
         started = time.time()
         counts = []
         with self.averaged_weights():
-            path = render_grid(self.backbone, self.method.live_artifact(), prompts, opts, target, title=title,
-                               progress=self.cfg.trainer.progress,
-                               inspect_rows=lambda rows: counts.append(flat_images(rows)))
+            path = self.render_samples(self.backbone, self.method.live_artifact(), prompts, target,
+                                       seed=mcfg.sample_seed, num_images=num_images, steps=mcfg.sample_steps,
+                                       guidance=mcfg.sample_guidance, title=title, progress=self.cfg.trainer.progress,
+                                       inspect_rows=lambda rows: counts.append(flat_images(rows)))
         log.info("relgen: step %d: sample grid %s (%.1f s)", self.step, path, time.time() - started)
         flat, total = counts[0]
         if flat:  # a black or single-colour picture: the weights or the sampler broke, training may go on
@@ -468,7 +468,6 @@ class _MetricsWriter:
 
     def write(self, step: int, logs: dict[str, float]) -> None:
         """Append the row of ``step``; a failed write leaves the file as it was and is one line."""
-        from relgen.errors import write_error
 
         fields = self.fields
         try:
@@ -496,13 +495,7 @@ class _MetricsWriter:
             raise write_error(exc, self.path, f"metrics row of step {step}") from exc
 
     def _replace(self, rows: list[list]) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        try:
-            with open(tmp, "w", newline="") as f:
-                csv.writer(f).writerows(rows)
-            tmp.replace(self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_csv(self.path, rows)
 
     def close(self) -> None:
         pass
@@ -539,10 +532,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-    tmp.replace(path)
+    _write_csv(path, kept)
+
+
+def _write_csv(path: Path, rows: list[list]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    atomic.write_with(path, write, "metrics")
 
 
 def _last_metrics(path: Path) -> dict[str, float]:
@@ -561,12 +559,4 @@ def _fmt(v) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from relgen.errors import write_error
-
-    tmp = Path(path).with_suffix(".json.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(exc, path, "summary") from None
+    atomic.write_json(path, obj, "summary", newline=False, default=str)

@@ -33,7 +33,7 @@ def _direct(texts, run, options, s, base: dict):
     once) or on a freshly loaded pipeline with the run's artifact applied."""
     import relgen
     from relgen.generate import GenerationOptions, render
-    from relgen.methods.base import Artifact
+    from relgen.plugin import Artifact
     from relgen.relworld import bench
 
     if run is None:

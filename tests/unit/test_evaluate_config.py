@@ -31,7 +31,8 @@ def test_the_evaluate_config_composes_with_nested_model_groups():
 def test_named_prompt_sets():
     from relgen.errors import ConfigError
     from relgen.evaluate.config import REVERSION_RELATION_WORDS
-    from relgen.evaluate.prompts import reversion_benchmark, rrnet_pairs
+    from relgen.methods.reversion.prompts import reversion_benchmark
+    from relgen.methods.rrnet.prompts import rrnet_pairs
 
     every = reversion_benchmark(REVERSION_RELATION_WORDS)
     assert len(every) == 10 * 100 and len({p.id for p in every}) == 1000

@@ -101,7 +101,7 @@ def test_a_placeholder_that_is_a_piece_of_other_words_is_refused():
     from transformers import CLIPTokenizer
 
     from relgen.backbones.base import placeholder_conflict
-    from relgen.import_official import _config_folder
+    from relgen.backbones.configs import config_folder as _config_folder
 
     cfg = compose("backbone=relworld").backbone
     tok = CLIPTokenizer.from_pretrained(str(_config_folder(cfg, None) / "tokenizer"))
@@ -199,7 +199,7 @@ def test_a_relworld_rrnet_run_is_scored_offline_by_default(tmp_path):
     from relgen.evaluate.config import EvaluateConfig
     from relgen.evaluate.harness import apply_run_defaults
     from relgen.evaluate.metrics import build_metric
-    from relgen.evaluate.prompts import rrnet_pairs
+    from relgen.methods.rrnet.prompts import rrnet_pairs
     from relgen.evaluate.samples import Sample
     from relgen.relworld import world as rw
 
@@ -213,7 +213,7 @@ def test_a_relworld_rrnet_run_is_scored_offline_by_default(tmp_path):
     apply_run_defaults(other, SimpleNamespace(meta={"backbone": {"name": "sd15"}}, method="reversion"))
     assert (other.metrics, other.prompts) == (["clip_t", "clip_r"], "reversion_benchmark")
     # a relworld ReVersion run's relation ('inside' by default), in relworld's words, both orders
-    from relgen.evaluate.prompts import relworld_relation, run_relation
+    from relgen.relworld.prompt_set import relworld_relation, run_relation
 
     (tmp_path / "config.yaml").write_text("dataset:\n  relations: []\n")
     assert run_relation(tmp_path) == "inside"

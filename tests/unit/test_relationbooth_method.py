@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from relgen.errors import DataError, RelgenError
-from relgen.methods.base import StepContext
+from relgen.plugin import StepContext
 from relgen.testing import compose, load_tiny
 
 GEN_OFF = "trainer.sample_at_end=false"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from relgen.errors import ConfigError, RelgenError
-from relgen.methods.base import StepContext
+from relgen.plugin import StepContext
 from relgen.methods.reversion.losses import steering_loss
 from relgen.methods.reversion.words import excluded_token_ids
 from relgen.testing import compose

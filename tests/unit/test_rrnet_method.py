@@ -14,7 +14,7 @@ from relgen.data.readers import read_rrnet_folder
 from relgen.data.registry import open_dataset
 from relgen.errors import ConfigError
 from relgen.graph._dgl import import_dgl
-from relgen.methods.base import StepContext
+from relgen.plugin import StepContext
 from relgen.methods.rrnet.artifact import RRNetArtifact, first_token_rows, rectify
 from relgen.methods.rrnet.method import RRNet, pair_loss
 from relgen.testing import compose, load_tiny

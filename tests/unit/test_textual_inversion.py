@@ -62,7 +62,7 @@ def test_only_placeholder_rows_change_and_diffusers_loads_the_export(backbone_na
 
 
 def test_every_placeholder_row_gets_gradient_and_nothing_else(tmp_path):
-    from relgen.methods.base import StepContext
+    from relgen.plugin import StepContext
     from relgen.train.timesteps import make_timestep_sampler
 
     method, bb, cfg = _method("tiny_sdxl", tmp_path)

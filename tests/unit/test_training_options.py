@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from relgen.errors import ConfigError
-from relgen.methods.base import Method, StepContext, StepOutput
+from relgen.plugin import Method, StepContext, StepOutput
 from relgen.testing import compose
 from relgen.train.losses import denoising_loss, make_weighting, min_snr_weights, snr
 from relgen.train import checkpoint as ckpt

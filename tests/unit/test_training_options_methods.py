@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from relgen.methods.base import StepContext
+from relgen.plugin import StepContext
 from relgen.testing import compose
 from relgen.train.losses import make_weighting, min_snr_weights, snr
 from test_training_options import OPTIONS  # the same option matrix

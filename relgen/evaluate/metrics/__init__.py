@@ -15,14 +15,37 @@
 ========================  ==================================================================
 """
 
-from relgen.evaluate.metrics.base import (
-    RATE,
-    SCORE,
-    Metric,
-    build_metric,
-    get_metric,
-    list_metrics,
-    register_metric,
-)
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from relgen.errors import ConfigError
+from relgen.evaluate.config import EvalModelsConfig, as_object
+from relgen.evaluate.loading import resolve_device
+
+# the built-in metrics register themselves when imported, so a built-in name is always known
+from relgen.evaluate.metrics import clip, detector, dino, fid, relworld, vlm  # noqa: F401, I001
+from relgen.evaluate.metrics.base import _METRICS, RATE, SCORE, Metric, register_metric
+
+
+def list_metrics() -> list[str]:
+    return sorted(_METRICS)
+
+
+def get_metric(name: str) -> type[Metric]:
+    if name not in _METRICS:
+        raise ConfigError(f"metrics: unknown metric '{name}'; known: {sorted(_METRICS)}")
+    return _METRICS[name]
+
+
+def build_metric(name: str, eval_cfg: Any = None, device: Optional[torch.device] = None) -> Metric:
+    """The metric ``name`` configured from the ``eval`` node (defaults when ``None``)."""
+    cls = get_metric(name)
+    eval_cfg = as_object(eval_cfg, EvalModelsConfig)
+    device = device or resolve_device(eval_cfg.device)
+    return cls(getattr(eval_cfg, cls.config_key), device)
+
 
 __all__ = ["RATE", "SCORE", "Metric", "build_metric", "get_metric", "list_metrics", "register_metric"]

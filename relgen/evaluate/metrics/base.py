@@ -1,4 +1,4 @@
-"""The metric interface and the metric registry.
+"""The metric interface (the registry of metric names is :mod:`relgen.evaluate.metrics`).
 
 A metric scores a list of :class:`~relgen.evaluate.samples.Sample` and returns one
 :class:`~relgen.evaluate.samples.ImageScore` per image (per-image metrics), or one set of values
@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 
-from relgen.errors import ConfigError
 from relgen.evaluate.samples import ImageScore, Sample
 
 RATE = "rate"
@@ -66,39 +65,12 @@ _METRICS: dict[str, type[Metric]] = {}
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
-    """Class decorator: make ``cls`` available as ``metrics=[<cls.name>]``."""
+    """Class decorator: make ``cls`` available as ``metrics=[<cls.name>]`` once its module is
+    imported (the built-ins are imported by :mod:`relgen.evaluate.metrics`)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__}: a metric needs a name")
     _METRICS[cls.name] = cls
     return cls
-
-
-def _builtins() -> None:
-    # imported explicitly, so a built-in name can never be "not registered"
-    from relgen.evaluate.metrics import clip, detector, dino, fid, relworld, vlm  # noqa: F401
-
-
-def list_metrics() -> list[str]:
-    _builtins()
-    return sorted(_METRICS)
-
-
-def get_metric(name: str) -> type[Metric]:
-    _builtins()
-    if name not in _METRICS:
-        raise ConfigError(f"metrics: unknown metric '{name}'; known: {sorted(_METRICS)}")
-    return _METRICS[name]
-
-
-def build_metric(name: str, eval_cfg: Any = None, device: Optional[torch.device] = None) -> Metric:
-    """The metric ``name`` configured from the ``eval`` node (defaults when ``None``)."""
-    from relgen.evaluate.config import EvalModelsConfig, as_object
-    from relgen.evaluate.loading import resolve_device
-
-    cls = get_metric(name)
-    eval_cfg = as_object(eval_cfg, EvalModelsConfig)
-    device = device or resolve_device(eval_cfg.device)
-    return cls(getattr(eval_cfg, cls.config_key), device)
 
 
 def batched(items: list, size: int) -> Iterator[list]:

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 
+from relgen.evaluate.images import open_rgb
 from relgen.evaluate.loading import crop, from_pretrained, shared_model, torch_dtype
 from relgen.evaluate.metrics.base import RATE, SCORE, Metric, batched, register_metric
 from relgen.evaluate.samples import ImageScore, Sample
@@ -130,7 +131,6 @@ def reference_similarity(samples: list[Sample], embed, scale: float) -> list[Opt
             needed += [(p, tuple(b) if b is not None else None) for p, b in zip(paths, boxes)]
     todo = sorted({k for k in needed if k not in cache}, key=str)
     if todo:
-        from relgen.evaluate.images import open_rgb
 
         feats = embed([crop(open_rgb(p), box) for p, box in todo])
         cache.update(zip(todo, feats))

@@ -26,10 +26,10 @@ from typing import Any, Optional
 
 import torch
 
+from relgen.evaluate.geometry import SATISFIES as RELWORLD_SATISFIES
 from relgen.evaluate.loading import from_pretrained, shared_model, torch_dtype
 from relgen.evaluate.metrics.base import RATE, Metric, register_metric
 from relgen.evaluate.samples import Box, ImageScore, Sample
-from relgen.relworld.detector import SATISFIES as RELWORLD_SATISFIES
 
 #: Geometries the rule reports for "A ? B".
 GEOMETRIES = ("above", "below", "left_of", "right_of", "on_top_of", "inside", "contains", "ambiguous")

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from relgen.errors import ConfigError
 from relgen.evaluate.loading import from_pretrained, shared_model, torch_dtype
 from relgen.evaluate.metrics.base import RATE, Metric, register_metric
 from relgen.evaluate.samples import EvalPrompt, ImageScore, Sample
@@ -43,7 +44,10 @@ _SECOND = re.compile(r"\b(the )?(second|latter)( one| option| prompt)?\b")
 _NEGATION_BEFORE = re.compile(r"(\bnot|\bno|\brather than|\binstead of|\bnor)\s*$")
 
 
-def _words(text: str) -> list[str]:
+def _answer_words(text: str) -> list[str]:
+    """The words of a judge's free-text answer and of the phrases matched in it, split at every
+    character that is not a letter, digit or apostrophe ("no-one", "yes." and "Yes," all parse),
+    unlike prompts and captions, whose words are split at whitespace by :func:`relgen.text.words`."""
     return re.findall(r"[a-z0-9']+", text.lower().replace("’", "'"))
 
 
@@ -54,7 +58,7 @@ def parse_yes_no(answer: str) -> Optional[bool]:
     ("there is no", "is not", "cannot see") means no and an affirmative one ("there is",
     "I see", "is present") yes.
     """
-    words = _words(answer)
+    words = _answer_words(answer)
     if not words:
         return None
     if words[0] in _YES_FIRST:
@@ -70,7 +74,7 @@ def parse_yes_no(answer: str) -> Optional[bool]:
 
 
 def _norm(text: str) -> str:
-    return " ".join(w for w in _words(text) if w not in _ARTICLES)
+    return " ".join(w for w in _answer_words(text) if w not in _ARTICLES)
 
 
 def _mentions(text: str, phrase: str) -> list[int]:
@@ -213,7 +217,6 @@ class VlmRelation(Metric):
 
     def score(self, samples: list[Sample]) -> list[ImageScore]:
         if len(self.cfg.questions) != 5:
-            from relgen.errors import ConfigError
 
             raise ConfigError(f"eval.judge.questions has {len(self.cfg.questions)} templates; the protocol asks 5")
         questions = [questions_for(s.prompt, self.cfg.questions) for s in samples]

@@ -35,8 +35,10 @@ from typing import Any, Optional, Sequence
 import torch
 
 from relgen.errors import DataError, RelgenError
-from relgen.methods.base import Artifact
+from relgen.methods.relationbooth.config import RelationBoothConfig
 from relgen.names import export_file_name, exported_file
+from relgen.plugin import Artifact
+from relgen.tensorfile import load_tensors
 
 log = logging.getLogger("relgen")
 
@@ -49,11 +51,11 @@ ENCODER_DIR = "image_encoder"
 LEGACY_LORA_FILE = "pytorch_lora_weights.safetensors"
 LEGACY_KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
 LEGACY_BRANCH_FILE = "image_branch.safetensors"
-ADAPTER_NAME = "relationbooth"
+ADAPTER_NAME = RelationBoothConfig.name
 DEFAULT_RELATION_NAME = "relation"  # when neither method.relation_name nor a shared predicate names it
 
 
-def export_names(relation: str, method: str = "relationbooth") -> dict[str, str]:
+def export_names(relation: str, method: str = RelationBoothConfig.name) -> dict[str, str]:
     """The weight files' names for ``relation``, by role: ``relationbooth-<relation>-lora.safetensors``,
     ``...-lora-kohya.safetensors`` and ``...-image-branch.safetensors`` (``relation`` made portable)."""
 
@@ -98,7 +100,9 @@ class RelationBoothArtifact(Artifact):
         live_unet: the UNet that already carries the processors and LoRA (training-time artifacts).
     """
 
-    method = "relationbooth"
+    accepts_negative_prompt = True  # pipeline_inputs builds the negative embeddings itself
+
+    method = RelationBoothConfig.name
 
     def __init__(self, branch, generation: dict, samples: list[dict], lora_file: Optional[Path] = None,
                  adapter_file: Optional[Path] = None, live_unet=None) -> None:
@@ -116,7 +120,6 @@ class RelationBoothArtifact(Artifact):
         from the folder); exports that record none have the old fixed names."""
         from relgen.methods.relationbooth.branch import (BranchSpec, branch_from_spec, load_image_encoder,
                                                          load_local_encoder)
-        from relgen.tensorfile import load_tensors
 
         export_dir = Path(export_dir)
         spec_path = exported_file(export_dir, meta, SPEC_ROLE, SPEC_FILE)
@@ -172,16 +175,20 @@ class RelationBoothArtifact(Artifact):
             scale: image-attention weight gamma (default: the released 0.6).
             generation: overrides of ``negative_prompt``, ``default_box_y``, ``local_tokens_inference``.
         """
-        from relgen.methods.relationbooth.branch import (BranchSpec, branch_from_spec, load_image_encoder,
-                                                         load_local_encoder)
+        from relgen.methods.relationbooth.branch import (
+            BranchSpec,
+            branch_from_spec,
+            load_image_encoder,
+            load_local_encoder,
+        )
         from relgen.methods.relationbooth.config import RELEASED_IMAGE_ENCODER, RelationBoothConfig
-        from relgen.methods.relationbooth.convert import _read_adapter_file, check_adapter_layout
+        from relgen.methods.relationbooth.convert import check_adapter_layout, read_adapter_file
 
         lora, ms_adapter = Path(lora), Path(ms_adapter)
         for path in (lora, ms_adapter):
             if not path.is_file():
                 raise RelgenError(f"{path}: not found")
-        raw = _read_adapter_file(ms_adapter)  # its processors are matched to a UNet in apply()
+        raw = read_adapter_file(ms_adapter)  # its processors are matched to a UNet in apply()
         check_adapter_layout(raw, str(ms_adapter))
         resampler = {(k[len("resampler."):] if k.startswith("resampler.") else k): v
                      for k, v in raw["image_proj"].items()}

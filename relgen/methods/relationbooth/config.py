@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from relgen.config import MethodConfig, register_schema
+from relgen.config import MethodConfig
+from relgen.registry import register_method_schema
 
 # DreamRelation inference.py's negative prompt
 RELEASED_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
@@ -170,4 +171,4 @@ class RelationBoothConfig(MethodConfig):
 
 
 # the method registers its own schema, as a plugin's ``schemas`` entry does
-register_schema("method", "relationbooth", RelationBoothConfig)
+register_method_schema(RelationBoothConfig)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from relgen.errors import RelgenError
+from relgen.tensorfile import check_finite
 
 _HF = "vision_model."
 
@@ -227,9 +228,8 @@ class MSAdapterWeights:
                 raise RelgenError(f"{source}: weights for '{name}' do not fit ({first})") from exc
 
 
-def _read_adapter_file(path: Path) -> Mapping[str, Any]:
-    from relgen.tensorfile import check_finite
-
+def read_adapter_file(path: Path) -> Mapping[str, Any]:
+    """An MS-Diffusion adapter file's tensors (``.bin`` or our flat ``.safetensors``), each finite."""
     raw = _read_adapter_raw(path)
     check_finite(raw, path, "MS-Diffusion adapter")
     return raw
@@ -284,7 +284,7 @@ def load_ms_adapter(
         source, raw = source or "ms_adapter state dict", path_or_state_dict
     else:
         path = Path(path_or_state_dict)
-        source, raw = source or str(path), _read_adapter_file(path)
+        source, raw = source or str(path), read_adapter_file(path)
     check_adapter_layout(raw, source)
 
     resampler = {(k[len("resampler.") :] if k.startswith("resampler.") else k): v for k, v in raw["image_proj"].items()}
@@ -397,3 +397,6 @@ def check_lora_fits_unet(state: Mapping[str, torch.Tensor], unet: nn.Module, sou
         if ranks.setdefault(module_name, rank) != rank:
             raise RelgenError(f"{source}: the down and up weights of '{module_name}' have different ranks "
                               f"({ranks[module_name]} and {rank})")
+
+
+_read_adapter_file = read_adapter_file  # the earlier private name

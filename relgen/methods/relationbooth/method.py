@@ -38,7 +38,6 @@ import torch
 from relgen.card import export_json, export_ref, generation_kwargs, load_run_line, program
 from relgen.backbones.base import TextCond
 from relgen.errors import ConfigError, DataError
-from relgen.methods.base import Method, StepContext, StepOutput
 from relgen.methods.relationbooth.artifact import (
     BRANCH_ROLE,
     DEFAULT_RELATION_NAME,
@@ -56,9 +55,12 @@ from relgen.methods.relationbooth.artifact import (
 )
 from relgen.methods.relationbooth.attention import TextAttentionStore
 from relgen.methods.relationbooth.branch import TINY_ENCODER_SOURCE, build_branch, phrase_embeddings
+from relgen.methods.relationbooth.checks import check_config, check_values
 from relgen.methods.relationbooth.config import RelationBoothConfig
+from relgen.methods.relationbooth.importer import official_exporter
 from relgen.methods.relationbooth.losses import keypoint_matching_loss, predicate_calibration_loss
 from relgen.names import recorded_name
+from relgen.plugin import Method, StepContext, StepOutput
 
 log = logging.getLogger("relgen")
 
@@ -108,12 +110,23 @@ class PreparedItem:
 
 
 class RelationBooth(Method):
-    name = "relationbooth"
     config_class = RelationBoothConfig
     dataset_formats = ("dreamrelation",)
     # the predicate is needed by the calibration loss only: see calibration_plan()
     requires = frozenset({"keypoints", "masks", "references"})
     denoising_terms = ("diff",)  # the keypoint and calibration losses are never loss-weighted
+    official_format = ("MS-Diffusion's ms_adapter.bin (the image branch alone), or DreamRelation's LoRA "
+                       ".safetensors with method.ms_adapter=<ms_adapter.bin>; method.image_encoder= and "
+                       "method.clipself_checkpoint= name the CLIP encoders (default: the released ones); "
+                       "method.relation_name= names the exported files (relationbooth-<name>-lora.safetensors)")
+
+    @classmethod
+    def check_config(cls, cfg) -> list[str]:
+        return check_config(cfg)
+
+    @classmethod
+    def import_official(cls, cfg, file: Path, words: dict):
+        return official_exporter(cfg, file)
 
     @classmethod
     def check_data(cls, cfg: RelationBoothConfig, data: list) -> None:
@@ -126,7 +139,7 @@ class RelationBooth(Method):
 
     def __init__(self, cfg: RelationBoothConfig, backbone, data) -> None:
         super().__init__(cfg, backbone, data)
-        check_config(cfg)
+        check_values(cfg)  # validate() ran them already; direct construction needs them too
         self.resolution = int(cfg.resolution or backbone.resolution)
         if self.resolution % backbone.vae_scale:
             raise ConfigError(f"method.resolution={self.resolution} must be a multiple of {backbone.vae_scale}")
@@ -350,19 +363,6 @@ class RelationBooth(Method):
 
 # ------------------------------------------------------------------------------------------
 # config checks, LoRA
-
-
-def check_config(cfg: RelationBoothConfig) -> None:
-    if not 0.0 <= cfg.crop_p <= 1.0:
-        raise ConfigError(f"method.crop_p={cfg.crop_p} must be in [0, 1]")
-    if cfg.num_crops < 1:
-        raise ConfigError(f"method.num_crops={cfg.num_crops} must be at least 1")
-    if len(cfg.crop_scale) != 2 or not 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1:
-        raise ConfigError(f"method.crop_scale={list(cfg.crop_scale)} must be [low, high] with 0 < low <= high <= 1")
-    if cfg.rank < 1:
-        raise ConfigError(f"method.rank={cfg.rank} must be at least 1")
-    if len(cfg.default_box_y) != 2 or not 0 <= cfg.default_box_y[0] < cfg.default_box_y[1] <= 1:
-        raise ConfigError(f"method.default_box_y={list(cfg.default_box_y)} must be [y0, y1] with 0 <= y0 < y1 <= 1")
 
 
 def add_lora(unet, cfg: RelationBoothConfig) -> dict[str, torch.nn.Parameter]:

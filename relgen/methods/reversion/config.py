@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relgen.config import register_schema
 from relgen.methods.textual_inversion.config import TextualInversionConfig
+from relgen.registry import register_method_schema
 
 
 @dataclass
@@ -43,4 +43,4 @@ class ReVersionConfig(TextualInversionConfig):
 
 
 # the method registers its own schema, as a plugin's ``schemas`` entry does
-register_schema("method", "reversion", ReVersionConfig)
+register_method_schema(ReVersionConfig)

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
+from relgen.backbones.base import placeholder_conflict
+from relgen.backbones.configs import check_width, config_folder, text_encoder_widths
+from relgen.data.images import one_line
 from relgen.errors import RelgenError
+from relgen.methods.reversion.artifact import ReVersionArtifact
+from relgen.methods.reversion.config import ReVersionConfig
+from relgen.methods.textual_inversion.method import EMBEDS_ROLE, embeds_file_name, save_token_embeddings
 
 OFFICIAL_EMBEDS_FILE = "learned_embeds.bin"
 
@@ -38,9 +44,6 @@ def import_official_embeds(path, lowercase_prompts: bool = True):
         RelgenError: If the file is missing, cannot be read with ``weights_only=True``, or does
             not hold exactly one token with one finite floating-point vector.
     """
-    from relgen.data.images import one_line
-    from relgen.methods.reversion.method import ReVersionArtifact
-
     path = Path(path).expanduser()
     expected = "ReVersion's learned_embeds.bin holds {'<R>': float tensor of shape (768,)}"
     if not path.is_file():
@@ -65,9 +68,28 @@ def import_official_embeds(path, lowercase_prompts: bool = True):
     if not torch.isfinite(vector).all():
         raise RelgenError(f"{path}: the vector for {token!r} holds NaN or infinite values")
     rows = {"text_encoder": vector.detach().float().reshape(1, -1).clone()}  # (1, D)
-    artifact = ReVersionArtifact(token, rows, [], "reversion", lowercase_prompts)
+    artifact = ReVersionArtifact(token, rows, [], ReVersionConfig.name, lowercase_prompts)
     artifact.source = path
     return artifact
+
+
+def official_exporter(cfg, file: Path):
+    """``relgen.import_official`` for ReVersion: check ``learned_embeds.bin`` against the backbone
+    (one SD 1.x/2.x text encoder of the row's width, a token its tokenizers do not know), record
+    its token in ``cfg.method``, and return the function that writes ``reversion-<token>.safetensors``."""
+    if cfg.backbone.family != "sd":
+        raise RelgenError(f"{file}: ReVersion's learned_embeds.bin holds one text encoder's row; backbone "
+                          f"{cfg.backbone.name} has two (use an SD 1.x/2.x backbone)")
+    art = import_official_embeds(file, lowercase_prompts=cfg.method.lowercase_prompts)
+    folder = config_folder(cfg.backbone, cfg.cache_dir)
+    if folder is not None:  # the token as training checks it (else at generation, by apply())
+        check_token_for_tokenizers(art.token, folder, file)
+    row = art.rows["text_encoder"]
+    check_width(file, f"the '{art.token}' row", row.shape[1], text_encoder_widths(cfg.backbone, cfg.cache_dir),
+                cfg.backbone)
+    cfg.method.placeholder_token = art.token
+    name = embeds_file_name(cfg.method.name, art.token)  # reversion-R.safetensors
+    return lambda out: {EMBEDS_ROLE: save_token_embeddings(out / name, art.token, art.rows)}
 
 
 def check_token_for_tokenizers(token: str, folder, source) -> None:
@@ -78,9 +100,7 @@ def check_token_for_tokenizers(token: str, folder, source) -> None:
     Raises:
         RelgenError: naming ``source``, the token and the tokenizer.
     """
-    from transformers import CLIPTokenizer
-
-    from relgen.backbones.base import placeholder_conflict
+    from transformers import CLIPTokenizer  # deferred: transformers
 
     for sub in ("tokenizer", "tokenizer_2"):
         path = Path(folder) / sub

@@ -10,7 +10,6 @@ shared ``relation_focal`` sampler of the training loop).
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -18,13 +17,14 @@ from typing import Any, Optional
 import torch
 
 from relgen.errors import ConfigError, RelgenError
-from relgen.methods.base import StepContext, StepOutput
+from relgen.methods.reversion.artifact import ReVersionArtifact, normalize_prompt  # noqa: F401 (re-exported)
 from relgen.methods.reversion.config import ReVersionConfig
+from relgen.methods.reversion.importer import OFFICIAL_EMBEDS_FILE, import_official_embeds, official_exporter
 from relgen.methods.reversion.losses import gather_steering_rows, steering_loss
 from relgen.methods.reversion.words import excluded_token_ids, sample_positive_words, special_token_ids
-from relgen.methods.textual_inversion.method import (EMBEDS_ROLE, LEGACY_EMBEDS_FILE, TextualInversion,
-                                                     TokenArtifact)
+from relgen.methods.textual_inversion.method import EMBEDS_ROLE, LEGACY_EMBEDS_FILE, TextualInversion, TokenArtifact
 from relgen.names import exported_file
+from relgen.plugin import StepContext, StepOutput
 
 NO_NEGATIVES_WARNING = (
     "reversion: the batch's captions contain no content words (every token is a stop word, a "
@@ -56,18 +56,22 @@ class ReVersion(TextualInversion):
     ``steer_loss_weight=0`` turns steering off (the steering loss is still logged).
     """
 
-    name = "reversion"
     config_class = ReVersionConfig
     denoising_terms = ("loss_denoise",)  # the steering loss is never loss-weighted
+    official_format = "ReVersion's learned_embeds.bin ({\"<R>\": tensor (768,)}, SD 1.5)"
+
+    @classmethod
+    def check_config(cls, cfg) -> list[str]:
+        check_steering(cfg.method)
+        return super().check_config(cfg)
+
+    @classmethod
+    def import_official(cls, cfg, file: Path, words: dict):
+        return official_exporter(cfg, file)
 
     def __init__(self, cfg: ReVersionConfig, backbone, data) -> None:
         check_relation_token(backbone, cfg.placeholder_token, cfg.initializer_token)
-        if cfg.temperature <= 0:
-            raise ConfigError(f"method.temperature={cfg.temperature} must be > 0 (ReVersion uses 0.07)")
-        if cfg.steer_loss_weight != 0 and cfg.num_positives < 1:
-            raise ConfigError(f"method.num_positives={cfg.num_positives} leaves the steering loss without "
-                              "positives; set method.num_positives>=1 (ReVersion uses 4) or "
-                              "method.steer_loss_weight=0")
+        check_steering(cfg)
         super().__init__(cfg, backbone, data)
         # Per encoder: ids never used as negatives (stop words, prepositions, BOS/EOS/pad, <R>)
         # and the special ids dropped from the positive sentences.
@@ -161,8 +165,6 @@ class ReVersion(TextualInversion):
         Returns:
             The ``<R>`` rows, applicable to a diffusers pipeline.
         """
-        from relgen.methods.reversion.importer import OFFICIAL_EMBEDS_FILE, import_official_embeds
-
         meta = dict(meta or {})
         mcfg = dict(meta.get("method_config") or {})
         lowercase = bool(mcfg.get("lowercase_prompts", True))
@@ -192,6 +194,16 @@ class ReVersion(TextualInversion):
                                  self.cfg.lowercase_prompts)
 
 
+def check_steering(cfg: ReVersionConfig) -> None:
+    """The steering loss's temperature is > 0 and it has positives (checked before anything loads)."""
+    if cfg.temperature <= 0:
+        raise ConfigError(f"method.temperature={cfg.temperature} must be > 0 (ReVersion uses 0.07)")
+    if cfg.steer_loss_weight != 0 and cfg.num_positives < 1:
+        raise ConfigError(f"method.num_positives={cfg.num_positives} leaves the steering loss without "
+                          "positives; set method.num_positives>=1 (ReVersion uses 4) or "
+                          "method.steer_loss_weight=0")
+
+
 def check_relation_token(backbone, token: str, initializer: Optional[str]) -> None:
     """Refuse a relation token already in a vocabulary and a multi-token initializer.
 
@@ -213,49 +225,3 @@ def check_relation_token(backbone, token: str, initializer: Optional[str]) -> No
                 raise ConfigError(f"method.initializer_token='{initializer}' is {len(pieces)} tokens "
                                   f"{pieces} in the {slot.key} tokenizer; ReVersion needs a single token, "
                                   "e.g. method.initializer_token=and")
-
-
-def normalize_prompt(prompt: str, token: str) -> str:
-    """Lower-case a prompt except the relation token, as ReVersion's released inference.py.
-
-    The released script lower-cases the whole prompt and then restores ``<R>``; likewise every
-    case variant of ``token`` (``<r>``) becomes ``token``, and a ``{}`` template slot is filled
-    with it (``"Michael Jackson {} wall"`` -> ``"michael jackson <R> wall"``).
-
-    Args:
-        prompt: The user's prompt or template.
-        token: The relation token, e.g. ``"<R>"``.
-
-    Returns:
-        The normalised prompt.
-    """
-    prompt = prompt.replace("{}", token)
-    pieces = re.split(re.escape(token), prompt, flags=re.IGNORECASE)
-    return token.join(piece.lower() for piece in pieces)
-
-
-class ReVersionArtifact(TokenArtifact):
-    """The ``<R>`` rows plus ReVersion's prompt handling at generation.
-
-    ``pipeline_inputs`` fills ``{}`` with the token and, when ``lowercase_prompts`` is on (the
-    default, as the released inference.py), lower-cases everything except the token.
-    """
-
-    def __init__(self, token: str, rows: dict[str, torch.Tensor], prompts: list[str], method: str = "reversion",
-                 lowercase_prompts: bool = True) -> None:
-        super().__init__(token, rows, prompts, method)
-        self.lowercase_prompts = lowercase_prompts
-
-    def prepare_prompt(self, prompt: str, lowercase: Optional[bool] = None) -> str:
-        lowercase = self.lowercase_prompts if lowercase is None else lowercase
-        if lowercase:
-            return normalize_prompt(prompt, self.token)
-        return prompt.replace("{}", self.token)
-
-    def pipeline_inputs(self, pipe, prompts: list[str], **options) -> dict:
-        """``{"prompt": [...]}``; option ``lowercase_prompts`` (bool) overrides the default."""
-        lowercase = options.pop("lowercase_prompts", None)
-        if options:
-            raise ConfigError(f"reversion: unknown generation option(s) {sorted(options)}; "
-                              "known: ['lowercase_prompts']")
-        return {"prompt": [self.prepare_prompt(p, lowercase) for p in prompts]}

@@ -16,7 +16,6 @@ Importing this module does not import DGL.
 from __future__ import annotations
 
 import json
-import string
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +24,12 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from relgen.backbones.base import first_eos
 from relgen.errors import ConfigError, RelgenError
-from relgen.methods.base import Artifact
+from relgen.methods.rrnet.config import RRNetConfig
 from relgen.names import export_file_name, exported_file
+from relgen.plugin import Artifact, EvalCondition, GridColumns
+from relgen.text import word_index
 
 NETWORK_ROLE, RELATION_ROLE = "network", "relation"  # the files' roles in relgen.json's "files"
 RELATION_FILE = "relation.json"
@@ -52,7 +54,7 @@ __all__ = [
 ]
 
 
-def gat_file_name(relation: dict, method: str = "rrnet") -> str:
+def gat_file_name(relation: dict, method: str = RRNetConfig.name) -> str:
     """``rrnet-<relation>.safetensors``: ``relation`` is what ``relation.json`` holds; the name is
     its ``relation`` key (the relation folder's name, e.g. ``place``), else its word ``R``."""
     name = relation.get("relation") or relation.get("R") or ""
@@ -118,7 +120,7 @@ def eot_positions(tokenizer, prompts: Sequence[str]) -> Tensor:
     """
     ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
-    return (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+    return first_eos(ids, tokenizer.eos_token_id)
 
 
 #: ``method.edit_rows``: the rows RRNet's delta is added to.
@@ -185,19 +187,6 @@ def dgl_device(device: Union[str, torch.device]) -> torch.device:
     return device if _DGL_DEVICES[key] else torch.device("cpu")
 
 
-def _words(text: str) -> list[str]:
-    return [w.strip(string.punctuation).lower() for w in text.split()]
-
-
-def _word_index(prompt: str, word: str) -> int:
-    """Index of the first whole-word occurrence of ``word`` (one or more words); -1 if none."""
-    hay, needle = _words(prompt), _words(word)
-    for i in range(len(hay) - len(needle) + 1):
-        if needle and hay[i:i + len(needle)] == needle:
-            return i
-    return -1
-
-
 def build_prompt_graphs(rows: Tensor, eots: Tensor, eot_self_loops: bool):
     """One relation graph per prompt.
 
@@ -253,7 +242,7 @@ class RRNetArtifact(Artifact):
             option is given (the sample grids during training).
     """
 
-    method = "rrnet"
+    method = RRNetConfig.name
 
     def __init__(self, gnn, relation: dict, scale: float = 0.6,
                  grid_scales: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
@@ -352,11 +341,11 @@ class RRNetArtifact(Artifact):
             raise ConfigError("RRNet needs the words A, R and B of each prompt; pass them as "
                               "method_options.A=..., method_options.R=..., method_options.B=...")
         if not A and not B:
-            ia, ib = _word_index(prompt, a), _word_index(prompt, b)
+            ia, ib = word_index(prompt, a), word_index(prompt, b)
             if ia >= 0 and ib >= 0 and ib < ia:
                 a, b = b, a
         for key, word in (("A", a), ("R", r), ("B", b)):
-            if _word_index(prompt, word) < 0:
+            if word_index(prompt, word) < 0:
                 raise ConfigError(f"prompt {prompt!r} does not contain the {key} word '{word}'; "
                                   f"name the prompt's own words with method_options.A=, R=, B=")
         return a, r, b
@@ -453,8 +442,6 @@ class RRNetArtifact(Artifact):
         base model, beside the run's ``grid_scales``. Returns ``None`` otherwise (plain
         rendering then applies).
         """
-        from relgen.generate import GridColumns
-
         options = dict(opts.method_options)
         if "scales" not in options and not self.columns_by_default:
             return None
@@ -471,6 +458,22 @@ class RRNetArtifact(Artifact):
 
     def sample_prompts(self) -> list[str]:
         return list(self.prompts)
+
+    def evaluation_conditions(self, eval_cfg) -> list[EvalCondition]:
+        """One condition per λ (``eval_cfg.lambdas``, default :attr:`grid_scales`); λ = 0 is the
+        base model, so it is the evaluation's baseline."""
+        lambdas = eval_cfg.lambdas if eval_cfg.lambdas is not None else list(self.grid_scales)
+        return [EvalCondition(f"lambda={float(lam):g}", {"scale": float(lam)}, baseline=float(lam) == 0.0)
+                for lam in lambdas]
+
+    def prompt_options(self, prompt, text: str) -> dict:
+        """RRNet builds its graph from the prompt's subject, relation and object words; they are
+        the prompt's own unless the run's relation words are all in the text (then the artifact
+        orders them itself, as in training)."""
+        words = [self.relation.get(k) for k in ("A", "R", "B")] if isinstance(self.relation, dict) else []
+        if words and all(w and w.lower() in text.lower() for w in words):
+            return {}
+        return {"A": prompt.a, "R": prompt.predicate, "B": prompt.b}
 
 
 def lambda_name(value: float, sep: str = "=") -> str:

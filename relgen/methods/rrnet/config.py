@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from relgen.config import MethodConfig, register_schema
+from relgen.config import MethodConfig
+from relgen.registry import register_method_schema
 
 
 @dataclass
@@ -95,4 +96,4 @@ class RRNetConfig(MethodConfig):
 
 
 # the method registers its own schema, as a plugin's ``schemas`` entry does
-register_schema("method", "rrnet", RRNetConfig)
+register_method_schema(RRNetConfig)

@@ -31,12 +31,24 @@ from torch import Tensor
 from relgen.backbones.base import TextCond
 from relgen.card import export_json, generation_kwargs, load_run_line, program
 from relgen.errors import ConfigError
-from relgen.methods.base import Method, StepContext, StepOutput
-from relgen.methods.rrnet.artifact import (FORMAT, FORMAT_VERSION, LEGACY_GAT_FILE, NETWORK_ROLE, RELATION_FILE,
-                                           RELATION_ROLE, RRNetArtifact, dgl_device, first_token_rows,
-                                           gat_file_name, object_sentence, rectify)
+from relgen.methods.rrnet.artifact import (
+    FORMAT,
+    FORMAT_VERSION,
+    LEGACY_GAT_FILE,
+    NETWORK_ROLE,
+    RELATION_FILE,
+    RELATION_ROLE,
+    RRNetArtifact,
+    dgl_device,
+    first_token_rows,
+    gat_file_name,
+    object_sentence,
+    rectify,
+)
 from relgen.methods.rrnet.config import RRNetConfig
+from relgen.methods.rrnet.importer import OFFICIAL_WORDS, official_exporter
 from relgen.names import recorded_name
+from relgen.plugin import Method, StepContext, StepOutput
 
 log = logging.getLogger("relgen")
 
@@ -154,11 +166,28 @@ def pair_loss(pred_pos: Tensor, target_pos: Tensor, pred_neg: Tensor, target_neg
 class RRNet(Method):
     """RRNet on any SD 1.x/2.x/SDXL backbone (see the module docstring)."""
 
-    name = "rrnet"
     config_class = RRNetConfig
     dataset_formats = ("rrnet",)
     requires = frozenset({"images", "object_images", "relation_prompts"})
     denoising_terms = ("loss_pos", "loss_neg")
+    official_format = ("RRNet's gat_<R> (torch.save of the graph network); A=, R=, B= name the relation's words "
+                       "(ARB=, BRA= its two prompts) so generation needs no more")
+    official_words = OFFICIAL_WORDS
+    own_prompt_set = "rrnet_pairs"  # the run's own object-swapped pair
+
+    @classmethod
+    def check_config(cls, cfg) -> list[str]:
+        """``method.image_resample`` names a filter diffusers' ``VaeImageProcessor`` knows."""
+        from diffusers.utils import PIL_INTERPOLATION
+
+        if cfg.method.image_resample not in PIL_INTERPOLATION:
+            raise ConfigError(f"method.image_resample='{cfg.method.image_resample}' is not a VaeImageProcessor "
+                              f"filter; use one of {', '.join(sorted(PIL_INTERPOLATION))}")
+        return []
+
+    @classmethod
+    def import_official(cls, cfg, file: Path, words: dict):
+        return official_exporter(cfg, file, words)
 
     # -- data -------------------------------------------------------------------------------
     @classmethod

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from relgen.config import MethodConfig, register_schema
+from relgen.config import MethodConfig
+from relgen.registry import register_method_schema
 
 
 @dataclass
@@ -27,4 +28,4 @@ class TextualInversionConfig(MethodConfig):
 
 
 # the method registers its own schema, as a plugin's ``schemas`` entry does
-register_schema("method", "textual_inversion", TextualInversionConfig)
+register_method_schema(TextualInversionConfig)

@@ -13,11 +13,12 @@ from typing import Any, Optional
 import torch
 
 from relgen.errors import RelgenError
-from relgen.methods.base import Artifact, Method, StepContext, StepOutput
+from relgen.methods.reversion.words import load_benchmark_scenarios
 from relgen.methods.textual_inversion.config import TextualInversionConfig
 from relgen.methods.textual_inversion.embeddings import PlaceholderEmbeddings
 from relgen.card import export_ref, generation_kwargs, program
 from relgen.names import export_file_name, exported_file, recorded_name
+from relgen.plugin import Artifact, Method, StepContext, StepOutput
 
 EMBEDS_ROLE = "embeddings"  # the file's role in relgen.json's "files"
 # The fixed name of exports written before the file names carried the token (read, never written).
@@ -30,7 +31,6 @@ def embeds_file_name(method: str, token: str) -> str:
 
 
 class TextualInversion(Method):
-    name = "textual_inversion"
     config_class = TextualInversionConfig
     dataset_formats = ("reversion",)
     requires = frozenset({"images", "captions"})
@@ -220,6 +220,11 @@ class TokenArtifact(Artifact):
 
     def sample_prompts(self) -> list[str]:
         return self.prompts
+
+    def benchmark_prompts(self) -> dict[str, list[str]]:
+        """ReVersion's benchmark (10 relations x 100 "subject {} object" scenarios), on which
+        token methods are compared."""
+        return load_benchmark_scenarios()
 
 
 def check_templates_fit(backbone, items, token: str, token_ids: list[list[int]]) -> None:

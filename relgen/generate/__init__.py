@@ -11,16 +11,28 @@ one folder of images per prompt, one labelled grid of all of them (named
 
 from __future__ import annotations
 
-import inspect
+import importlib
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from tqdm.auto import tqdm
 
-from relgen.backbones.base import _SCHEDULERS as _SCHEDULER_NAMES
+import relgen
+from relgen import grid
+from relgen.api import load
+from relgen.atomic import save_image, write_json
+from relgen.backbones.base import warn_if_truncated
+from relgen.errors import ConfigError
 from relgen.names import slug
+from relgen.plugin import GridColumns  # also re-exported: what Artifact.grid_columns returns
+from relgen.validation import check_generation_options, prompts_missing_token
+
+#: The token a benchmark template's ``{}`` takes when the artifact trained none.
+DEFAULT_TEMPLATE_TOKEN = "<R>"
 
 
 @dataclass
@@ -77,13 +89,9 @@ def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone
 
     With ``progress``, a tqdm bar counts the images as they are written.
     """
-    from tqdm.auto import tqdm
-
     steps = opts.steps or backbone_cfg.inference_steps
     guidance = opts.guidance if opts.guidance is not None else backbone_cfg.guidance_scale
     size = backbone_cfg.resolution
-    from relgen.backbones.base import warn_if_truncated
-
     if getattr(pipe, "tokenizer", None) is not None:  # the text encoders read only the first 77 tokens
         warn_if_truncated(pipe.tokenizer, prompts, stacklevel=3)
     rows = []
@@ -95,7 +103,7 @@ def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone
             n = min(opts.batch_size, opts.num_images - start)
             gens = [torch.Generator().manual_seed(opts.seed + start + i) for i in range(n)]
             options = dict(opts.method_options)
-            if opts.negative_prompt and "negative_prompt" in inspect.signature(artifact.pipeline_inputs).parameters:
+            if opts.negative_prompt and artifact.accepts_negative_prompt:
                 options.setdefault("negative_prompt", opts.negative_prompt)  # methods that build embeddings
             inputs = artifact.pipeline_inputs(pipe, [prompt] * n, **options)
             if opts.negative_prompt and "prompt" in inputs:
@@ -111,10 +119,8 @@ def render(pipe, artifact, prompts: list[str], opts: GenerationOptions, backbone
 
 def prompt_grid(rows: list[list[Any]], prompts: list[str], seed: int, title: Optional[str] = None):
     """The labelled grid of :func:`render`'s output: a row per prompt, a column per seed."""
-    from relgen.grid import labelled_grid, seed_labels
-
-    return labelled_grid(rows, row_labels=list(prompts), column_labels=seed_labels(seed, max(len(r) for r in rows)),
-                         title=title)
+    return grid.labelled_grid(rows, row_labels=list(prompts),
+                              column_labels=grid.seed_labels(seed, max(len(r) for r in rows)), title=title)
 
 
 def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions, path: Path,
@@ -124,8 +130,7 @@ def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions,
     images first, every column's for a grid of columns)."""
     pipe = backbone.pipeline(opts.scheduler)
     was_training = backbone.unet.training
-    columns = getattr(artifact, "grid_columns", None)  # e.g. RRNet's λ columns
-    spec = columns(pipe, prompts, opts, backbone.cfg, progress=progress) if columns is not None else None
+    spec = artifact.grid_columns(pipe, prompts, opts, backbone.cfg, progress=progress)  # e.g. RRNet's λ columns
     if spec is not None:
         if inspect_rows is not None:
             inspect_rows([images for cells in spec.cells for images in cells])
@@ -141,29 +146,28 @@ def render_grid(backbone, artifact, prompts: list[str], opts: GenerationOptions,
     return path
 
 
-def columns_grid(spec: "GridColumns", prompts: list[str], seed: int, title: Optional[str] = None):
+def columns_grid(spec: GridColumns, prompts: list[str], seed: int, title: Optional[str] = None):
     """The labelled grid of an artifact's :class:`GridColumns`: a row per prompt and seed, a column
     per condition, headed by the artifact's labels."""
-    from relgen.grid import labelled_grid
-
     grid_rows, labels = [], []
     for p, prompt in enumerate(prompts):
         for i in range(len(spec.cells[p][0])):
             grid_rows.append([spec.cells[p][c][i] for c in range(len(spec.columns))])
             labels.append(f"{prompt}\nseed {seed + i}")
-    return labelled_grid(grid_rows, row_labels=labels, column_labels=spec.columns, title=title)
+    return grid.labelled_grid(grid_rows, row_labels=labels, column_labels=spec.columns, title=title)
+
+
+def sample_grid(backbone, artifact, prompts: list[str], path: Path, seed: int = 0, num_images: int = 4,
+                steps: Optional[int] = None, guidance: Optional[float] = None, title: Optional[str] = None,
+                progress: bool = False, inspect_rows=None) -> Path:
+    """A training-time sample grid (what :class:`relgen.train.loop.Trainer` is given to draw one)."""
+    opts = GenerationOptions(seed=seed, num_images=num_images, steps=steps, guidance=guidance)
+    return render_grid(backbone, artifact, prompts, opts, path, title=title, progress=progress,
+                       inspect_rows=inspect_rows)
 
 
 def _save_png(image, path: Path) -> None:
-    from relgen.errors import write_error
-
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        image.save(tmp, format="PNG")
-        tmp.replace(path)
-    except OSError as exc:  # no half-written PNG is left behind
-        tmp.unlink(missing_ok=True)
-        raise write_error(exc, path, "image grid") from None
+    save_image(path, image, "image grid")  # no half-written PNG is left behind
 
 
 def new_output_folder(parent: Path) -> Path:
@@ -188,8 +192,6 @@ def check_out_dir(run_dir: str, out_dir: Optional[str]) -> None:
     """Refuse an ``out_dir`` that already holds files (checked before anything loads)."""
     if out_dir is None:
         return
-    from relgen.errors import ConfigError
-
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"relgen.generate: out_dir={out} already holds files; choose a new folder, or leave "
@@ -222,24 +224,14 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     a new or empty one) with ``generation.json``: the prompts, seeds, every setting, the
     files written. Steps and guidance not given fall back to the run's
     ``method.sample_steps`` / ``sample_guidance`` (then the backbone's defaults); no prompts:
-    the run's sample prompts. An artifact with a ``grid_columns(pipe, prompts, opts,
-    backbone_cfg)`` method may render conditions as columns (RRNet's λ sweep for
-    ``method_options.scales``); it returns ``None`` to decline. Returns the grid's path.
+    the run's sample prompts. The artifact's :meth:`~relgen.plugin.Artifact.grid_columns` may
+    render conditions as columns (RRNet's λ sweep for ``method_options.scales``); it returns
+    ``None`` to decline. Returns the grid's path.
     """
-    import json
-    import time
-    from dataclasses import asdict, replace
-
-    import relgen
-    from relgen.api import load
-    from relgen.errors import ConfigError
-    from relgen.validation import check_generation_options, prompts_missing_token
-
     check_generation_options(opts)
     check_out_dir(run_dir, out_dir)
     loaded = load(run_dir, step=step)
-    if getattr(loaded.artifact, "check_options", None) is not None:
-        loaded.artifact.check_options(opts.method_options)
+    loaded.artifact.check_options(opts.method_options)
     mcfg = loaded.meta.get("method_config") or {}
     if opts.steps is None and mcfg.get("sample_steps"):
         opts = replace(opts, steps=int(mcfg["sample_steps"]))
@@ -247,11 +239,11 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
         opts = replace(opts, guidance=float(mcfg["sample_guidance"]))
     prompts = list(prompts) or loaded.artifact.sample_prompts()
     # benchmark templates ("cat {} stone") take the run's own relation token
-    token = getattr(loaded.artifact, "token", "<R>")
+    token = loaded.artifact.token or DEFAULT_TEMPLATE_TOKEN
     prompts = [p.format(token) if "{}" in p else p for p in prompts]
     if not prompts:
         raise ConfigError("relgen.generate: give prompt=... (or prompts=[...], or relation=<benchmark relation>)")
-    for prompt in prompts_missing_token(prompts, getattr(loaded.artifact, "token", None)):
+    for prompt in prompts_missing_token(prompts, loaded.artifact.token):
         print(f"relgen: warning: prompt {prompt!r} does not contain the run's token {token}; it renders without "
               "what the run learnt", file=sys.stderr)
     print(f"relgen: loading backbone {loaded.meta['backbone'].get('name')} and the {loaded.method} artifact "
@@ -262,8 +254,7 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
     out = _output_folder(run_dir, out_dir)
     title = f"{loaded.method} · {backbone.name} · {Path(run_dir).name}"
 
-    columns = getattr(loaded.artifact, "grid_columns", None)
-    spec = columns(pipe, prompts, opts, backbone.cfg, progress=progress) if columns is not None else None
+    spec = loaded.artifact.grid_columns(pipe, prompts, opts, backbone.cfg, progress=progress)
     files: list[Path] = []
     if spec is not None:  # rows = prompt x seed, columns = the artifact's conditions
         kind = spec.kind if kind == "prompts" else f"{kind}-{spec.kind}"
@@ -299,116 +290,14 @@ def generate_from_run(run_dir: str, prompts: list[str], opts: GenerationOptions,
         "command": command, "relgen_version": relgen.__version__,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    (out / "generation.json").write_text(json.dumps(record, indent=2, default=str))
+    write_json(out / "generation.json", record, "generation record", newline=False, default=str)
     return [grid_path]
 
 
-@dataclass
-class GridColumns:
-    """Conditions rendered side by side, from an artifact's ``grid_columns`` hook.
-
-    Attributes:
-        kind: What the columns vary, used in the grid's file name (``"lambda"``).
-        columns: One header per column (``"lambda = 0.6"``).
-        folders: One folder name per column for the single images (``"lambda=0.6"``): the
-            same name as the header.
-        cells: ``cells[p][c]``: the images of prompt ``p`` under column ``c`` (image ``i``
-            drawn with seed ``opts.seed + i``).
-    """
-
-    kind: str
-    columns: list[str]
-    folders: list[str]
-    cells: list[list[list[Any]]]
-
-
-#: ``python -m relgen.generate`` options: name -> help line (``--help`` prints them).
-OPTIONS: dict[str, str] = {
-    "run_dir": "a finished run's folder (required); its export/ is applied to its backbone",
-    "prompt": "one prompt, e.g. prompt=\"cat <R> stone\"",
-    "prompts": "several prompts, e.g. 'prompts=[cat <R> stone,dog <R> box]'",
-    "relation": "ReVersion benchmark relation: its prompts with the run's token, in one grid",
-    "limit": "render only the first N prompts",
-    "num_images": "images per prompt (default 4); image i uses seed seed+i",
-    "seed": "first seed (default 0)",
-    "steps": "denoising steps (default: the run's method.sample_steps, then the backbone's)",
-    "guidance": "classifier-free guidance scale (default: the run's, then the backbone's)",
-    "scheduler": "inference scheduler: " + ", ".join(sorted(_SCHEDULER_NAMES)) + " (default: the backbone's)",
-    "height": "image height in pixels (default: the backbone's resolution)",
-    "width": "image width in pixels (default: the backbone's resolution)",
-    "negative_prompt": "negative prompt for classifier-free guidance",
-    "batch_size": "images per pipeline call (default 4)",
-    "step": "use the intermediate export of that step (export/step-NNNNNN/) instead of the final one",
-    "out_dir": "a new or empty folder (default: a new numbered folder <run_dir>/generate/NNNN/)",
-    "method_options": "method options, e.g. RRNet's 'method_options.scales=[0,0.5,1]' (λ columns)",
-}
-
-USAGE = ("usage: python -m relgen.generate run_dir=<run folder> [prompt=...] [key=value ...]\n\n"
-         "Render prompts with a finished run; every call writes a new folder with the images, one labelled\n"
-         "grid and generation.json (prompts, seeds, settings).\n\noptions:\n"
-         + "\n".join(f"  {k:16s} {v}" for k, v in OPTIONS.items()) + "\n")
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from omegaconf import OmegaConf
-
-    from relgen.cli import run_cli
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE, end="")
-        return 0
-
-    def body() -> int:
-        from relgen.errors import ConfigError
-
-        bad = [a for a in argv if "=" not in a]
-        if bad:
-            raise ConfigError(f"relgen.generate: expected key=value, got {bad[0]!r}; see python -m relgen.generate --help")
-        args = OmegaConf.from_dotlist(argv)
-        unknown = set(args.keys()) - set(OPTIONS)
-        if unknown:
-            raise ConfigError(f"relgen.generate: unknown option(s) {sorted(unknown)}; known: {sorted(OPTIONS)} "
-                              "(python -m relgen.generate --help)")
-        if "run_dir" not in args:
-            raise ConfigError("relgen.generate: run_dir= is required (a finished run's folder); see --help")
-        prompts = list(args.get("prompts") or [])
-        if args.get("prompt"):
-            prompts.insert(0, str(args.prompt))
-        kind = "prompts"
-        if args.get("relation"):
-            from relgen.methods.reversion.words import load_benchmark_scenarios
-
-            scen = load_benchmark_scenarios()
-            if args.relation not in scen:
-                raise ConfigError(f"relation '{args.relation}' is not a benchmark relation; known: {sorted(scen)}")
-            prompts += list(scen[args.relation])  # "{}" is filled with the run's token
-            kind = f"relation_{args.relation}"
-        if args.get("limit") is not None:
-            if int(args.limit) < 1:
-                raise ConfigError(f"relgen.generate: limit={args.limit} must be >= 1 (the number of prompts to render)")
-            prompts = prompts[:int(args.limit)]
-        scheduler = args.get("scheduler")
-        if scheduler is not None and scheduler not in _SCHEDULER_NAMES:
-            raise ConfigError(f"relgen.generate: scheduler={scheduler} is not one of {sorted(_SCHEDULER_NAMES)}")
-        for key in ("num_images", "batch_size", "steps", "height", "width"):
-            if args.get(key) is not None and int(args.get(key)) < 1:
-                raise ConfigError(f"relgen.generate: {key}={args.get(key)} must be a positive whole number")
-        opts = GenerationOptions(
-            seed=int(args.get("seed", 0)), num_images=int(args.get("num_images", 4)),
-            steps=args.get("steps"), guidance=args.get("guidance"), scheduler=scheduler,
-            batch_size=int(args.get("batch_size", 4)), negative_prompt=args.get("negative_prompt"),
-            height=args.get("height"), width=args.get("width"),
-            method_options=OmegaConf.to_container(args.method_options) if "method_options" in args else {})
-        written = generate_from_run(str(args.run_dir), prompts, opts, args.get("out_dir"), kind=kind,
-                                    step=args.get("step"), progress=True,
-                                    command="python -m relgen.generate " + " ".join(argv))
-        for path in written:
-            print(path)
-        return 0
-
-    return run_cli(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def __getattr__(name: str):
+    """``main``, ``OPTIONS``, ``USAGE``: the command line's names (:mod:`relgen.generate.cli`), read on
+    first use, so the console script ``relgen-generate = "relgen.generate:main"`` resolves; nothing in
+    this library uses them."""
+    if name in ("main", "OPTIONS", "USAGE"):
+        return getattr(importlib.import_module("relgen.generate.cli"), name)
+    raise AttributeError(f"module 'relgen.generate' has no attribute {name!r}")
