@@ -86,7 +86,8 @@ def task_grid(task: TaskResult, s: Settings):
         for j in range(min(s.grid_seeds, s.samples)):
             cells = []
             for c in task.conditions:
-                relation = bench.image_flags(task, c.name, "colour")[0][i][j][0]
+                by_colour = "colour" if "colour" in task.readings[c.name] else "strict"
+                relation = bench.image_flags(task, c.name, by_colour)[0][i][j][0]
                 objects = bench.image_flags(task, c.name, "strict")[0][i][j][1]
                 verdict = ("right" if objects else "partly") if relation else "wrong"
                 cells.append(bench.mark_verdict(task.images[c.name][0][i][j], verdict))
