@@ -35,7 +35,7 @@ ALL = ("clip_t", "clip_r", "clip_i", "dino", "detector_relation", "vlm_relation"
 
 
 def _prompts(n_refs_dir: Path):
-    from relgen.evaluate.metrics.relworld import relworld_prompt
+    from relgen.relworld.metric import relworld_prompt
     from relgen.relworld import world as rw
 
     spec = rw.WorldSpec()

@@ -27,5 +27,5 @@ plugin = SimpleNamespace(
         "relworld_relation": ("relgen.relworld.prompt_set:relation_prompt_set",
                               "a relworld run's relation on object-swapped pairs in relworld's words"),
     },
-    modules=("relgen.backbones", "relgen.data.registry", "relgen.relworld.datasets"),
+    modules=("relgen.backbones", "relgen.data.registry", "relgen.relworld.datasets", "relgen.relworld.metric"),
 )

@@ -235,6 +235,12 @@ def _load_plugins() -> None:
         _register_plugin(ep_name, origin, plugin)
 
 
+def load_plugins() -> None:
+    """Import every plugin once (relgen's own first), so that what they register on import, such
+    as evaluation metrics, is known."""
+    _load_plugins()
+
+
 def refresh_plugins() -> list[str]:
     """Register the plugins installed since the registry was first used in this process (e.g. a
     package put on ``sys.path`` by a test); returns their entry-point names."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relgen.evaluate.metrics.relworld import relworld_readings
+from relgen.relworld.metric import relworld_readings
 from relgen.relworld import world as rw
 from relgen.relworld.bench import Prompt, Settings, cache_folder, load_pipeline, plain, render_prompts, vae_roundtrip
 from relgen.relworld.detector import (

@@ -35,6 +35,7 @@ from relgen import atomic
 from relgen.evaluate import stats
 from relgen.evaluate.grids import Cell, labelled_grid
 from relgen.evaluate.metrics.base import RATE
+from relgen.evaluate.samples import ImageScore, Sample
 
 SCHEMA = "relgen.evaluate/1"
 
@@ -56,8 +57,6 @@ def _derived(ev, condition: str) -> dict[str, tuple[list[float], list[str]]]:
     """Outputs computed over pairs of images (relworld's direction accuracy)."""
     out = {}
     if "relworld" in ev.scores:
-        from relgen.evaluate.metrics.relworld import direction_flags
-
         flags, clusters = direction_flags(ev.samples[condition], ev.scores["relworld"][condition])
         if flags:
             out["relworld.direction_accuracy"] = ([float(f) for f in flags], clusters)
@@ -249,3 +248,18 @@ def write_report(ev, out: Path, command: Optional[str] = None) -> Path:
         (tmp / "results.json").write_text(json.dumps(data, indent=1, default=str))
         (tmp / "report.md").write_text(_markdown(ev, agg, grids, command))
     return out
+
+
+def direction_flags(samples: list[Sample], scores: list[ImageScore]) -> tuple[list[bool], list[str]]:
+    """Direction accuracy per object-swapped pair: both prompts of the pair, same seed and
+    condition, right. Returns ``(flags, cluster)`` with the pair's "A r B" prompt as cluster."""
+    found: dict[tuple, dict[int, bool]] = {}
+    for s, sc in zip(samples, scores):
+        key = (s.condition, s.prompt.pair, s.seed)
+        found.setdefault(key, {})[s.prompt.order] = bool(sc.values.get("relation_accuracy"))
+    flags, clusters = [], []
+    for (condition, pair, seed), by_order in sorted(found.items(), key=lambda kv: str(kv[0])):
+        if set(by_order) == {0, 1}:
+            flags.append(by_order[0] and by_order[1])
+            clusters.append(pair[0])
+    return flags, clusters

@@ -10,7 +10,7 @@ It evaluates through the evaluation harness, the one scoring path: every image i
 :func:`relgen.evaluate.harness.generate_samples` (so through :func:`relgen.generate.render`, with
 the harness's image cache under ``<out>/work/eval-cache``: a rerun with the same settings reuses
 every image; cached images are reused whatever batch size drew them), and every reading is the
-harness's ``relworld`` metric (:meth:`~relgen.evaluate.metrics.relworld.Relworld.read`, in the
+harness's ``relworld`` metric (:meth:`~relgen.relworld.metric.Relworld.read`, in the
 strict and the colour reading). Two things read images with the same metric's detectors
 (:func:`readers`) without going through the harness, because they generate nothing: the
 identity's reference correlation and the model probes read ground-truth renders and their VAE
@@ -66,7 +66,7 @@ import torch
 
 from relgen.config import compose_run
 from relgen.evaluate import stats
-from relgen.evaluate.metrics.relworld import relworld_prompt, relworld_readings
+from relgen.relworld.metric import relworld_prompt, relworld_readings
 from relgen.evaluate.samples import EvalPrompt, Sample
 from relgen.relworld import world as rw
 from relgen.relworld.detector import Detector, Reading

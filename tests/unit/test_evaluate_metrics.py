@@ -363,7 +363,8 @@ def test_fid_dino_features_and_bad_inputs(models, tmp_path):
 
 
 def test_relworld_metric_gives_the_detectors_verdicts():
-    from relgen.evaluate.metrics.relworld import direction_flags, relworld_prompt
+    from relgen.evaluate.report import direction_flags
+    from relgen.relworld.metric import relworld_prompt
     from relgen.relworld import world as rw
     from relgen.relworld.detector import Detector
     from PIL import Image

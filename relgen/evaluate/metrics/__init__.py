@@ -12,6 +12,7 @@
 ``dino``                  image-reference DINO class-token similarity per entity
 ``fid``                   Fréchet distance to a reference folder (torchmetrics)
 ``relworld``              relworld's exact detector: relation, object, direction accuracy
+                          (registered by ``relgen.relworld.metric`` through relgen's plugin)
 ========================  ==================================================================
 """
 
@@ -24,17 +25,20 @@ import torch
 from relgen.errors import ConfigError
 from relgen.evaluate.config import EvalModelsConfig, as_object
 from relgen.evaluate.loading import resolve_device
+from relgen.registry import load_plugins
 
 # the built-in metrics register themselves when imported, so a built-in name is always known
-from relgen.evaluate.metrics import clip, detector, dino, fid, relworld, vlm  # noqa: F401, I001
+from relgen.evaluate.metrics import clip, detector, dino, fid, vlm  # noqa: F401, I001
 from relgen.evaluate.metrics.base import _METRICS, RATE, SCORE, Metric, register_metric
 
 
 def list_metrics() -> list[str]:
+    load_plugins()  # plugins register metrics too (relworld's own detector is one)
     return sorted(_METRICS)
 
 
 def get_metric(name: str) -> type[Metric]:
+    load_plugins()
     if name not in _METRICS:
         raise ConfigError(f"metrics: unknown metric '{name}'; known: {sorted(_METRICS)}")
     return _METRICS[name]

@@ -1,10 +1,11 @@
-"""relworld's exact detector as a metric of the harness.
+"""relworld's exact detector as a metric of the harness (registered by relgen's own plugin when
+the registry loads, so the general evaluation code never imports the proving ground).
 
 Per image it reports exactly what :meth:`relgen.relworld.detector.Detector.read` decides for
 the prompt's objects and relation: ``relation_accuracy`` (both objects present and the relation
 holds) and ``object_accuracy`` (both present). ``direction_accuracy`` (both images of an
 object-swapped pair drawn with the same seed right) is computed over pairs by
-:func:`direction_flags`. :meth:`Relworld.read` returns the detector's
+:func:`relgen.evaluate.report.direction_flags`. :meth:`Relworld.read` returns the detector's
 :class:`~relgen.relworld.detector.Reading` of each image itself (with the objects' masks), and
 :func:`relworld_readings` the metric in the two readings the relworld benchmark reports.
 """
@@ -102,16 +103,4 @@ def relworld_readings(cfg: Any = None, spec: Any = None) -> dict[str, Relworld]:
             for name, strict in (("strict", True), ("colour", False))}
 
 
-def direction_flags(samples: list[Sample], scores: list[ImageScore]) -> tuple[list[bool], list[str]]:
-    """Direction accuracy per object-swapped pair: both prompts of the pair, same seed and
-    condition, right. Returns ``(flags, cluster)`` with the pair's "A r B" prompt as cluster."""
-    found: dict[tuple, dict[int, bool]] = {}
-    for s, sc in zip(samples, scores):
-        key = (s.condition, s.prompt.pair, s.seed)
-        found.setdefault(key, {})[s.prompt.order] = bool(sc.values.get("relation_accuracy"))
-    flags, clusters = [], []
-    for (condition, pair, seed), by_order in sorted(found.items(), key=lambda kv: str(kv[0])):
-        if set(by_order) == {0, 1}:
-            flags.append(by_order[0] and by_order[1])
-            clusters.append(pair[0])
-    return flags, clusters
+__all__ = ["Relworld", "relworld_prompt", "relworld_readings"]
