@@ -323,9 +323,10 @@ def hydra_override(arg: str, free_text: tuple[str, ...] = (), free_lists: tuple[
         return arg
     if key in free_text and not _quoted(value):
         return f"{key}={_quote(value)}"
-    if key in free_lists and value.startswith("[") and value.endswith("]") and "'" not in value and '"' not in value:
+    if key in free_lists and value.startswith("[") and value.endswith("]"):
         items = [item.strip() for item in value[1:-1].split(",")] if value[1:-1].strip() else []
-        return f"{key}=[{','.join(_quote(item) for item in items)}]"
+        if not any(_quoted(item) for item in items):  # a list the user quoted for Hydra is left alone
+            return f"{key}=[{','.join(_quote(item) for item in items)}]"
     if key.split(".", 1)[0] in open_dicts and "." in key:
         return f"++{arg}"
     return arg

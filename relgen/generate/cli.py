@@ -88,8 +88,9 @@ USAGE = ("usage: python -m relgen.generate run_dir=<run folder> [prompt=...] [ke
          "  relgen-generate run_dir=runs/placed \"prompt=a book <R> a bowl\" 'method_options.scales=[0,0.5,1]'\n\n"
          "Hydra's own flags (--cfg job, --hydra-help) work as for python -m relgen.\n")
 
-#: Keys whose values are free text, taken verbatim (see :func:`relgen.cli.hydra_override`).
-FREE_TEXT = ("prompt", "negative_prompt")
+#: Keys whose values are free text or paths, taken verbatim (see :func:`relgen.cli.hydra_override`): a
+#: sweep's job folder is named e.g. ``001_method.relation=above``.
+FREE_TEXT = ("run_dir", "out_dir", "prompt", "negative_prompt")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
