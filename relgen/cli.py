@@ -353,8 +353,8 @@ def run_hydra_command(config_name: str, task: Callable[[object], int], argv: lis
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
-    bad = [a for a in argv if "=" not in a and not a.startswith("-")]
-    if bad:
+    bad = [a for a in argv if "=" not in a]
+    if bad and not any(a.startswith("-") for a in argv):  # Hydra's flags (--cfg job) are Hydra's
         print(f"relgen: error: {command}: expected key=value, got {bad[0]!r}; see {command} --help", file=sys.stderr)
         return EXIT_USAGE
     bad_line = composition_error(argv, config_name=config_name, command=command)
