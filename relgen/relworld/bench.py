@@ -18,18 +18,17 @@ round trips.
 
 Design (every choice is deterministic for ``Settings.seed``):
 
-* **Held-out splits on unordered shape pairs.** The world's unbiased unordered shape pairs are
-  split in half; a method's training data uses one half (both orders) and every condition is
-  scored on the other half (both orders), so no evaluation prompt names a pair whose reverse
-  was trained.
+* **Held-out splits on unordered shape pairs** (``inversion``): the world's unbiased unordered
+  shape pairs are split in half; a method's training data uses one half (both orders) and every
+  condition is scored on the other half (both orders).
 * **Same seeds for every condition**: image ``i`` of a prompt uses seed ``seed + i`` in every
   column, so conditions are paired image by image.
-* **Statistics** (:mod:`relgen.evaluate.stats`): images of one prompt are not independent, so
-  each rate gets a prompt-cluster bootstrap interval; each method-minus-baseline difference a
-  paired cluster-bootstrap interval and McNemar's exact test on the paired outcomes. With
-  several training seeds, the outcomes of every seed are pooled, clustered by prompt.
-* **Readings**: *strict* (each object found by colour and shape) first; *colour* (by colour
-  alone) as a secondary column.
+* **Statistics** (:mod:`relgen.evaluate.stats`): images of one prompt (or of one trained
+  network) are not independent, so each rate gets a cluster bootstrap interval; each
+  method-minus-baseline difference a paired cluster-bootstrap interval and McNemar's exact test
+  on the paired outcomes. With several training seeds, the outcomes of every seed are pooled.
+* **Readings as the papers report them** (:data:`READINGS`): relation accuracy with the named
+  objects found by their colours, object accuracy with each found by colour and shape, and both.
 
 Tasks:
 
@@ -37,11 +36,14 @@ Tasks:
   it). ReVersion against textual inversion (same exemplars, steps and token) and the prompt
   with the relation omitted; the relation written out is shown too (it scores 0 by
   construction: pretraining never names it).
-* ``rectification`` -- the biased pairs (pretraining shows a circle above a square, never the
-  reverse). RRNet, trained on the unseen direction of each biased pair, at several λ against
-  λ = 0 (the base model): direction accuracy (both prompts of an object-swapped pair right at
-  the same seed) beside object accuracy (the λ trade-off). RRNet's graph nodes are shape and
-  relation words, so the scoring prompts' other colours are not unseen from its side.
+* ``rectification`` -- RRNet's paper's protocol: one network per object-swapped pair (OSP) of a
+  biased pair's unseen direction (pretraining shows a circle above a square, never the
+  reverse), trained on that OSP and scored on it at new seeds (``osp_samples`` per prompt) at
+  each λ, every column drawn through the run (λ = 0 is the base model); direction accuracy
+  (both prompts of the pair right at the same seed) beside object accuracy.
+* ``rectification_generalisation`` -- the secondary row: the same networks on OSPs of other
+  colours (RRNet's graph nodes are the shape and relation words, so its edit is the same for
+  every colour).
 * ``customisation`` -- a textured identity pretraining shows only alone and never names.
   RelationBooth (LoRA + keypoint loss; relworld has no image encoder, so its image branch is
   off) against textual inversion of the identity learnt from identity-alone images (a baseline
