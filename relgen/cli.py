@@ -44,6 +44,8 @@ def run_hydra_app(app: Callable[[], None], argv: Optional[list[str]] = None,
     the task function began keeps its status. ``flag_keys``: the peers' flags this command maps to
     its keys (default: the training flags of :data:`relgen.hints.FLAG_KEYS`).
     """
+    global _task_started
+    _task_started = False  # a command run again in the same process (tests) starts afresh
     try:
         app()
     except SystemExit as exc:
@@ -174,18 +176,23 @@ def unknown_preset(argv: list[str]) -> str | None:
     return None
 
 
-def composition_error(argv: list[str]) -> str | None:
+def composition_error(argv: list[str], config_name: str = "config", command: str = "relgen") -> str | None:
     """One line for command-line overrides Hydra cannot compose (``None`` when they compose).
 
     A misspelt key says which key was meant (``method.lrr`` -> ``did you mean method.lr?``), a
     value of the wrong type names the key and the type, an unknown group option lists the known
-    ones. Sweeps, Hydra's own flags and config-dir options are left to Hydra.
+    ones. Sweeps, Hydra's own flags and config-dir options are left to Hydra. ``config_name``: the
+    primary config the command composes (``command`` is named in the hint).
     """
     import difflib
 
     from omegaconf import OmegaConf
 
-    from relgen.config import compose_run
+    from relgen.config import compose_config
+    from relgen.config import compose_run as _compose_run
+
+    def compose_run(*overrides: str):  # the run config registers the built-in schemas first
+        return _compose_run(*overrides) if config_name == "config" else compose_config(config_name, *overrides)
 
     if any(a.startswith("-") for a in argv):
         return None
@@ -210,6 +217,8 @@ def composition_error(argv: list[str]) -> str | None:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""
         where = f" of {parent}" if parent else ""
+        if config_name != "config":  # a command's own keys: nothing to add
+            return f"{key} is not a key{where} of {command}; {hint}({command} --help lists the keys)"
         return (f"{key} is not a key{where}; {hint}(to add a new key, write +{key}=...; "
                 f"relgen --help lists the groups)")
     if key:  # a value that does not fit the key's type
@@ -297,3 +306,77 @@ def train_main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run_hydra_app(_app)
+
+
+def hydra_override(arg: str, free_text: tuple[str, ...] = (), free_lists: tuple[str, ...] = (),
+                   open_dicts: tuple[str, ...] = ()) -> str:
+    """One ``key=value`` of a command line as Hydra's override grammar reads it.
+
+    The values of ``free_text`` keys (prompts) are taken verbatim: quoted for Hydra, whose bare
+    values cannot hold ``<``, ``>``, ``,`` and the like (``prompt=a cat <R> a stone`` works as
+    typed); a value the user quoted already is left alone. ``free_lists`` keys take a list of such
+    texts (``prompts=[a cat <R> a stone,a dog <R> a box]``). Keys under an ``open_dicts`` node
+    (e.g. ``method_options.scales``) may be new, as the node's keys are a method's own.
+    """
+    key, sep, value = arg.partition("=")
+    if not sep or key.startswith(("-", "+", "~")):
+        return arg
+    if key in free_text and not _quoted(value):
+        return f"{key}={_quote(value)}"
+    if key in free_lists and value.startswith("[") and value.endswith("]"):
+        items = [item.strip() for item in value[1:-1].split(",")] if value[1:-1].strip() else []
+        if not any(_quoted(item) for item in items):  # a list the user quoted for Hydra is left alone
+            return f"{key}=[{','.join(_quote(item) for item in items)}]"
+    if key.split(".", 1)[0] in open_dicts and "." in key:
+        return f"++{arg}"
+    return arg
+
+
+def _quoted(value: str) -> bool:
+    return len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+
+
+def _quote(value: str) -> str:
+    """``value`` as one quoted string of Hydra's override grammar."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def run_hydra_command(config_name: str, task: Callable[[object], int], argv: list[str], command: str) -> int:
+    """Run ``task(cfg)`` as a Hydra app on the primary config ``config_name`` of ``relgen.conf``,
+    with ``argv`` as its command line (Hydra overrides, already in its grammar); returns the exit
+    status (relgen's rule: 2 for a command line or config Hydra refuses, ``task``'s own otherwise).
+
+    Overrides that do not compose (a misspelt key, a value of the wrong type) are refused first,
+    in one line naming the key (:func:`composition_error`), before anything loads. The primary
+    config sets no Hydra output folder and no change of the working directory.
+    """
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    bad = [a for a in argv if "=" not in a]
+    if bad and not any(a.startswith("-") for a in argv):  # Hydra's flags (--cfg job) are Hydra's
+        print(f"relgen: error: {command}: expected key=value, got {bad[0]!r}; see {command} --help", file=sys.stderr)
+        return EXIT_USAGE
+    bad_line = composition_error(argv, config_name=config_name, command=command)
+    if bad_line:
+        print(f"relgen: error: {bad_line}", file=sys.stderr)
+        return EXIT_USAGE
+    code = 0
+
+    @hydra.main(config_path="pkg://relgen.conf", config_name=config_name, version_base="1.3")
+    def _app(cfg) -> None:
+        nonlocal code
+        task_started()
+        code = run_cli(lambda: task(cfg))
+
+    saved, was_initialized = sys.argv, GlobalHydra.instance().is_initialized()
+    sys.argv = [command, *argv]
+    try:
+        run_hydra_app(_app, argv=argv, flag_keys={})
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    finally:
+        sys.argv = saved
+        if not was_initialized:
+            GlobalHydra.instance().clear()  # the command may run again in this process
+    return code

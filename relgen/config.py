@@ -183,10 +183,19 @@ def compose_run(*overrides: str):
     from hydra_plugins.relgen_sweeper import ensure_registered
 
     ensure_registered()  # hydra/sweeper=relgen_optuna, as the command line registers it
+    return compose_config("config", *overrides)
+
+
+def compose_config(config_name: str, *overrides: str):
+    """The config ``config_name`` (a primary config of ``relgen.conf``: ``config``, ``generate``,
+    ``import_official``, ``evaluate``) composed with ``overrides`` (Hydra's compose API, no app)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
     if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app
-        return compose("config", overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides))
     with initialize_config_module(config_module="relgen.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides))
 
 
 def _run_name() -> str:

@@ -24,6 +24,7 @@ relation as a trained run's are (``reversion-R.safetensors``, ``rrnet-placed.saf
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import textwrap
@@ -40,8 +41,30 @@ from relgen.export import export_run
 from relgen.registry import get_method, list_methods
 
 USAGE_HEAD = """usage: python -m relgen.import_official method=<name> file=<path> backbone=<name> run_dir=<new folder> \\
-           [method.<field>=...] [backbone.<field>=...] [<a method's own options>]
+           [method.<field>=...] [backbone.<field>=...] [<a method's own options>]   (or relgen-import-official)
 
+Turn a checkpoint in a method's official format into a relgen run folder (config.yaml and export/
+with relgen.json and a model card), which relgen-generate, relgen-evaluate and relgen.load(run_dir)
+take like a trained run. Every key is typed and checked before anything loads; method.* and
+backbone.* overrides are those of `relgen` (relgen --help), applied to the run written.
+
+keys:
+  method=      the method whose official format file= is (one of those below)
+  file=        the official checkpoint
+  backbone=    the backbone it was trained on (sd15, sd21_base, sdxl, ...; relgen-list prints them)
+  run_dir=     a new or empty folder for the run
+
+methods with an official format:
+"""
+
+USAGE_EXAMPLES = """
+examples:
+  relgen-import-official method=reversion file=experiments/painted_on/learned_embeds.bin backbone=sd15 \\
+      run_dir=runs/painted_on
+  relgen-import-official method=rrnet file=checkpoints/gat_placed backbone=sd21_base run_dir=runs/placed \\
+      A=book R=placed B=bowl
+  relgen-import-official method=relationbooth file=dreamrelation_lora.safetensors \\
+      method.ms_adapter=ms_adapter.bin method.relation_name=hug backbone=sdxl run_dir=runs/hug
 """
 
 
@@ -57,7 +80,7 @@ def usage() -> str:
         words = f"; its own options: {'= '.join(cls.official_words)}=" if cls.official_words else ""
         lines.append(textwrap.fill(f"file= {cls.official_format}{words}", width=100, initial_indent=f"  method={name:14s}",
                                    subsequent_indent=" " * 23))
-    return USAGE_HEAD + "\n".join(lines) + "\n"
+    return USAGE_HEAD + "\n".join(lines) + "\n" + USAGE_EXAMPLES
 
 
 class _Imported:
@@ -102,39 +125,74 @@ def import_official(method: str, file: str, backbone: str, run_dir: str, overrid
     return out
 
 
+#: Keys of the run config (``python -m relgen``): ``method=`` and ``backbone=`` choose its groups, the others
+#: override its fields in the run written.
+RUN_KEYS = ("method", "backbone", "cache_dir", "seed")
+
+
+def register_schema() -> type:
+    """Store the typed schema of the command line's own keys (``import_official_schema`` in Hydra's
+    ConfigStore): ``file``, ``run_dir`` and every registered method's own words (e.g. RRNet's
+    ``A``/``R``/``B``), all text; returns the dataclass. ``method=``, ``backbone=`` and their fields
+    are the run config's (see :data:`RUN_KEYS`)."""
+    from dataclasses import field, make_dataclass
+
+    from hydra.core.config_store import ConfigStore
+
+    words = sorted({w for cls in importable_methods().values() for w in cls.official_words})
+    fields = [(name, Optional[str], field(default=None)) for name in ("file", "run_dir", *words)]
+    schema = make_dataclass("ImportOfficialConfig", fields)
+    ConfigStore.instance().store(name="import_official_schema", node=schema)
+    return schema
+
+
+def _is_run_key(arg: str) -> bool:
+    key, sep, _ = arg.lstrip("+~").partition("=")
+    return bool(sep) and key.split(".", 1)[0] in RUN_KEYS
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    from relgen.cli import composition_error, hydra_override, run_hydra_command
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or any(a in ("-h", "--help", "help") for a in argv):
         return run_cli(lambda: print(usage(), end="") or (0 if argv else 2))
+    try:
+        schema = register_schema()
+    except RelgenError as exc:  # a plugin that does not load
+        print(f"relgen: error: {exc}", file=sys.stderr)
+        return 2
+    # method=, backbone= and their fields belong to the run config: checked against its schema (one line,
+    # "did you mean ...") before anything loads, and applied to the run written
+    run_args = [a for a in argv if _is_run_key(a)]
+    choices = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in run_args if a.split("=", 1)[0] in ("method", "backbone")}
+    for key in ("method", "backbone"):
+        if key not in choices:
+            print(f"relgen: error: relgen.import_official: {key}= is required (see --help)", file=sys.stderr)
+            return 2
+    bad = composition_error(run_args)
+    if bad:
+        print(f"relgen: error: {bad}", file=sys.stderr)
+        return 2
+    overrides = tuple(a for a in run_args if a.split("=", 1)[0] not in ("method", "backbone"))
+    # paths and a method's words (sentences such as RRNet's ARB=a circle is above a square) are taken verbatim
+    verbatim = tuple(f.name for f in dataclasses.fields(schema))
+    own = [hydra_override(a, free_text=verbatim) for a in argv if not _is_run_key(a)]
 
-    def body() -> int:
-        args: dict[str, str] = {}
-        overrides = []
-        for item in argv:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"relgen.import_official: expected key=value, got {item!r} (see --help)")
-            if key.startswith(("method.", "backbone.")) or key in ("cache_dir", "seed"):
-                overrides.append(item)
-            else:
-                args[key] = value
-        for key in ("method", "file", "backbone", "run_dir"):
-            if key not in args:
+    def body(cfg) -> int:
+        from omegaconf import OmegaConf
+
+        args = OmegaConf.to_container(cfg)
+        for key in ("file", "run_dir"):
+            if args.get(key) is None:
                 raise ConfigError(f"relgen.import_official: {key}= is required (see --help)")
-        method_cls = get_method(args["method"])
-        known = ("method", "file", "backbone", "run_dir", *method_cls.official_words)
-        unknown = [k for k in args if k not in known]
-        if unknown:
-            raise ConfigError(f"relgen.import_official: unknown option '{unknown[0]}'; known: method, file, backbone, "
-                              f"run_dir, {''.join(w + ', ' for w in method_cls.official_words)}method.<field>, "
-                              "backbone.<field>")
-        words = {k: args[k] for k in method_cls.official_words if k in args}
-        out = import_official(args["method"], args["file"], args["backbone"], args["run_dir"], tuple(overrides), words)
-        print(f"relgen: imported {args['file']} as a {args['method']} run on {args['backbone']}: {out}")
+        words = {k: v for k, v in args.items() if k not in ("file", "run_dir") and v is not None}
+        out = import_official(choices["method"], args["file"], choices["backbone"], args["run_dir"], overrides, words)
+        print(f"relgen: imported {args['file']} as a {choices['method']} run on {choices['backbone']}: {out}")
         print(f"  generate with: python -m relgen.generate run_dir={out} prompt=...")
         return 0
 
-    return run_cli(body)
+    return run_hydra_command("import_official", body, own, "relgen.import_official")
 
 
 if __name__ == "__main__":
