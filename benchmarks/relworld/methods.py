@@ -257,6 +257,8 @@ def main(argv=None) -> int:
     p.add_argument("--identity", default=d.identity)
     p.add_argument("--identity-lr", type=float, default=d.identity_lr)
     p.add_argument("--scales", default=",".join(f"{x:g}" for x in d.scales), help="RRNet λ values")
+    p.add_argument("--skip", action="append", default=[], metavar="CONDITION",
+                   help="leave out a condition by name (repeatable), e.g. --skip ReVersion")
     p.add_argument("--train-seeds", default="0")
     p.add_argument("--full", action="store_true", help="three training seeds (0, 1, 2)")
     p.add_argument("--quick", action="store_true", help="a few prompts and steps (development)")
@@ -280,7 +282,8 @@ def main(argv=None) -> int:
             print(f"base model, {c['check']}: rates {c['rates']}, margin {c['margin']:.3f}"
                   + ("" if c["enforced"] else " (not above chance: not enforced)"))
         return 0
-    s = Settings(**{k: getattr(args, k) for k in vars(d) if hasattr(args, k) and k not in ("scales", "train_seeds")},
+    s = Settings(**{k: getattr(args, k) for k in vars(d) if hasattr(args, k) and k not in ("scales", "train_seeds", "skip")},
+                 skip=tuple(args.skip),
                  scales=tuple(float(x) for x in args.scales.split(",")),
                  train_seeds=(0, 1, 2) if args.full else tuple(int(x) for x in args.train_seeds.split(",")))
     if args.quick:

@@ -68,10 +68,10 @@ import torch
 
 from relgen.config import compose_run
 from relgen.evaluate import stats
-from relgen.relworld.metric import relworld_prompt, relworld_readings
 from relgen.evaluate.samples import EvalPrompt, Sample
 from relgen.relworld import world as rw
 from relgen.relworld.detector import Detector, Reading
+from relgen.relworld.metric import relworld_prompt, relworld_readings
 
 # --------------------------------------------------------------------------------------------
 # Shared pieces (also used by the base-model benchmark)
