@@ -3,9 +3,9 @@
 ``benchmarks/relworld/regression.json`` holds the short version's settings, the content digest
 of the model it was calibrated on and, per claim of the benchmark (method against the baseline
 that could beat it, in the claim's reading), the effect measured with three seeds and the margin
-set from their spread (mean - 2 sd). The method test (``slow``: it trains the short version's
-networks, minutes on two cores) reruns the short version with the first seed and fails when a
-claim's effect falls below its margin: a change that breaks a method shows there. Claims whose
+set from their spread (mean - 2 sd). The method test (it trains the short version's networks,
+about 90 s on two cores) reruns the short version with the first seed and fails when a claim's
+effect falls below its margin: a change that breaks a method shows there. Claims whose
 calibrated margin is not above zero (no reliable effect in the short run) are recorded in the
 file but not enforced, and their tasks are not run. The file also holds the base model's own
 checks (the diffusion classifier against relation-flipped and object-swapped captions,
@@ -56,7 +56,6 @@ def test_the_base_model_keeps_its_calibrated_margins(methods):
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not rb.is_trained(), reason="relgen/relworld/weights/ is not built")
 def test_each_method_keeps_its_calibrated_margin(methods, tmp_path):
     reg = _calibration(methods)
