@@ -314,14 +314,15 @@ def hydra_override(arg: str, free_text: tuple[str, ...] = (), free_lists: tuple[
 
     The values of ``free_text`` keys (prompts) are taken verbatim: quoted for Hydra, whose bare
     values cannot hold ``<``, ``>``, ``,`` and the like (``prompt=a cat <R> a stone`` works as
-    typed); a value the user quoted already is left alone. ``free_lists`` keys take a list of such
+    typed); a value the user quoted already is left alone, and ``null`` stays Hydra's null (no
+    value, e.g. ``negative_prompt=null``). ``free_lists`` keys take a list of such
     texts (``prompts=[a cat <R> a stone,a dog <R> a box]``). Keys under an ``open_dicts`` node
     (e.g. ``method_options.scales``) may be new, as the node's keys are a method's own.
     """
     key, sep, value = arg.partition("=")
     if not sep or key.startswith(("-", "+", "~")):
         return arg
-    if key in free_text and not _quoted(value):
+    if key in free_text and not _quoted(value) and value != "null":  # null stays Hydra's None
         return f"{key}={_quote(value)}"
     if key in free_lists and value.startswith("[") and value.endswith("]"):
         items = [item.strip() for item in value[1:-1].split(",")] if value[1:-1].strip() else []

@@ -105,3 +105,12 @@ def test_help_of_generate_and_import_official_is_relgens_own():
     for name in ("method=relationbooth", "method=reversion", "method=rrnet"):  # from the registry
         assert f"\n  {name} " in imported
     assert "\nexamples:\n  relgen-import-official method=reversion file=" in imported
+
+
+def test_free_text_is_quoted_for_hydra_but_null_stays_none():
+    from relgen.cli import hydra_override
+
+    free = ("prompt", "negative_prompt")
+    assert hydra_override("prompt=a cat <R> a stone", free_text=free) == "prompt='a cat <R> a stone'"
+    assert hydra_override("prompt='already, quoted'", free_text=free) == "prompt='already, quoted'"
+    assert hydra_override("negative_prompt=null", free_text=free) == "negative_prompt=null"
