@@ -21,7 +21,6 @@ A task whose ceiling is below 60 % is not a test of its method. Writes ``ceiling
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from relgen import atomic
 from relgen.evaluate import stats
 from relgen.relworld import bench
 from relgen.relworld import world as rw
@@ -152,8 +152,8 @@ def main(argv=None) -> int:
     result["seconds"] = time.time() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ceilings.json").write_text(json.dumps(bench.plain(result), indent=1) + "\n")
-    (out / "ceilings.md").write_text(markdown(bench.plain(result)))
+    atomic.write_json(out / "ceilings.json", bench.plain(result), "ceilings", indent=1)
+    atomic.write_text(out / "ceilings.md", markdown(bench.plain(result)), "ceilings report")
     print(out / "ceilings.md")
     return 0
 

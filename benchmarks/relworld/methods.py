@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from relgen import atomic
 from relgen.relworld import bench
 from relgen.relworld.bench import CLAIMS, COMPARISONS, Settings, TaskResult
 
@@ -99,8 +100,6 @@ def task_grid(task: TaskResult, s: Settings):
 
 
 def write_report(out: Path, tasks: dict[str, TaskResult], s: Settings, wall_s: float, probes: dict | None) -> Path:
-    from relgen.generate import _save_png
-
     out.mkdir(parents=True, exist_ok=True)
     seeds = f"{s.seed}..{s.seed + s.samples - 1}"
     lines = ["# relworld: methods against their baselines", "",
@@ -142,18 +141,16 @@ def write_report(out: Path, tasks: dict[str, TaskResult], s: Settings, wall_s: f
                                                                for k, vs in task.train_seconds.items()) + "."]
         lines += [""] + [f"{n}" for n in task.notes]
         grid = out / f"grid_{name}.png"
-        _save_png(task_grid(task, s), grid)
+        atomic.save_image(grid, task_grid(task, s), "benchmark grid")
         lines += ["", f"![{name}]({grid.name})", ""]
         results_tasks[name] = {"prompts": [p.text for p in task.prompts], "train_seconds": task.train_seconds,
                                "notes": task.notes, "conditions": bench.plain(table)}
     if probes:
         lines += ["## Probes of the model", "", "```json", json.dumps(bench.plain(probes), indent=1)[:6000], "```", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    atomic.write_text(out / "report.md", "\n".join(lines), "benchmark report")
     results = {"settings": _settings_dict(s), "wall_s": wall_s, "claims": claims, "comparisons": comparisons,
                "tasks": results_tasks, "probes": bench.plain(probes) if probes else None}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out / "results.json")
+    atomic.write_json(out / "results.json", results, "benchmark results", newline=False)
     return out / "report.md"
 
 
@@ -166,7 +163,7 @@ def calibrate(seeds: list[int], out: Path) -> dict:
     for seed in seeds:
         t0 = time.time()
         s = Settings(**SHORT, seed=seed, train_seeds=(seed,))
-        tasks = sorted({bench.CLAIMS[c][0] for c in CHECKS})
+        tasks = sorted({CLAIMS[c][0] for c in CHECKS})
         claims = bench.claims(bench.run(s, tasks, out / f"seed-{seed}"), s)
         per_seed.append({"seed": seed, "wall_s": time.time() - t0, "effects": [claims[c]["effect"] for c in CHECKS]})
     checks = [{"claim": name, "effects": [r["effects"][k] for r in per_seed],
@@ -274,7 +271,7 @@ def main(argv=None) -> int:
     dlog.disable_progress_bar()
     if args.calibrate:
         result = calibrate([int(x) for x in args.calibrate.split(",")], Path(args.out) / "calibration")
-        REGRESSION_FILE.write_text(json.dumps(result, indent=2) + "\n")
+        atomic.write_json(REGRESSION_FILE, result, "regression calibration")
         for c in result["checks"]:
             print(f"{c['claim']}: effects {c['effects']}, margin {c['margin']:.3f}"
                   + ("" if c["enforced"] else " (no reliable effect: not enforced)"))

@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from relgen import atomic
 from relgen.errors import ConfigError, RelgenError
 from relgen.grid import labelled_grid, strip, verdict_tile
 from relgen.relworld import bench
@@ -99,7 +100,7 @@ def score(run_dir: Path, seeds: int = 8, scales: Sequence[float] = (0.0, 0.6, 1.
     if a not in spec.shapes or b not in spec.shapes or r not in spec.relations:
         raise ConfigError(f"{run_dir}/export/relation.json: {a!r} {r!r} {b!r} is not a relworld relation; "
                           "the demo needs a run trained on a relworld dataset")
-    arb, bra = rel["ARB"].split(), rel["BRA"].split()
+    arb = rel["ARB"].split()
     if len(arb) < 3 or arb[1] not in spec.colours or arb[-2] not in spec.colours:
         raise ConfigError(f"{run_dir}/export/relation.json: ARB {rel['ARB']!r} does not name two relworld colours")
     ca, cb = arb[1], arb[-2]
@@ -147,14 +148,10 @@ def score(run_dir: Path, seeds: int = 8, scales: Sequence[float] = (0.0, 0.6, 1.
     out = run_dir / "demo"
     out.mkdir(exist_ok=True)
     path = out / "before_after.png"
-    from relgen.generate import _save_png
-
-    _save_png(grid, path)  # atomic: no half-written picture
+    atomic.save_image(path, grid, "demo picture")  # no half-written picture
     result = {"relation": f"{a} {r} {b}", "prompts": [p.text for p in osp], "seeds": list(range(seed, seed + seeds)),
               "counts": counts, "generalisation": general, "grid": str(path)}
-    tmp = out / "demo.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out / "demo.json")
+    atomic.write_json(out / "demo.json", result, "demo record", indent=1)
     return result
 
 
@@ -191,7 +188,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         scales = [float(x) for x in args.scales.split(",") if x.strip()]
     except ValueError:
-        print(f"error: --scales takes comma-separated numbers, e.g. 0,0.6,1 (got {args.scales!r})", file=sys.stderr)
+        scales = []
+    if not scales or args.seeds < 1 or args.pairs < 0 or args.pair_seeds < 1:
+        print(f"error: --scales takes comma-separated numbers, e.g. 0,0.6,1 (got {args.scales!r}); --seeds and "
+              "--pair-seeds at least 1, --pairs at least 0", file=sys.stderr)
         return 2
     try:
         result = score(args.run_dir, args.seeds, scales, args.pairs, args.pair_seeds)

@@ -27,7 +27,6 @@ seed, is right both ways), each with a Wilson interval.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
