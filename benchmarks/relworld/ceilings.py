@@ -37,6 +37,14 @@ from relgen.relworld import world as rw
 HERE = Path(__file__).resolve().parent
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (no machine's absolute path in results)."""
+    try:
+        return str(path.resolve().relative_to(HERE.parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def osp_orders(spec: rw.WorldSpec, s: bench.Settings) -> list[tuple[str, list]]:
     """The object-swapped pair of every network of the ``rectification`` task (the same data
     seeds as :func:`relgen.relworld.bench.rrnet_networks`), as oracle orders."""
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
     spec = rw.WorldSpec()
     s = bench.Settings(model=args.model, seed=args.seed, train_seeds=tuple(int(x) for x in args.train_seeds.split(",")))
     backbone, pipe = bench.load_pipeline(args.model)
-    result = {"model": args.model or "pkg://relgen.relworld/weights", "settings": {**vars(args), "out": str(args.out)},
+    result = {"model": args.model or "pkg://relgen.relworld/weights", "settings": {**vars(args), "out": _shown(Path(args.out))},
               "rrnet": None}
     if not args.skip_oracle:
         per, pooled = {}, {}

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 
 from relgen.errors import RelgenError, write_error
+from relgen.tensorfile import nonfinite_keys
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -55,17 +56,7 @@ def _as_tuple(x):
 
 def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
     """Dotted names of the floating-point tensors in ``obj`` (nested dicts/lists) holding NaN or inf."""
-    bad: list[str] = []
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
-            bad.append(prefix or "tensor")
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            bad.extend(nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            bad.extend(nonfinite_tensors(value, f"{prefix}[{i}]"))
-    return bad
+    return nonfinite_keys(obj, prefix)
 
 
 def oversized_tensors(obj: Any, max_abs: Optional[float], prefix: str = "") -> list[str]:
