@@ -2,6 +2,7 @@
 
     python benchmarks/relworld/benchmark.py                         # the shipped relworld model
     python benchmarks/relworld/benchmark.py --model /path/to/diffusers-folder --samples 8
+    python benchmarks/relworld/benchmark.py --world 3 --out benchmarks/relworld/results/base_relworld3
 
 Base-model suites (every prompt rendered with seeds ``seed .. seed + samples - 1``):
 
@@ -10,7 +11,8 @@ Base-model suites (every prompt rendered with seeds ``seed .. seed + samples - 1
 * ``swapped``: object-swapped prompt pairs ("a A r a B" / "a B r a A", same seeds) of unbiased
   shape pairs — direction accuracy;
 * ``biased``: the same for the biased pairs (pretraining shows only one direction);
-* ``heldout``: prompts of the held-out relation (never named in pretraining captions);
+* ``heldout``: prompts of the held-out relation (never named in pretraining captions; world 3
+  names every relation, so there ``inside`` is one of the ``seen`` relations);
 * ``vae_ceiling``: no generation — ground-truth renders of the ``seen`` prompts passed through
   the model's VAE (encode, decode): what the detector can find at best in decoded images.
 
@@ -35,7 +37,8 @@ import torch
 
 from relgen.relworld.metric import relworld_readings
 from relgen.relworld import world as rw
-from relgen.relworld.bench import Prompt, Settings, cache_folder, load_pipeline, plain, render_prompts, vae_roundtrip
+from relgen.relworld.bench import (WORLD_MODELS, Prompt, Settings, cache_folder, load_pipeline, plain, render_prompts,
+                                   vae_roundtrip)
 from relgen.relworld.detector import (
     Detector,
     Reading,
@@ -189,7 +192,8 @@ def write_report(out: Path, suites: list[Suite], summaries: dict, meta: dict) ->
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="diffusers folder or pkg:// URI (default: the shipped model)")
+    p.add_argument("--model", default=None, help="diffusers folder or pkg:// URI (default: the world's shipped model)")
+    p.add_argument("--world", default="2", choices=sorted(rw.WORLDS), help="the world whose prompts are drawn")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--pairs", type=int, default=4, help="object pairs per relation")
     p.add_argument("--seed", type=int, default=0)
@@ -203,13 +207,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    spec = rw.WorldSpec()
+    spec = rw.world_spec(args.world)
+    args.model = args.model or WORLD_MODELS[args.world]
     backbone, _ = load_pipeline(args.model, args.scheduler)  # the VAE ceiling's VAE and the defaults of the report
     detector = Detector(spec)
     settings = Settings(model=args.model, seed=args.seed, samples=args.samples, steps=args.steps,
                         guidance=args.guidance, batch_size=args.batch_size)
     wanted = args.suites.split(",")
-    suites = [s for s in build_suites(spec, args.pairs, args.seed) if s.name in wanted]
+    suites = [s for s in build_suites(spec, args.pairs, args.seed) if s.name in wanted and s.prompts]
     summaries = {}
     for suite in suites:
         if suite.name == "vae_ceiling":
@@ -223,7 +228,7 @@ def main(argv=None) -> int:
               + f"  | colour: relation {m['relation_accuracy_colour']}  object {m['object_accuracy_colour']}"
               + (f"  direction {m['direction_accuracy_colour']}" if "direction_accuracy_colour" in m else ""),
               flush=True)
-    meta = {"model": args.model or backbone.cfg.pretrained, "samples": args.samples, "seed": args.seed,
+    meta = {"model": args.model or backbone.cfg.pretrained, "world": args.world, "samples": args.samples, "seed": args.seed,
             "steps": args.steps or backbone.cfg.inference_steps,
             "guidance": args.guidance if args.guidance is not None else backbone.cfg.guidance_scale,
             "scheduler": args.scheduler or backbone.cfg.inference_scheduler, "wall_s": time.time() - t0}

@@ -35,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 SHORT = dict(prompts=4, samples=6, steps=15, exemplars=8, inversion_steps=120, rrnet_steps=150, scales=(0.0, 0.6, 1.0),
              osp_samples=8,
              identity_items=4, identity_steps=300, identity_images=8,
-             skip=("base, relation written", "base, relation omitted", "RelationBooth without keypoint loss"))
+             skip=("base, relation written", "base, relation omitted", "base, identity named",
+                   "RelationBooth without keypoint loss"))
 
 #: The claims whose effect the regression test protects (when the calibration finds it reliable).
 CHECKS = ("reversion_vs_textual_inversion", "rrnet_vs_lambda0", "rrnet_lambda1_vs_lambda0",
@@ -99,11 +100,17 @@ def task_grid(task: TaskResult, s: Settings):
                                "shape misread, red relation wrong")
 
 
+def _model(s: Settings, task: str) -> str:
+    """The model task ``task`` runs on."""
+    return bench.task_settings(s, task)[1].model or "pkg://relgen.relworld/weights"
+
+
 def write_report(out: Path, tasks: dict[str, TaskResult], s: Settings, wall_s: float, probes: dict | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     seeds = f"{s.seed}..{s.seed + s.samples - 1}"
     lines = ["# relworld: methods against their baselines", "",
-             f"Model `{s.model or 'pkg://relgen.relworld/weights'}`. Training seeds {list(s.train_seeds)}; the same "
+             "Models: " + ", ".join(f"{name} on `{_model(s, name)}` (world {bench.TASK_WORLDS[name]})"
+                                    for name in tasks) + f". Training seeds {list(s.train_seeds)}; the same "
              f"seeds for every condition ({s.samples} per prompt, {seeds}; {s.osp_samples} per prompt of an RRNet "
              f"network's own pair). Rates in %, 95 % cluster-bootstrap intervals (clusters: prompts, or trained "
              f"networks). Readings as the papers report them: *relation* and *direction* with the named objects found "
@@ -144,7 +151,8 @@ def write_report(out: Path, tasks: dict[str, TaskResult], s: Settings, wall_s: f
         atomic.save_image(grid, task_grid(task, s), "benchmark grid")
         lines += ["", f"![{name}]({grid.name})", ""]
         results_tasks[name] = {"prompts": [p.text for p in task.prompts], "train_seconds": task.train_seconds,
-                               "notes": task.notes, "conditions": bench.plain(table)}
+                               "notes": task.notes, "conditions": bench.plain(table), "ceiling": task.ceiling,
+                               "world": bench.TASK_WORLDS[name], "model": _model(s, name)}
     if probes:
         lines += ["## Probes of the model", "", "```json", json.dumps(bench.plain(probes), indent=1)[:6000], "```", ""]
     atomic.write_text(out / "report.md", "\n".join(lines), "benchmark report")
@@ -168,7 +176,7 @@ def calibrate(seeds: list[int], out: Path) -> dict:
         per_seed.append({"seed": seed, "wall_s": time.time() - t0, "effects": [claims[c]["effect"] for c in CHECKS]})
     checks = [{"claim": name, "effects": [r["effects"][k] for r in per_seed],
                **spread_margin([r["effects"][k] for r in per_seed], floor=0.0)} for k, name in enumerate(CHECKS)]
-    return {"settings": bench.plain(SHORT), "model": model_digest(), "seeds": seeds, "runs": per_seed,
+    return {"settings": bench.plain(SHORT), "models": model_digests(), "seeds": seeds, "runs": per_seed,
             "checks": checks, **calibrate_base(seeds)}
 
 
@@ -217,12 +225,16 @@ def base_failures(calibration: dict, rates: dict[str, float]) -> list[str]:
 
 
 def model_digest(model: str | None = None) -> str:
-    """Content digest of the model the benchmark runs on (default: the shipped weights), which
-    ``regression.json`` records so that a retrained model cannot be checked against margins
-    calibrated on another."""
+    """Content digest of a model the benchmark runs on (default: the shipped ``relworld`` weights)."""
     from relgen.backbones.loading import resolve_pretrained, weights_digest
 
     return weights_digest(Path(resolve_pretrained(bench.backbone_config(model))))
+
+
+def model_digests() -> dict[str, str]:
+    """Content digest of each world's shipped model, which ``regression.json`` records so that a
+    retrained model cannot be checked against margins calibrated on another."""
+    return {world: model_digest(model) for world, model in bench.WORLD_MODELS.items()}
 
 
 def regression_failures(calibration: dict, claims: dict) -> list[str]:
@@ -242,7 +254,8 @@ def regression_failures(calibration: dict, claims: dict) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     d = Settings()
-    p.add_argument("--model", default=None, help="diffusers folder or pkg:// URI (default: the shipped model)")
+    p.add_argument("--model", default=None,
+                   help="diffusers folder or pkg:// URI for every task (default: each task's world's shipped model)")
     p.add_argument("--tasks", default=",".join(bench.TASKS))
     for name in ("seed", "prompts", "samples", "steps", "batch_size", "exemplars", "inversion_steps", "rrnet_steps",
                  "rrnet_images", "osp_samples", "generalisation_pairs", "grid_prompts", "grid_seeds", "identity_items", "identity_steps", "identity_images"):
@@ -251,7 +264,10 @@ def main(argv=None) -> int:
     p.add_argument("--rrnet-rows", default=d.rrnet_rows, help="RRNet's method.edit_rows")
     p.add_argument("--chosen-scale", type=float, default=d.chosen_scale)
     p.add_argument("--customisation-relation", default=d.customisation_relation)
-    p.add_argument("--identity", default=d.identity)
+    p.add_argument("--identity", default=d.identity, help="the customisation identity, '<colour> <shape>'")
+    p.add_argument("--inversion-relation", default=d.inversion_relation)
+    p.add_argument("--inversion-containers", default=",".join(d.inversion_containers),
+                   help="outer shapes of inside in the inversion task")
     p.add_argument("--identity-lr", type=float, default=d.identity_lr)
     p.add_argument("--scales", default=",".join(f"{x:g}" for x in d.scales), help="RRNet λ values")
     p.add_argument("--skip", action="append", default=[], metavar="CONDITION",
@@ -279,8 +295,9 @@ def main(argv=None) -> int:
             print(f"base model, {c['check']}: rates {c['rates']}, margin {c['margin']:.3f}"
                   + ("" if c["enforced"] else " (not above chance: not enforced)"))
         return 0
-    s = Settings(**{k: getattr(args, k) for k in vars(d) if hasattr(args, k) and k not in ("scales", "train_seeds", "skip")},
-                 skip=tuple(args.skip),
+    s = Settings(**{k: getattr(args, k) for k in vars(d) if hasattr(args, k)
+                    and k not in ("scales", "train_seeds", "skip", "inversion_containers")},
+                 skip=tuple(args.skip), inversion_containers=tuple(args.inversion_containers.split(",")),
                  scales=tuple(float(x) for x in args.scales.split(",")),
                  train_seeds=(0, 1, 2) if args.full else tuple(int(x) for x in args.train_seeds.split(",")))
     if args.quick:

@@ -172,7 +172,8 @@ def log_every_25(work: Path, stage: str, step: int, losses: list[float], lr: flo
 
 
 def stage_data(args, work: Path) -> Path:
-    return rw.write_pretraining_set(work / "data", rw.WorldSpec(), seed=args.seed, num_images=args.num_images)
+    return rw.write_pretraining_set(work / "data", rw.world_spec(args.world), seed=args.seed,
+                                    num_images=args.num_images)
 
 
 def load_images(work: Path, records: list[dict]) -> np.ndarray:
@@ -269,7 +270,7 @@ def stage_text(args, work: Path, records: list[dict], images: np.ndarray, budget
     if step >= args.text_steps:
         return True
     usable = [i for i, r in enumerate(records) if r["caption"]]  # identities stay unnamed
-    spec = rw.WorldSpec()
+    spec = rw.world_spec(args.world)
     negatives = {i: hard_negatives(records[i], spec) for i in usable}
 
     def encode(texts: list[str]) -> torch.Tensor:
@@ -667,6 +668,12 @@ def bind_loss(err: torch.Tensor, err_neg: torch.Tensor, tau: float) -> torch.Ten
 #: first ("A below B" is the scene "B above A"), then relation-free and one-object captions.
 LAYOUT_RELATIONS = {"above": 0, "below": 0, "on_top_of": 1, "left_of": 2, "right_of": 2}
 LAYOUT_FREE, LAYOUT_SINGLE = 3, 4
+#: In worlds that name ``inside``: its class ("A inside B": the inner object A leads).
+LAYOUT_INSIDE = 5
+
+
+def _names_inside(spec: rw.WorldSpec) -> bool:
+    return "inside" in spec.captioned_relations
 
 
 def layout_targets(records: list[dict], spec: rw.WorldSpec) -> torch.Tensor:
@@ -677,22 +684,29 @@ def layout_targets(records: list[dict], spec: rw.WorldSpec) -> torch.Tensor:
     "a red circle above a blue square" and "a blue square below a red circle" get the same
     targets, "a red circle below a blue square" others. Relation-free captions only say
     :data:`LAYOUT_FREE` (so they cue no relation, the held-out one included), one-object
-    captions :data:`LAYOUT_SINGLE`; identities' empty captions say nothing.
+    captions :data:`LAYOUT_SINGLE`; identities' empty captions say nothing. In a world that
+    names ``inside`` it is class :data:`LAYOUT_INSIDE`, the inner object leading; an object
+    its caption names by shape alone (``colour_named`` false) has no colour target.
     """
+    relations = dict(LAYOUT_RELATIONS, inside=LAYOUT_INSIDE) if _names_inside(spec) else LAYOUT_RELATIONS
+
+    def colour(obj: dict) -> int:
+        return spec.colours.index(obj["colour"]) if obj.get("colour_named", True) else -100
+
     rows = []
     for r in records:
         y = [-100] * 5
         objects = r["objects"]
         if len(objects) == 2 and r["caption"]:
-            named = " and " not in f" {r['caption']} " and r.get("relation") in LAYOUT_RELATIONS
+            named = " and " not in f" {r['caption']} " and r.get("relation") in relations
             if not named:
                 y[0] = LAYOUT_FREE
             else:
-                a_leads = rw.RELATION_AXIS[r["relation"]][1]  # objects[0] is the scene's A
+                axis = rw.RELATION_AXIS[r["relation"]]
+                a_leads = axis[1] if axis is not None else True  # objects[0] is the scene's A
                 lead, trail = (objects[0], objects[1]) if a_leads else (objects[1], objects[0])
-                y = [LAYOUT_RELATIONS[r["relation"]], spec.shapes.index(lead["shape"]),
-                     spec.colours.index(lead["colour"]), spec.shapes.index(trail["shape"]),
-                     spec.colours.index(trail["colour"])]
+                y = [relations[r["relation"]], spec.shapes.index(lead["shape"]), colour(lead),
+                     spec.shapes.index(trail["shape"]), colour(trail)]
         elif len(objects) == 1 and r["caption"]:
             y[0] = LAYOUT_SINGLE
         rows.append(y)
@@ -701,7 +715,8 @@ def layout_targets(records: list[dict], spec: rw.WorldSpec) -> torch.Tensor:
 
 def layout_heads(width: int, spec: rw.WorldSpec) -> torch.nn.ModuleList:
     """Linear readouts of :func:`layout_targets` from one hidden row."""
-    sizes = (LAYOUT_SINGLE + 1, len(spec.shapes), len(spec.colours), len(spec.shapes), len(spec.colours))
+    sizes = (LAYOUT_SINGLE + 1 + int(_names_inside(spec)), len(spec.shapes), len(spec.colours), len(spec.shapes),
+             len(spec.colours))
     return torch.nn.ModuleList(torch.nn.Linear(width, k) for k in sizes)
 
 
@@ -767,7 +782,7 @@ def stage_bind_text(args, work: Path, records: list[dict], budget: Budget, progr
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
     reference = CLIPTextModel.from_pretrained(base / "text_encoder").requires_grad_(False).eval()
-    spec = rw.WorldSpec()
+    spec = rw.world_spec(args.world)
     heads = layout_heads(text_encoder.config.hidden_size, spec)
     params = list(text_encoder.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=args.bind_layout_lr, weight_decay=0.01)
@@ -925,7 +940,7 @@ def stage_bind(args, work: Path, records: list[dict], images: np.ndarray, budget
         cached = {"params": params, "digest": digest}
     params_all, scaling = cached["params"], vae.config.scaling_factor
 
-    spec = rw.WorldSpec()
+    spec = rw.world_spec(args.world)
     ids_all = tokenizer([r["caption"] for r in records], padding="max_length", max_length=77,
                         truncation=True, return_tensors="pt").input_ids
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -1072,7 +1087,7 @@ def export_bind(args, work: Path, out: Path) -> Path:
         "probes": [json.loads(line) for line in probes_log.read_text().splitlines()] if probes_log.exists() else [],
         "base": {"init_from": args.init_from, "digest": weights_digest(base),
                  "recipe": json.loads(base_record.read_text()) if base_record.exists() else None},
-        "world": rw.WorldSpec().to_dict() | {"version": rw.WORLD_VERSION},
+        "world": rw.world_spec(args.world).to_dict() | {"version": rw.WORLD_VERSION, "name": str(args.world)},
     })
 
 
@@ -1085,6 +1100,8 @@ def parse_args(argv=None):
                                                   "relworld_pretrain"), help="checkpoints and data")
     p.add_argument("--out", default=str(rb.shipped_model_folder()), help="where the final model is written")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world", default="2", choices=sorted(rw.WORLDS),
+                   help="the world drawn for the pretraining data (relgen.relworld.world.WORLDS)")
     p.add_argument("--num-images", type=int, default=30000)
     p.add_argument("--text-steps", type=int, default=1000, help="contrastive text-encoder steps")
     p.add_argument("--text-batch", type=int, default=128)

@@ -13,5 +13,6 @@ for _name, _summary in [
     ("tiny_sd21", "random tiny weights with SD 2.1's structure (v-prediction, '!' padding)"),
     ("tiny_sdxl", "random tiny weights with SDXL's structure (two encoders, time ids)"),
     ("relworld", "micro SD 1.5-structured model pretrained on the relation world (64 px, shipped)"),
+    ("relworld3", "relworld fine-tuned on world 3: inside named, shapes sometimes named alone (64 px, shipped)"),
 ]:
     register_backbone(_name, _LOADER, summary=_summary)

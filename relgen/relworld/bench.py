@@ -32,10 +32,17 @@ Design (every choice is deterministic for ``Settings.seed``):
 
 Tasks:
 
-* ``inversion`` -- the held-out relation (``inside``: pretraining shows it, captions never name
-  it). ReVersion against textual inversion (same exemplars, steps and token) and the prompt
-  with the relation omitted; the relation written out is shown too (it scores 0 by
-  construction: pretraining never names it).
+Each task runs on the model of its world (:data:`TASK_WORLDS`, :data:`WORLD_MODELS`): RRNet's
+on ``relworld`` (world 2, whose pretraining withholds one direction of the biased pairs);
+inversion and customisation on ``relworld3`` (world 3), whose pretraining names ``inside`` and
+sometimes names a shape without its colour, so that a learnt token can reach the relation and a
+shape's name is a class.
+
+* ``inversion`` -- ReVersion's protocol: exemplars of ``inside`` on some (inner, outer) shape
+  pairs -> ``<R>`` -> new pairs (:func:`split_inside_pairs`; the outer shapes are those the
+  model draws others inside, ``Settings.inversion_containers``). ReVersion against textual
+  inversion (same exemplars, steps and token) and the prompt with the relation omitted; the
+  relation written out shows what the model draws from the words.
 * ``rectification`` -- RRNet's paper's protocol: one network per object-swapped pair (OSP) of a
   biased pair's unseen direction (pretraining shows a circle above a square, never the
   reverse), trained on that OSP and scored on it at new seeds (``osp_samples`` per prompt) at
@@ -44,13 +51,15 @@ Tasks:
 * ``rectification_generalisation`` -- the secondary row: the same networks on OSPs of other
   colours (RRNet's graph nodes are the shape and relation words, so its edit is the same for
   every colour).
-* ``customisation`` -- a textured identity pretraining shows only alone and never names.
-  RelationBooth (LoRA + keypoint loss; relworld has no image encoder, so its image branch is
-  off) against textual inversion of the identity learnt from identity-alone images (a baseline
-  that can know the identity, as the paper's comparisons), the base model, and RelationBooth
-  without its keypoint loss (the ablation). Identity kept: :func:`texture_correlation` of the
-  generated object with the identity's own pattern at the detected position and scale, at
-  least half that of ground-truth renders through the VAE.
+* ``customisation`` -- an identity named by its class: a cross of one colour (``Settings.identity``),
+  prompted as "a cross is on top of a red circle", so that its colour is what a customisation
+  must learn (the VAE keeps colours; it loses relworld's texture patterns at the sizes of
+  two-object scenes). RelationBooth (LoRA + keypoint loss; relworld has no image encoder, so its
+  image branch is off) against textual inversion of the identity learnt from identity-alone
+  images (a baseline that can know the identity, as the paper's comparisons), the base model,
+  the identity named in words (the ceiling), and RelationBooth without its keypoint loss (the
+  ablation). Identity kept: the prompted shape found (in any colour but the partner's) and its
+  colour the identity's.
 """
 
 from __future__ import annotations
@@ -175,8 +184,11 @@ class Settings:
     identity_lr: float = 1e-3
     identity_images: int = 10  # identity-alone images of the textual-inversion baseline
     customisation_relation: str = "on_top_of"
-    # the identity whose texture the relworld VAE keeps best
-    identity: str = "checkered_blue_square"
+    identity: str = "cyan cross"  # "colour shape": prompted as its shape alone
+    inversion_relation: str = "inside"
+    # the outer shapes of `inside` in the inversion task: those relworld 3 draws other shapes inside
+    # (its word reaches 84 % by colour with a square or diamond outside, 0-35 % with a cross or triangle)
+    inversion_containers: tuple[str, ...] = ("square", "diamond")
     train_seeds: tuple[int, ...] = (0,)  # relgen ``seed=`` of the training runs
     skip: tuple[str, ...] = ()  # condition names left out (the short regression run)
     grid_prompts: int = 6  # prompts shown in each grid
@@ -188,9 +200,10 @@ class Condition:
     """One column: a prompt form, optionally trained runs (one per training seed) and options."""
 
     name: str
-    form: str  # "written" | "omitted" | "relation_token" | "entity_token"
+    form: str  # "written" | "omitted" | "relation_token" | "entity_token" | "entity_named"
     runs: list[Optional[Path]] = field(default_factory=lambda: [None])
     options: dict = field(default_factory=dict)
+    entity: str = ""  # "entity_named": the words that name A
 
     def text(self, p: Prompt, spec: rw.WorldSpec, token: str = "<R>") -> str:
         a, b = rw.object_name(p.a), rw.object_name(p.b)
@@ -198,8 +211,9 @@ class Condition:
             return p.text
         if self.form == "omitted":
             return rw.FREE_TEMPLATES[0].format(a=a, b=b)
-        if self.form == "entity_token":  # the identity (A) named by a learnt token
-            return f"a {token} is {rw.RELATIONS[p.relation].phrase} a {b}"
+        if self.form in ("entity_token", "entity_named"):  # A named by a learnt token, or by these words
+            name = token if self.form == "entity_token" else self.entity
+            return f"a {name} is {rw.RELATIONS[p.relation].phrase} a {b}"
         return f"a {a} {token} a {b}"
 
 
@@ -217,6 +231,7 @@ class TaskResult:
     # (label, prompt indices) per trained unit when one network renders only its own prompts
     # (RRNet: one network per OSP); statistics cluster by unit
     units: list[tuple[str, list[int]]] = field(default_factory=list)
+    ceiling: dict[str, Any] = field(default_factory=dict)  # the task's ceiling, when it measures one
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,16 +254,30 @@ def split_unordered_pairs(spec: rw.WorldSpec, seed: int) -> tuple[list[tuple[str
     return both(order[:half]), both(order[half:])
 
 
+def split_inside_pairs(spec: rw.WorldSpec, containers: Sequence[str], seed: int
+                       ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(inner, outer)`` shape pairs of ``inside`` with an outer shape from ``containers``, split
+    in half (seeded) per container: ``(train, held_out)``, so that every held-out pair is a new
+    pair and each container is on both sides."""
+    train, held = [], []
+    for k, outer in enumerate(containers):
+        inner = [x for x in spec.shapes if x != outer]
+        order = np.random.default_rng([seed, 37, k]).permutation(len(inner))
+        half = len(inner) // 2
+        train += [(inner[i], outer) for i in order[:half]]
+        held += [(inner[i], outer) for i in order[half:]]
+    return train, held
+
+
 def colour_pair(rng: np.random.Generator, spec: rw.WorldSpec) -> tuple[str, str]:
     i, j = rng.choice(len(spec.colours), size=2, replace=False)
     return spec.colours[i], spec.colours[j]
 
 
-def inversion_prompts(spec: rw.WorldSpec, n: int, seed: int, eval_pairs) -> list[Prompt]:
-    """``n`` distinct prompts of the held-out relation on held-out shape pairs (cycling through
-    them), colours drawn per prompt."""
+def inversion_prompts(spec: rw.WorldSpec, n: int, seed: int, eval_pairs, relation: str = "inside") -> list[Prompt]:
+    """``n`` distinct prompts of ``relation`` on held-out shape pairs (cycling through them),
+    colours drawn per prompt."""
     rng = np.random.default_rng([seed, 41])
-    relation = spec.heldout_relation
     out, seen = [], set()
     for k in range(n):
         sa, sb = eval_pairs[k % len(eval_pairs)]
@@ -493,46 +522,42 @@ def paired(task: TaskResult, method: str, baseline: str, metric: str, reading: s
 
 
 # --------------------------------------------------------------------------------------------
-# Identity: the texture pattern at the detected position and scale
+# Identity: an object of one colour, prompted by its class (its shape alone)
 # --------------------------------------------------------------------------------------------
 
 
-def texture_correlation(image: np.ndarray, mask: np.ndarray, ident: rw.Identity) -> float:
-    """Pearson correlation, over an object's pixels, between how dark each pixel is (0 = the
-    identity's plain colour, 1 = its texture tone) and the identity's own pattern drawn for the
-    object fitted to ``mask`` (:func:`relgen.relworld.detector.fit_shape`: its centre and size).
+def identity_object(s: Settings, spec: rw.WorldSpec) -> tuple[str, str]:
+    """``(shape, colour)`` of ``Settings.identity`` ("cyan cross")."""
+    from relgen.errors import ConfigError
 
-    Any uniform darkening scores 0; a pattern of the wrong phase or scale scores near 0 or
-    below; the identity's own texture scores high. 0 when either has no variance.
-    """
-    from relgen.data.shapes import COLOURS
-    from relgen.relworld.detector import fit_shape
-
-    if mask.sum() < 4:
-        return 0.0
-    obj, _ = fit_shape(mask, ident.shape, ident.colour)
-    pattern = rw.texture_mask(ident.texture, obj, mask.shape[0])[mask].astype(np.float64)
-    pixels = np.asarray(image)[mask].astype(np.float64)
-    base, dark = np.array(COLOURS[ident.colour], float), np.array(rw.texture_colour(ident.colour), float)
-    # projection of each pixel on the segment base -> dark tone
-    darkness = ((pixels - base) @ (dark - base)) / float((dark - base) @ (dark - base))
-    if pattern.std() == 0 or darkness.std() == 0:
-        return 0.0
-    return float(np.corrcoef(darkness, pattern)[0, 1])
+    words = s.identity.split()
+    if len(words) != 2 or words[0] not in spec.colours or words[1] not in spec.shapes:
+        raise ConfigError(f"identity '{s.identity}': write it as '<colour> <shape>' with a colour of "
+                          f"{', '.join(spec.colours)} and a shape of {', '.join(spec.shapes)}")
+    return words[1], words[0]
 
 
-def reference_correlation(spec: rw.WorldSpec, ident: rw.Identity, vae, n: int = 32) -> tuple[float, float]:
-    """Mean :func:`texture_correlation` of ground-truth renders of ``ident`` and of the same
-    renders through ``vae`` (the most a generation can keep), found by the colour detector."""
-    colour = readers(spec)["colour"]
-    raw, through = [], []
-    scenes = [rw.sample_single(np.random.default_rng([7, i]), spec, identity=ident) for i in range(n)]
-    images = np.stack([sc.render()[0] for sc in scenes])
-    for img, rec in zip(images, vae_roundtrip(vae, images)):
-        for target, out in ((img, raw), (rec, through)):
-            found = colour.find(target, ident.shape, ident.colour)
-            out.append(texture_correlation(target, found.mask, ident) if found is not None else 0.0)
-    return float(np.mean(raw)), float(np.mean(through))
+def identity_kept(readings: Sequence[Reading], colour: str) -> list[bool]:
+    """Per reading of a class-only prompt ("a cross ..."), whether the prompted shape was found
+    and has the identity's ``colour``."""
+    return [r.a is not None and r.a.colour == colour for r in readings]
+
+
+def identity_ceiling(spec: rw.WorldSpec, identity: tuple[str, str], relation: str, partners: Sequence[tuple[str, str]],
+                     vae, seed: int, n: int = 64) -> dict[str, stats.Estimate]:
+    """Ground-truth scenes "identity <relation> partner" through ``vae``, read as the task reads
+    generated images (A by its shape alone): how often the strict reading keeps the identity and
+    the colour reading finds the relation. The most any condition can score."""
+    rng = np.random.default_rng([seed, 61])
+    scenes = [rw.sample_scene(rng, spec, relation, identity, partners[i % len(partners)]) for i in range(n)]
+    images = vae_roundtrip(vae, np.stack([sc.render()[0] for sc in scenes]))
+    det = readers(spec)
+    kept, related = [], []
+    for img, sc in zip(images, scenes):
+        b = (sc.objects[1].shape, sc.objects[1].colour)
+        kept += identity_kept([det["strict"].read(img, (identity[0], None), relation, b)], identity[1])
+        related.append(det["colour"].read(img, (identity[0], None), relation, b).relation_ok)
+    return {"identity": stats.wilson_rate(kept), "relation": stats.wilson_rate(related)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,10 +576,12 @@ def _runs(method: str, dataset: str, data: Path, tag: str, s: Settings, out: Pat
 
 
 def task_inversion(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
-    train_pairs, eval_pairs = split_unordered_pairs(spec, s.seed)
+    relation = s.inversion_relation
+    train_pairs, eval_pairs = (split_inside_pairs(spec, s.inversion_containers, s.seed) if relation == "inside"
+                               else split_unordered_pairs(spec, s.seed))
     data = rw.write_world_reversion(out / "work" / "data" / f"inversion-{s.seed}", spec, seed=s.seed,
-                                    relation=spec.heldout_relation, num_images=s.exemplars, pairs=train_pairs)
-    task = TaskResult("inversion", inversion_prompts(spec, s.prompts, s.seed, eval_pairs), [])
+                                    relation=relation, num_images=s.exemplars, pairs=train_pairs)
+    task = TaskResult("inversion", inversion_prompts(spec, s.prompts, s.seed, eval_pairs, relation), [])
     task.conditions = [c for c in (Condition("base, relation written", "written"),
                                    Condition("base, relation omitted", "omitted")) if c.name not in s.skip]
     for method, label in (("textual_inversion", "textual inversion"), ("reversion", "ReVersion")):
@@ -563,8 +590,11 @@ def task_inversion(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
         runs = _runs(method, "reversion_folder", data, method, s, out, [f"method.max_steps={s.inversion_steps}"],
                      task, label)
         task.conditions.append(Condition(label, "relation_token", runs))
-    task.notes.append(f"Exemplars from the shape pairs {sorted({tuple(sorted(p)) for p in train_pairs})}; "
-                      f"scored on {sorted({tuple(sorted(p)) for p in eval_pairs})} (unordered, both orders).")
+    if relation == "inside":
+        task.notes.append(f"Exemplars from the (inner, outer) shape pairs {train_pairs}; scored on {eval_pairs}.")
+    else:
+        task.notes.append(f"Exemplars from the shape pairs {sorted({tuple(sorted(p)) for p in train_pairs})}; "
+                          f"scored on {sorted({tuple(sorted(p)) for p in eval_pairs})} (unordered, both orders).")
     render_task(task, spec, s, cache_dir=cache_folder(out))
     return task
 
@@ -646,48 +676,48 @@ def task_generalisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResul
     return task
 
 
-def write_identity_images(root: Path, spec: rw.WorldSpec, ident: rw.Identity, n: int, seed: int) -> Path:
-    """A ReVersion-layout folder of ``ident`` alone (random sizes and positions) with the
-    templates ``"a {}"``, ``"a photo of a {}"``, ``"{}"``: a textual-inversion dataset of the
-    identity."""
+def write_identity_images(root: Path, spec: rw.WorldSpec, identity: tuple[str, str], n: int, seed: int) -> Path:
+    """A ReVersion-layout folder of the identity ``(shape, colour)`` alone (random sizes and
+    positions) with the templates ``"a {}"``, ``"a photo of a {}"``, ``"{}"``: a
+    textual-inversion dataset of the identity."""
     from relgen.data import shapes
 
     def write(tmp: Path) -> None:
         text = {}
         for i in range(n):
-            scene = rw.sample_single(np.random.default_rng([seed, 53, i]), spec, identity=ident)
+            scene = rw.sample_single(np.random.default_rng([seed, 53, i]), spec, identity)
             shapes._save_png(scene.render()[0], tmp / f"{i}.png")
             text[f"{i}.png"] = ["a {}", "a photo of a {}", "{}"]
         (tmp / "text.json").write_text(json.dumps(text, indent=4) + "\n", encoding="utf-8")
 
-    args = dict(world=rw.WORLD_VERSION, spec=spec.to_dict(), identity=ident.name, n=n, seed=seed)
+    args = dict(world=rw.WORLD_VERSION, spec=spec.to_dict(), identity=list(identity), n=n, seed=seed)
     return shapes._write_atomically(root, "relworld_identity", args, write)
 
 
 def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult:
-    by_name = {i.name: i for i in spec.identities}
-    ident = by_name[s.identity]
+    shape, colour = identity_object(s, spec)
     relation = s.customisation_relation
+    phrase = rw.RELATIONS[relation].phrase
     rng = np.random.default_rng([s.seed, 47])
-    objects = [(sh, c) for sh in spec.shapes for c in spec.colours if c != ident.colour]
+    objects = [(sh, c) for sh in spec.shapes for c in spec.colours if c != colour and sh != shape]
     order = rng.permutation(len(objects))
     partner = objects[int(order[0])]  # the training items' other object; every other one is scored
     data = rw.write_world_dreamrelation(out / "work" / "data" / f"customisation-{s.seed}", spec, seed=s.seed,
-                                        relation=relation, num_items=s.identity_items, identity=ident.name,
+                                        relation=relation, num_items=s.identity_items, plain_identity=(shape, colour),
                                         others=[partner])
-    prompts = []
-    for k in order[1:1 + s.prompts]:
-        a, b = (ident.shape, ident.colour), objects[int(k)]
-        prompts.append(Prompt(a, relation, b, f"a {ident.entity} is {rw.RELATIONS[relation].phrase} "
-                                              f"a {rw.object_name(b)}"))
-    task = TaskResult("customisation", prompts, [Condition("base", "written")])
-    task.notes.append(f"Training items: the identity {relation.replace('_', ' ')} a {rw.object_name(partner)}; "
-                      f"scored on the {len(prompts)} other plain objects.")
+    partners = [objects[int(k)] for k in order[1:1 + s.prompts]]
+    prompts = [Prompt((shape, None), relation, b, f"a {shape} is {phrase} a {rw.object_name(b)}") for b in partners]
+    task = TaskResult("customisation", prompts, [c for c in (
+        Condition("base", "written"),
+        Condition("base, identity named", "entity_named", entity=f"{colour} {shape}")) if c.name not in s.skip])
+    task.notes.append(f"Identity: a {colour} {shape}, prompted as \"a {shape}\". Training items: the identity "
+                      f"{relation.replace('_', ' ')} a {rw.object_name(partner)}; scored on the {len(prompts)} other "
+                      f"plain objects of other shapes and colours.")
     # as conf/experiment/relationbooth_relworld.yaml: image branch off, no negative prompt
     common = [f"method.max_steps={s.identity_steps}", f"method.lr={s.identity_lr}", "method.scale=0",
               "method.negative_prompt=''", "method.cal_layer_rule=relative"]
     if "textual inversion (identity)" not in s.skip:
-        ti_data = write_identity_images(out / "work" / "data" / f"identity-{s.seed}", spec, ident,
+        ti_data = write_identity_images(out / "work" / "data" / f"identity-{s.seed}", spec, (shape, colour),
                                         s.identity_images, s.seed)
         runs = _runs("textual_inversion", "reversion_folder", ti_data, "ti-identity", s, out,
                      [f"method.max_steps={s.inversion_steps}"], task, "textual inversion (identity)")
@@ -700,24 +730,16 @@ def task_customisation(spec: rw.WorldSpec, s: Settings, out: Path) -> TaskResult
                      task, label)
         task.conditions.append(Condition(label, "written", runs, {"scale": 0.0}))
     render_task(task, spec, s, cache_dir=cache_folder(out))
-    vae = load_pipeline(s.model)[0].vae
-    ref, through = reference_correlation(spec, ident, vae)
-    task.notes.append(f"Texture correlation of ground-truth renders {ref:.3f}, through the VAE {through:.3f}; "
-                      f"identity kept = correlation >= {0.5 * through:.3f}.")
+    ceiling = identity_ceiling(spec, (shape, colour), relation, [p.b for p in prompts],
+                               load_pipeline(s.model)[0].vae, s.seed)
+    task.ceiling = {k: v.as_dict() for k, v in ceiling.items()}
+    task.notes.append("Ground truth through the VAE, read the same way (Wilson 95 %): " + ", ".join(
+        f"{'identity kept' if k == 'identity' else k} {100 * v.value:.1f} [{100 * v.low:.1f}, {100 * v.high:.1f}]"
+        for k, v in ceiling.items()) + ".")
     for cond in task.conditions:
-        kept, corr = [], []
-        for rows, reading_rows in zip(task.images[cond.name], task.readings[cond.name]["colour"]):
-            k_rows, c_rows = [], []
-            for row, readings in zip(rows, reading_rows):
-                # every prompt's A is the identity: the colour reading's A is the identity-coloured object
-                values = [texture_correlation(np.asarray(img), r.a.mask, ident) if r.a is not None else 0.0
-                          for img, r in zip(row, readings)]
-                c_rows.append(values)
-                k_rows.append([float(v >= 0.5 * through) for v in values])
-            kept.append(k_rows)
-            corr.append(c_rows)
-        task.extra[f"{cond.name}/identity"] = kept
-        task.extra[f"{cond.name}/texture_correlation"] = corr
+        task.extra[f"{cond.name}/identity"] = [[[float(k) for k in identity_kept(readings, colour)]
+                                                for readings in rows]
+                                               for rows in task.readings[cond.name]["strict"]]
     return task
 
 
@@ -752,6 +774,11 @@ COMPARISONS: dict[str, tuple[str, str, str, str, str]] = {
                                         "direction", "colour"),
     "relationbooth_relation_vs_base": ("customisation", "RelationBooth", "base", "relation", "colour"),
     "relationbooth_identity_vs_base": ("customisation", "RelationBooth", "base", "identity", "strict"),
+    "relation_written_vs_omitted": ("inversion", "base, relation written", "base, relation omitted", "relation",
+                                    "colour"),
+    "identity_named_vs_class": ("customisation", "base, identity named", "base", "identity", "strict"),
+    "textual_inversion_identity_vs_base": ("customisation", "textual inversion (identity)", "base", "identity",
+                                           "strict"),
 }
 
 
@@ -781,9 +808,22 @@ def claims(tasks: dict[str, TaskResult], s: Settings, table: dict = CLAIMS) -> d
     return out
 
 
+#: The world each task is measured in (:data:`relgen.relworld.world.WORLDS`).
+TASK_WORLDS: dict[str, str] = {"inversion": "3", "rectification": "2", "rectification_generalisation": "2",
+                               "customisation": "3"}
+
+#: The shipped model of each world (``None``: the ``relworld`` backbone's own weights).
+WORLD_MODELS: dict[str, Optional[str]] = {"2": None, "3": "pkg://relgen.relworld/weights3"}
+
+
+def task_settings(s: Settings, name: str) -> tuple[rw.WorldSpec, Settings]:
+    """The world of task ``name`` and ``s`` with that world's model (unless ``s.model`` names one)."""
+    world = TASK_WORLDS[name]
+    return rw.world_spec(world), (s if s.model else replace(s, model=WORLD_MODELS[world]))
+
+
 def run(s: Settings, names: Sequence[str], out: Path) -> dict[str, TaskResult]:
-    spec = rw.WorldSpec()
-    return {name: TASKS[name](spec, s, out) for name in names}
+    return {name: TASKS[name](*task_settings(s, name), out) for name in names}
 
 
 # --------------------------------------------------------------------------------------------
@@ -833,5 +873,6 @@ def model_probes(s: Settings, rows: Sequence[str] = ("eot", "eot_and_padding", "
 
 __all__ = ["CLAIMS", "COMPARISONS", "Condition", "mark_verdict", "Prompt", "Settings", "TASKS", "TaskResult",
            "backbone_config", "cache_folder", "claims", "estimate", "eval_prompt", "load_pipeline", "model_probes",
-           "outcomes", "paired", "plain", "readers", "reference_correlation", "render_prompts", "render_task", "run",
-           "split_unordered_pairs", "texture_correlation", "token_of", "train", "vae_roundtrip"]
+           "outcomes", "paired", "plain", "readers", "identity_ceiling", "identity_kept", "render_prompts",
+           "render_task", "run", "split_unordered_pairs", "task_settings", "TASK_WORLDS", "token_of", "train",
+           "vae_roundtrip", "WORLD_MODELS"]

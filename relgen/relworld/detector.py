@@ -297,15 +297,20 @@ class Detector:
         labels = self.colour_labels(image) if labels is None else labels
         return [self.identify(m, c) for c in self.spec.colours for m in self.components(labels, c)]
 
-    def find(self, image: np.ndarray, shape: str, colour: str,
-             labels: Optional[np.ndarray] = None) -> Optional[Detection]:
+    def find(self, image: np.ndarray, shape: str, colour: Optional[str],
+             labels: Optional[np.ndarray] = None, exclude: Sequence[str] = ()) -> Optional[Detection]:
         """The object ``colour shape`` if present: a component of that colour whose best shape is
         ``shape`` with IoU >= ``min_iou`` (the best such one), else ``None``. Without
-        ``config.match_shape``: the largest component of ``colour``, whatever its shape."""
+        ``config.match_shape``: the largest component of ``colour``, whatever its shape.
+
+        ``colour=None`` (a prompt that names the shape alone, "a cross"): the same over every
+        world colour but those in ``exclude`` (the other named object's); without
+        ``config.match_shape`` the largest component of those colours."""
         labels = self.colour_labels(image) if labels is None else labels
-        found = [self.identify(m, colour) for m in self.components(labels, colour)]
+        colours = [colour] if colour is not None else [c for c in self.spec.colours if c not in exclude]
+        found = [self.identify(m, c) for c in colours for m in self.components(labels, c)]
         if not self.config.match_shape:
-            return found[0] if found else None
+            return max(found, key=lambda d: d.area) if found else None
         found = [d for d in found if self.accepts(d, shape)]
         return max(found, key=lambda d: d.scores[shape]) if found else None
 
@@ -337,13 +342,13 @@ class Detector:
 
         Args:
             image: ``uint8 [H, W, 3]`` (or float in [0, 1]).
-            a: ``(shape, colour)`` of A.
+            a: ``(shape, colour)`` of A; colour ``None`` when the prompt names its shape alone.
             relation: Prompted relation key.
-            b: ``(shape, colour)`` of B.
+            b: ``(shape, colour)`` of B (the same).
         """
         labels = self.colour_labels(image)
-        det_a = self.find(image, a[0], a[1], labels)
-        det_b = self.find(image, b[0], b[1], labels)
+        det_a = self.find(image, a[0], a[1], labels, exclude=[b[1]] if b[1] else [])
+        det_b = self.find(image, b[0], b[1], labels, exclude=[det_a.colour] if det_a is not None else [a[1]])
         geometry = self.geometry(det_a, det_b) if det_a is not None and det_b is not None else None
         return Reading(relation, det_a, det_b, geometry)
 

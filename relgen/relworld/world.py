@@ -165,6 +165,9 @@ class WorldSpec:
             relation-free caption is no cue for it, i.e. it is one relation among
             ``len(relations)`` in the scenes of "a A and a B" captions:
             ``free_fraction / (len(captioned_relations) + free_fraction)``.
+        colourless_fraction: Share of the object mentions of pretraining captions that name
+            the shape alone ("a square above a red circle"), so that a shape's name is a class
+            of any colour. 0: every mention names the colour (world v2).
     """
 
     shapes: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
@@ -186,6 +189,7 @@ class WorldSpec:
     free_fraction: float = 0.1
     inverse_fraction: float = 0.3
     heldout_share: Optional[float] = None
+    colourless_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for s in self.shapes:
@@ -218,6 +222,8 @@ class WorldSpec:
             raise ConfigError(f"relworld heldout_share {self.heldout_share} must be in [0, 1) (None: no cue)")
         if len(self.shapes) < 2 or len(self.colours) < 2:
             raise ConfigError("relworld needs at least two shapes and two colours")
+        if not 0.0 <= self.colourless_fraction <= 1.0:
+            raise ConfigError(f"relworld colourless_fraction {self.colourless_fraction} must be in [0, 1]")
 
     @property
     def objects(self) -> list[tuple[str, str]]:
@@ -251,12 +257,32 @@ class WorldSpec:
         """A JSON-able description (recorded in every written folder)."""
         d = asdict(self)
         d["phrases"] = {k: list(v) for k, v in self.phrases.items()}
+        if not d["colourless_fraction"]:  # absent at its default: folders written before it keep their markers
+            del d["colourless_fraction"]
         return json.loads(json.dumps(d))
 
 
-def object_name(obj: tuple[str, str]) -> str:
-    """``("circle", "red")`` -> ``"red circle"``."""
-    return f"{obj[1]} {obj[0]}"
+#: Named worlds. ``2``: the world of the shipped ``relworld`` model (``inside`` held out, every
+#: object named with its colour). ``3``: the world of ``relworld3``, on which inversion and
+#: customisation are measured: ``inside`` is named like every relation (so the model can draw it
+#: and a learnt token can reach it), and 15 % of the object mentions name the shape alone (so a
+#: shape's name is a class, "a cross", whose colour a customisation can make an identity).
+WORLDS: dict[str, dict[str, Any]] = {
+    "2": {},
+    "3": {"heldout_relation": None, "colourless_fraction": 0.15},
+}
+
+
+def world_spec(name: str | int = "2") -> WorldSpec:
+    """The :class:`WorldSpec` of a named world (:data:`WORLDS`)."""
+    if str(name) not in WORLDS:
+        raise ConfigError(f"unknown relworld world '{name}'; use one of {', '.join(WORLDS)}")
+    return WorldSpec(**WORLDS[str(name)])
+
+
+def object_name(obj: tuple[str, Optional[str]]) -> str:
+    """``("circle", "red")`` -> ``"red circle"``; ``("circle", None)`` -> ``"circle"`` (the class)."""
+    return f"{obj[1]} {obj[0]}" if obj[1] else obj[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,16 +490,19 @@ def swapped_prompts(a: tuple[str, str], relation: str, b: tuple[str, str],
     return prompt(a, relation, b, spec), prompt(b, relation, a, spec)
 
 
-def caption_scene(rng: np.random.Generator, spec: WorldSpec, scene: Scene) -> str:
+def caption_scene(rng: np.random.Generator, spec: WorldSpec, scene: Scene,
+                  colourless: Sequence[bool] = ()) -> str:
     """A pretraining caption in varied phrasing.
 
     Identity reference images get ``""`` (seen, never named); one-object scenes a single-object
     template; the held-out relation only relation-free templates ("a A and a B"); other relations
-    a random phrasing and template, sometimes relation-free, sometimes phrased from B.
+    a random phrasing and template, sometimes relation-free, sometimes phrased from B. Objects
+    flagged in ``colourless`` are named by their shape alone.
     """
     if any(i is not None for i in scene.identities):
         return ""
-    names = [f"{o.colour} {o.shape}" for o in scene.objects]
+    flags = list(colourless) or [False] * len(scene.objects)
+    names = [o.shape if bare else f"{o.colour} {o.shape}" for o, bare in zip(scene.objects, flags)]
     if scene.relation is None:
         return SINGLE_TEMPLATES[int(rng.integers(len(SINGLE_TEMPLATES)))].format(a=names[0])
     a, b = names
@@ -529,7 +558,16 @@ def pretraining_item(spec: WorldSpec, seed: int, index: int) -> tuple[Scene, str
     else:
         relation = spec.pretraining_relation(float(rng.random()))
         scene, kind = sample_scene(rng, spec, relation, respect_bias=True), "pair"
-    return scene, caption_scene(rng, spec, scene), kind
+    return scene, caption_scene(rng, spec, scene, colourless_mentions(spec, seed, index, len(scene.objects))), kind
+
+
+def colourless_mentions(spec: WorldSpec, seed: int, index: int, n: int) -> list[bool]:
+    """Which of the ``n`` objects of pretraining item ``index`` its caption names by shape alone
+    (:attr:`WorldSpec.colourless_fraction`; its own random stream, so world v2's draws are unchanged)."""
+    if spec.colourless_fraction <= 0:
+        return [False] * n
+    rng = _rng(seed, "colourless", index)
+    return [bool(u < spec.colourless_fraction) for u in rng.random(n)]
 
 
 def iter_pretraining(spec: WorldSpec, seed: int, num: int, start: int = 0) -> Iterator[tuple[Scene, str, str]]:
@@ -576,8 +614,12 @@ def write_pretraining_set(root: str | Path, spec: Optional[WorldSpec] = None, se
                 image, _ = scene.render()
                 name = f"images/{i:0{width}d}.png"
                 shapes._save_png(image, tmp / name)
-                f.write(json.dumps({"file": name, "caption": caption, "kind": kind,
-                                    **_scene_record(scene)}) + "\n")
+                record = _scene_record(scene)
+                if caption:  # absent when every colour is named: world v2's records are unchanged
+                    for obj, bare in zip(record["objects"], colourless_mentions(spec, seed, i, len(scene.objects))):
+                        if bare:
+                            obj["colour_named"] = False
+                f.write(json.dumps({"file": name, "caption": caption, "kind": kind, **record}) + "\n")
 
     args = dict(world=WORLD_VERSION, spec=spec.to_dict(), seed=seed, num_images=num_images)
     return shapes._write_atomically(root, "relworld_pretrain", args, write)
@@ -710,8 +752,9 @@ def write_world_rrnet(root: str | Path, spec: Optional[WorldSpec] = None, seed: 
 def write_world_dreamrelation(root: str | Path, spec: Optional[WorldSpec] = None, seed: int = 0,
                               relation: Optional[str] = None, num_items: int = 6,
                               identity: Optional[str] = None,
-                              others: Optional[Sequence[tuple[str, str]]] = None) -> Path:
-    """A DreamRelation folder: an identity (textured) in a relation with a plain object.
+                              others: Optional[Sequence[tuple[str, str]]] = None,
+                              plain_identity: Optional[tuple[str, str]] = None) -> Path:
+    """A DreamRelation folder: an identity in a relation with a plain object.
 
     Per item: ``prompts.json`` (``prompt`` "A red circle is inside a blue square.", ``entities``,
     ``predicate``), ``videos/<id>/concept0.png`` (the identity's reference image),
@@ -724,19 +767,29 @@ def write_world_dreamrelation(root: str | Path, spec: Optional[WorldSpec] = None
         seed: Random seed.
         relation: Relation key; ``None`` = ``spec.heldout_relation``.
         num_items: Items.
-        identity: Name of one of ``spec.identities``; ``None`` = the first.
+        identity: Name of one of ``spec.identities`` (textured, named by its colour and shape);
+            ``None`` = the first.
         others: ``(shape, colour)`` objects to pair the identity with (e.g. one partner, so that
             a benchmark can score every other object); ``None``: any object of another shape
             and colour.
+        plain_identity: ``(shape, colour)``: instead of a textured identity, this plain object,
+            named by its class (the shape alone: "A cross is on top of a red circle."), so
+            that its colour is what a customisation learns.
     """
     spec = spec or WorldSpec()
     relation = relation or spec.heldout_relation or spec.relations[0]
-    if not spec.identities:
-        raise ConfigError("write_world_dreamrelation needs a WorldSpec with identities")
-    by_name = {i.name: i for i in spec.identities}
-    if identity is not None and identity not in by_name:
-        raise ConfigError(f"unknown relworld identity '{identity}'; use one of {', '.join(by_name)}")
-    ident = by_name[identity] if identity is not None else spec.identities[0]
+    if plain_identity is not None:
+        plain = _check_object(spec, tuple(plain_identity))
+        ident, shape, colour, entity = None, plain[0], plain[1], plain[0]
+        key = f"plain:{plain[1]} {plain[0]}"
+    else:
+        if not spec.identities:
+            raise ConfigError("write_world_dreamrelation needs a WorldSpec with identities")
+        by_name = {i.name: i for i in spec.identities}
+        if identity is not None and identity not in by_name:
+            raise ConfigError(f"unknown relworld identity '{identity}'; use one of {', '.join(by_name)}")
+        ident = by_name[identity] if identity is not None else spec.identities[0]
+        shape, colour, entity, key = ident.shape, ident.colour, ident.entity, ident.name
     rel = RELATIONS[relation]
 
     def write(tmp: Path) -> None:
@@ -745,9 +798,9 @@ def write_world_dreamrelation(root: str | Path, spec: Optional[WorldSpec] = None
             item = str(i)
             rng = _rng(seed, "dreamrelation", i)
             pool = [tuple(o) for o in others] if others else \
-                [(s, c) for s in spec.shapes for c in spec.colours if s != ident.shape and c != ident.colour]
+                [(s, c) for s in spec.shapes for c in spec.colours if s != shape and c != colour]
             other = pool[int(rng.integers(len(pool)))]
-            pair = sample_scene(rng, spec, relation, (ident.shape, ident.colour), other)
+            pair = sample_scene(rng, spec, relation, (shape, colour), other)
             scene = replace(pair, identities=(ident, None))
             image, masks = scene.render()
             videos, mask_dir = tmp / "videos" / item, tmp / "masks" / item
@@ -756,26 +809,26 @@ def write_world_dreamrelation(root: str | Path, spec: Optional[WorldSpec] = None
                 shapes._save_png(mask.astype(np.uint8) * 255, mask_dir / f"motion{j}.png")
             motion_kp = torch.from_numpy(scene.keypoints())
             torch.save(motion_kp.contiguous(), videos / "motion_keyposes.pth")
-            concepts = (sample_single(rng, spec, identity=ident, centred=True),
+            concepts = (sample_single(rng, spec, (shape, colour), identity=ident, centred=True),
                         sample_single(rng, spec, other, centred=True))
             for j, (concept, kp_name) in enumerate(zip(concepts, ("concept_keyposes_one.pth",
                                                                   "concept_keyposes_two.pth"))):
                 shapes._save_png(concept.render()[0], videos / f"concept{j}.png")
                 torch.save(torch.from_numpy(concept.keypoints()).contiguous(), videos / kp_name)
             prompts[item] = {
-                "prompt": f"A {ident.entity} is {rel.phrase} a {object_name(other)}.",
-                "entities": [ident.entity, object_name(other)],
+                "prompt": f"A {entity} is {rel.phrase} a {object_name(other)}.",
+                "entities": [entity, object_name(other)],
                 "predicate": list(rel.predicate),
             }
         (tmp / "prompts.json").write_text(json.dumps(prompts, indent=4) + "\n", encoding="utf-8")
 
     if others:
         for o in others:
-            if _check_object(spec, tuple(o))[1] == ident.colour:
+            if _check_object(spec, tuple(o))[1] == colour:
                 raise ConfigError(f"relworld partner {object_name(tuple(o))} has the identity's colour; "
                                   "the detector tells objects apart by colour")
     args = dict(world=WORLD_VERSION, spec=spec.to_dict(), seed=seed, relation=relation,
-                num_items=num_items, identity=ident.name, others=[list(o) for o in others or ()])
+                num_items=num_items, identity=key, others=[list(o) for o in others or ()])
     return shapes._write_atomically(root, "relworld_dreamrelation", args, write)
 
 
@@ -809,4 +862,7 @@ __all__ = [
     "write_world_dreamrelation",
     "write_world_reversion",
     "write_world_rrnet",
+    "WORLDS",
+    "colourless_mentions",
+    "world_spec",
 ]

@@ -163,6 +163,24 @@ def test_layout_targets_name_the_leading_object_whatever_the_phrasing(relworld_s
         [3, -100, -100, -100, -100], [4, -100, -100, -100, -100], [-100] * 5]
 
 
+def test_layout_targets_of_world_3_name_inside_and_leave_unnamed_colours_out(relworld_script):
+    pretrain = relworld_script("pretrain")
+    spec = rw.world_spec(3)
+    red_circle, blue_square = {"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "blue"}
+    bare_square = dict(blue_square, colour_named=False)
+    records = [
+        {"caption": "a red circle inside a blue square", "relation": "inside", "objects": [red_circle, blue_square]},
+        {"caption": "a red circle in a square", "relation": "inside", "objects": [red_circle, bare_square]},
+        {"caption": "a square below a red circle", "relation": "above", "objects": [red_circle, bare_square]},
+        {"caption": "a red circle and a blue square", "relation": "inside", "objects": [red_circle, blue_square]},
+    ]
+    # inside is class 5 with the inner object (A) leading; a colour the caption leaves out has no target
+    assert pretrain.layout_targets(records, spec).tolist() == [
+        [5, 0, 0, 1, 2], [5, 0, 0, 1, -100], [0, 0, 0, 1, -100], [3, -100, -100, -100, -100]]
+    assert [h.out_features for h in pretrain.layout_heads(8, spec)] == [6, 5, 6, 5, 6]
+    assert [h.out_features for h in pretrain.layout_heads(8, SPEC)] == [5, 5, 6, 5, 6]  # world 2 as before
+
+
 def test_biased_flips_are_the_unseen_direction_of_biased_pairs_only(relworld_script):
     pretrain = relworld_script("pretrain")
     circle, square, cross = ({"shape": s, "colour": c} for s, c in (("circle", "red"), ("square", "blue"),
@@ -212,7 +230,7 @@ def test_method_benchmark_splits_unordered_pairs_and_holds_them_out():
     assert not unordered(train) & unordered(held) and not (unordered(train) | unordered(held)) & biased
     assert all((b, a) in train for a, b in train) and all((b, a) in held for a, b in held)  # both orders
     assert bench.split_unordered_pairs(SPEC, seed=0) == (train, held)
-    prompts = bench.inversion_prompts(SPEC, 24, 0, held)
+    prompts = bench.inversion_prompts(SPEC, 24, 0, held, "inside")
     assert len(prompts) == 24 and len({p.text for p in prompts}) == 24
     assert all((p.a[0], p.b[0]) in held and p.relation == "inside" and p.a[1] != p.b[1] for p in prompts)
     pair = SPEC.biased[0]  # pretraining shows circle above square only
@@ -225,22 +243,55 @@ def test_method_benchmark_splits_unordered_pairs_and_holds_them_out():
         assert unseen.text == f"a {unseen.a[1]} square is above a {unseen.b[1]} circle"
 
 
-def test_texture_correlation_checks_the_pattern_not_any_darkening():
+def test_inside_pairs_split_per_container_into_new_pairs_of_seen_shapes():
     from relgen.relworld import bench
 
-    ident = next(i for i in SPEC.identities if i.name == "checkered_blue_square")
-    image, masks = rw.sample_single(np.random.default_rng(3), SPEC, identity=ident).render()
-    assert bench.texture_correlation(image, masks[0], ident) > 0.8  # the identity's own pattern (fit to the mask)
-    plain_image, plain_masks = rw.sample_single(np.random.default_rng(3), SPEC, ("square", "blue")).render()
-    assert bench.texture_correlation(plain_image, plain_masks[0], ident) == 0.0  # plain: no variance
-    dark = plain_image.copy()
-    dark[plain_masks[0]] = rw.texture_colour("blue")  # darkened all over: no pattern
-    assert bench.texture_correlation(dark, plain_masks[0], ident) == 0.0
-    # the same object patterned with stripes instead of its checkerboard: the wrong pattern
-    obj = rw.sample_single(np.random.default_rng(3), SPEC, identity=ident).objects[0]
-    striped = plain_image.copy()
-    striped[rw.texture_mask("stripes", obj, image.shape[0]) & plain_masks[0]] = rw.texture_colour("blue")
-    assert abs(bench.texture_correlation(striped, plain_masks[0], ident)) < 0.3
+    train, held = bench.split_inside_pairs(SPEC, ("square", "diamond"), seed=0)
+    assert len(train) == len(held) == 4 and not set(train) & set(held)
+    assert sorted(train + held) == sorted((i, o) for o in ("square", "diamond") for i in SPEC.shapes if i != o)
+    for outer in ("square", "diamond"):  # each container on both sides of the split
+        assert sum(o == outer for _, o in train) == sum(o == outer for _, o in held) == 2
+    assert bench.split_inside_pairs(SPEC, ("square", "diamond"), seed=0) == (train, held)
+    assert bench.split_inside_pairs(SPEC, ("square", "diamond"), seed=1) != (train, held)
+    prompts = bench.inversion_prompts(SPEC, 8, 0, held, "inside")
+    assert [(p.a[0], p.b[0]) for p in prompts] == held * 2 and all(p.text.split()[3] == "inside" for p in prompts)
+
+
+def test_a_prompt_naming_the_shape_alone_finds_it_in_any_colour_but_the_partners():
+    from dataclasses import replace
+
+    from relgen.relworld import bench
+    from relgen.relworld.detector import Detector, DetectorConfig
+
+    scene = rw.sample_scene(np.random.default_rng(3), SPEC, "on_top_of", ("cross", "cyan"), ("circle", "red"))
+    image = scene.render()[0]
+    strict, colour = Detector(SPEC), Detector(SPEC, DetectorConfig(match_shape=False))
+    reading = strict.read(image, ("cross", None), "on_top_of", ("circle", "red"))
+    assert reading.a.colour == "cyan" and reading.a.shape == "cross" and reading.relation_ok
+    assert bench.identity_kept([reading], "cyan") == [True] and bench.identity_kept([reading], "blue") == [False]
+    assert colour.read(image, ("cross", None), "on_top_of", ("circle", "red")).relation_ok
+    # the partner's colour is never taken for A, and a wrong shape is not the class
+    assert strict.read(image, ("circle", None), "on_top_of", ("circle", "red")).a is None
+    assert strict.read(image, ("square", None), "on_top_of", ("circle", "red")).a is None
+    # the cross drawn blue: found, but not the cyan identity
+    blue = replace(scene, objects=(replace(scene.objects[0], colour="blue"), scene.objects[1])).render()[0]
+    r = strict.read(blue, ("cross", None), "on_top_of", ("circle", "red"))
+    assert r.a.colour == "blue" and bench.identity_kept([r], "cyan") == [False]
+    assert bench.identity_object(bench.Settings(identity="cyan cross"), SPEC) == ("cross", "cyan")
+    with pytest.raises(Exception, match="'<colour> <shape>'"):
+        bench.identity_object(bench.Settings(identity="cross cyan"), SPEC)
+
+
+def test_each_task_runs_in_its_world_on_that_worlds_model():
+    from relgen.relworld import bench
+
+    spec, s = bench.task_settings(bench.Settings(), "inversion")
+    assert spec.heldout_relation is None and spec.colourless_fraction == 0.15
+    assert s.model == "pkg://relgen.relworld/weights3"
+    spec, s = bench.task_settings(bench.Settings(), "rectification")
+    assert spec == rw.WorldSpec() and s.model is None
+    assert bench.task_settings(bench.Settings(model="/m"), "customisation")[1].model == "/m"
+    assert set(bench.TASK_WORLDS) == set(bench.TASKS)
 
 
 def _fake_task(flags: dict[str, list[list[bool]]]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -13,6 +14,7 @@ from PIL import Image
 
 from relgen.relworld import world as rw
 from relgen.data import shapes
+from relgen.data.shapes import COLOURS
 from relgen.data.readers import (
     mask_to_box,
     read_dreamrelation_folder,
@@ -208,3 +210,47 @@ def test_world_dreamrelation_layout(tmp_path):
             assert (mask[px[:, 1], px[:, 0]] == 255).all()
         assert item.boxes[0] == mask_to_box(_pixels(item.mask_paths[0]))
         assert motion.shape == (64, 64, 3)
+
+
+def test_world_3_names_inside_and_sometimes_a_shape_alone_and_world_2_is_unchanged():
+    spec = rw.world_spec(3)
+    assert rw.world_spec(2) == rw.WorldSpec() and "colourless_fraction" not in rw.WorldSpec().to_dict()
+    assert spec.to_dict()["colourless_fraction"] == 0.15 and spec.captioned_relations == spec.relations
+    items = [rw.pretraining_item(spec, 0, i) for i in range(600)]
+    inside = [c for sc, c, k in items if k == "pair" and sc.relation == "inside" and " and " not in f" {c} "]
+    assert len(inside) > 60 and all(any(f" {p} " in f" {c} " for p in spec.phrases["inside"]) for c in inside)
+    # mentions without a colour: about 15 %, each a shape name not preceded by a colour
+    mentions = bare = 0
+    for i, (scene, caption, kind) in enumerate(items):
+        if not caption:
+            continue
+        flags = rw.colourless_mentions(spec, 0, i, len(scene.objects))
+        for obj, flag in zip(scene.objects, flags):
+            mentions += 1
+            bare += flag
+            assert (f"{obj.colour} {obj.shape}" in caption) != flag, caption
+    assert 0.12 < bare / mentions < 0.18
+    # world 2's stream draws exactly what it drew before world 3 existed: a digest of its first 50
+    # captions, kinds and images, taken from the code of that time
+    digest = hashlib.sha256()
+    for i in range(50):
+        scene, caption, kind = rw.pretraining_item(SPEC, 0, i)
+        assert rw.colourless_mentions(SPEC, 0, i, len(scene.objects)) == [False] * len(scene.objects)
+        digest.update(f"{caption}|{kind}|".encode())
+        digest.update(scene.render()[0].tobytes())
+    assert digest.hexdigest()[:16] == "41fcad4e0dfd37c4"
+    with pytest.raises(ConfigError, match="unknown relworld world '9'"):
+        rw.world_spec(9)
+
+
+def test_world_dreamrelation_with_a_plain_identity_names_its_class(tmp_path):
+    root = rw.write_world_dreamrelation(tmp_path / "dr", rw.world_spec(3), seed=0, relation="on_top_of", num_items=2,
+                                        plain_identity=("cross", "cyan"), others=[("circle", "red")])
+    for item in read_dreamrelation_folder(root):
+        assert item.prompt == "A cross is on top of a red circle." and item.entities == ["cross", "red circle"]
+        concept = _pixels(item.concept_images[0])
+        assert (concept == COLOURS["cyan"]).all(axis=-1).sum() > 200  # a plain cyan object, no texture tone
+        assert not (concept == rw.texture_colour("cyan")).all(axis=-1).any()
+    with pytest.raises(ConfigError, match="has the identity's colour"):
+        rw.write_world_dreamrelation(tmp_path / "dr2", rw.world_spec(3), plain_identity=("cross", "cyan"),
+                                     others=[("circle", "cyan")])
