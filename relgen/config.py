@@ -73,6 +73,9 @@ class DatasetConfig:
     relations: list[str] = field(default_factory=list)  # synthetic: "A R B" triples or words
     num_images: int = 6  # relworld_reversion: exemplars; relworld_rrnet: 2 x images per folder
     num_items: int = 4
+    # relworld_dreamrelation: the identity, a textured one's name (e.g. checkered_blue_square) or a
+    # plain "<colour> <shape>" named by its class (e.g. "cyan cross"); None: the world's first
+    identity: Optional[str] = None
 
 
 @dataclass

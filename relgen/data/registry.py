@@ -78,8 +78,9 @@ def synthetic_dataset(fmt: str, reader_name: str, writer: Callable[[Path, Any], 
         if dcfg.root:
             root = Path(str(dcfg.root)).expanduser()
         else:
+            # the identity only when set, so the folders of datasets without one keep their names
             key = cache_key(dcfg.name, dcfg.seed, dcfg.size, ",".join(dcfg.relations), dcfg.num_images,
-                            dcfg.num_items)[:16]
+                            dcfg.num_items, *([dcfg.identity] if dcfg.identity else []))[:16]
             root = cache_root(cache_dir) / "datasets" / f"{dcfg.name}-{key}"
         return DatasetHandle(dcfg.name, fmt, root, getattr(readers, reader_name),
                              prepare=lambda: writer(root, dcfg))

@@ -38,9 +38,19 @@ def _write_relworld_rrnet(root: Path, dcfg) -> None:
 
 
 def _write_relworld_dreamrelation(root: Path, dcfg) -> None:
-    from relgen.relworld.world import write_world_dreamrelation
+    from relgen.relworld.world import WorldSpec, write_world_dreamrelation
 
-    write_world_dreamrelation(root, seed=dcfg.seed, relation=_one_relation(dcfg), num_items=dcfg.num_items)
+    words = (dcfg.identity or "").split()
+    if len(words) == 2:  # "<colour> <shape>": a plain identity named by its class
+        spec = WorldSpec()
+        if words[0] not in spec.colours or words[1] not in spec.shapes:
+            raise ConfigError(f"dataset.identity '{dcfg.identity}': write a plain identity as '<colour> <shape>' "
+                              f"with a colour of {', '.join(spec.colours)} and a shape of {', '.join(spec.shapes)}")
+        write_world_dreamrelation(root, seed=dcfg.seed, relation=_one_relation(dcfg), num_items=dcfg.num_items,
+                                  plain_identity=(words[1], words[0]))
+        return
+    write_world_dreamrelation(root, seed=dcfg.seed, relation=_one_relation(dcfg), num_items=dcfg.num_items,
+                              identity=dcfg.identity)
 
 
 

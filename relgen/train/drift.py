@@ -41,7 +41,7 @@ REFUSE: frozenset[str] = frozenset({
     "backbone.resolution",
     # the data
     "dataset.name", "dataset.root", "dataset.seed", "dataset.size", "dataset.relations",
-    "dataset.num_images", "dataset.num_items", "dataset.resolution",
+    "dataset.num_images", "dataset.num_items", "dataset.resolution", "dataset.identity",
     # what is trained, its shape and initialisation
     "method.name", "method.resolution", "method.placeholder_token", "method.initializer_token",
     "method.relation", "method.hidden_size", "method.num_heads", "method.eot_self_loops",

@@ -36,9 +36,27 @@ def test_relworld_dreamrelation_items(tmp_path):
     assert len(data) == 2
 
 
+def test_relworld_dreamrelation_plain_identity_is_named_by_its_class(tmp_path):
+    cfg = compose("method=relationbooth", "dataset=relworld_dreamrelation", "dataset.num_items=2",
+                  "dataset.identity=cyan cross", "dataset.relations=[on_top_of]")
+    handle = open_dataset(cfg.dataset, str(tmp_path))
+    data = handle.load()
+    assert [item.entities[0] for item in data] == ["cross", "cross"]
+    # another identity is another cached folder, never the first one's
+    other = compose("method=relationbooth", "dataset=relworld_dreamrelation", "dataset.num_items=2",
+                    "dataset.identity=red cross", "dataset.relations=[on_top_of]")
+    assert open_dataset(other.dataset, str(tmp_path)).root != handle.root
+    assert all(item.prompt.startswith("A cross is on top of a ") for item in data)
+    bad = compose("method=relationbooth", "dataset=relworld_dreamrelation", "dataset.identity=cross cyan")
+    with pytest.raises(ConfigError, match="dataset.identity 'cross cyan'"):
+        open_dataset(bad.dataset, str(tmp_path / "bad")).load()
+
+
 def test_relationbooth_relworld_preset():
     cfg = compose("experiment=relationbooth_relworld")
-    assert (cfg.method.name, cfg.backbone.name, cfg.dataset.name) == ("relationbooth", "relworld",
+    assert (cfg.method.name, cfg.backbone.name, cfg.dataset.name) == ("relationbooth", "relworld3",
                                                                       "relworld_dreamrelation")
+    assert cfg.dataset.identity == "cyan cross" and list(cfg.dataset.relations) == ["on_top_of"]
+    assert (cfg.method.max_steps, cfg.method.lr) == (300, 1e-3)
     assert cfg.method.scale == 0.0 and cfg.method.negative_prompt == ""
     assert cfg.method.cal_layer_rule == "relative"  # a 64 px model: every grid is under 32 x 32
