@@ -4,6 +4,9 @@ from relgen.registry import register_backbone
 
 _LOADER = "relgen.backbones.loading:load_backbone"
 
+#: The backbones pretrained on relworld, whose images relworld's exact detector reads.
+RELWORLD_BACKBONES = frozenset({"relworld", "relworld3"})
+
 for _name, _summary in [
     ("sd15", "Stable Diffusion 1.5 (512 px, epsilon, CLIP ViT-L text encoder)"),
     ("sd21_base", "Stable Diffusion 2.1-base (512 px, epsilon, OpenCLIP ViT-H, '!' padding)"),

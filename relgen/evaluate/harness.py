@@ -169,7 +169,9 @@ def apply_run_defaults(cfg: EvaluateConfig, loaded: Any) -> None:
     ``rrnet_pairs``, else ``relworld_relation``); any other run by CLIP-T and CLIP-R on ReVersion's
     benchmark."""
     backbone = ((loaded.meta.get("backbone") or {}).get("name") if loaded is not None else None)
-    relworld = backbone in ("relworld", "relworld3")
+    from relgen.backbones import RELWORLD_BACKBONES
+
+    relworld = backbone in RELWORLD_BACKBONES
     if cfg.metrics is None:
         cfg.metrics = ["relworld"] if relworld else ["clip_t", "clip_r"]
     if cfg.prompts is None:

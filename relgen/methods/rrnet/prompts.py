@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
+from relgen.backbones import RELWORLD_BACKBONES
 from relgen.data.shapes import COLOURS, RELATIONS
 from relgen.errors import ConfigError
 from relgen.evaluate.samples import EvalPrompt
@@ -29,7 +30,7 @@ def rrnet_pairs(relation: dict[str, Any]) -> list[EvalPrompt]:
     arb, bra = relation["ARB"], relation["BRA"]
     r = relation["R"]
     # on relworld the pair also carries its objects, so relworld's exact detector can score it
-    world = relworld_pair_objects(relation) if relation.get("backbone") in ("relworld", "relworld3") else None
+    world = relworld_pair_objects(relation) if relation.get("backbone") in RELWORLD_BACKBONES else None
     key, objects_arb, objects_bra = world if world is not None else (r, None, None)
     return [EvalPrompt(id=arb, text=arb, readable=arb, a=relation["A"], b=relation["B"], predicate=r,
                        relation=key, swapped=bra, order=0, objects=objects_arb),
