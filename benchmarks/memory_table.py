@@ -1,46 +1,60 @@
 """Memory a user can plan with: each method on its paper's family at native resolution, by the
 precision settings users pick, in parts.
 
-    python benchmarks/memory_table.py            # builds each method once at full size (minutes)
+    python benchmarks/memory_table.py            # every method x setting (a minute or two; no compute)
     python benchmarks/memory_table.py --markdown # the README's table from the saved JSON
 
-For ReVersion (SD 1.5, 512 px), RRNet (SD 2.1-base, 512 px) and RelationBooth (SDXL, 1024 px) the
-script builds the run as ``python -m relgen`` does, with random weights in the published
-architectures, takes one optimizer step and counts, from the tensors themselves:
+For ReVersion (SD 1.5, 512 px), RRNet (SD 2.1-base, 512 px) and RelationBooth (SDXL, 1024 px), under
+each precision setting of ``gpu_check.py`` (its ``SETTINGS``), the script builds the run as
+``python -m relgen`` does with the published architectures, takes two optimizer steps through
+``Trainer.run_step`` and counts, from the tensors:
 
-* **weights** of each module, as stored under each setting: float32, or with
-  ``backbone.dtype=bfloat16`` the frozen UNet and text encoders in bfloat16 (the VAE keeps
-  ``backbone.vae_dtype``, float32; trained parameters stay float32);
-* **trained parameters**, their **gradients** (float32, the same size) and the **optimizer
-  state** (AdamW: two float32 moments per trained parameter; ``method.optimizer=adamw8bit``:
-  two 8-bit moments, 2 bytes per parameter, plus bitsandbytes' block scales, which we leave out);
-* **activations**: the peak RSS of the full-size command-line run at native resolution
-  (``tests/integration/test_full_size_cli.py``, ``benchmarks/results/full_size_cli_cpu.json``)
-  minus the parts above, on the CPU in float32 (RelationBooth: ``trainer=lowvram``). It includes
-  the Python and PyTorch runtime (about half a GiB); a GPU's activations under autocast and
-  gradient checkpointing are smaller and are measured by ``benchmarks/gpu_check.sh``.
+* **weights**: every frozen parameter and buffer as stored (``backbone.dtype`` sets the UNet's and
+  text encoders'; the VAE keeps ``backbone.vae_dtype``);
+* **trained** parameters (float32) and their **optimizer state**, alive through the second step
+  (8-bit AdamW, which needs CUDA, is counted at 2 bytes per trained parameter);
+* **activations**: the second step's peak of everything else it allocates (saved activations,
+  gradients, autocast's low-precision weight copies, temporaries).
 
-Counts are independent of resolution, so the build uses 256 px. Writes
-``benchmarks/results/memory_table.json``.
+It does not compute the step: the UNet and VAE are built as fake tensors
+(``torch._subclasses.FakeTensorMode``: shapes and dtypes, no storage); the text encoders and the
+method's own modules are real (RRNet's graph runs in DGL, which needs real tensors), and
+:class:`LiveBytes` follows every storage the step allocates until it is freed. Values read back from
+fake tensors (a logged loss, a finiteness check) read as 1 / True, so a branch on a computed value
+takes its usual path. The count equals a real-tensor run's on the tiny backbones
+(``tests/integration/test_memory_table.py``) and is set beside the measured peak RSS of the
+full-size command-line runs (``tests/integration/test_full_size_cli.py``,
+``benchmarks/results/full_size_cli_cpu.json``) where their settings match. It counts tensors only:
+a GPU adds its CUDA context and allocator slack, a CPU process its runtime (about half a GiB). CPU
+autocast casts a slightly different list of operations than CUDA's. fp16 mixed precision needs an
+accelerator here; its tensors have bf16-mixed's sizes.
+
+Writes ``benchmarks/results/memory_table.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import sys
 import tempfile
+import weakref
 from pathlib import Path
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.distributed._tools.common_utils import get_untyped_storages
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 GIB = 2**30
 
-#: method -> (family of step_time.py's tiny presets, native resolution), as the papers train
-PAPER = {"reversion": ("sd15", 512), "rrnet": ("sd21", 512), "relationbooth": ("sdxl", 1024)}
-#: the full-size command-line run's backbone name of each method (test_full_size_cli.py)
-CLI_BACKBONE = {"reversion": "sd15", "rrnet": "sd21_base", "relationbooth": "sdxl"}
+#: the methods in table order (gpu_check.PAPER gives each one's family and native resolution)
+METHODS = ["reversion", "rrnet", "relationbooth"]
 
 
 def _step_time():
@@ -50,40 +64,194 @@ def _step_time():
     return module
 
 
-def count(method_name: str) -> dict:
-    """Bytes by part of one method's run at full size (one optimizer step taken)."""
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the tensor storages alive now and at the peak, from the operations run while active.
+
+    A ``TorchDispatchMode``: every storage an operation returns is counted once until it is freed;
+    storages that existed before are not counted. Reading a value out of a fake tensor (a branch on a
+    computed number) gives 1 (True for a boolean) instead of failing.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.refs: dict[int, weakref.ref] = {}
+        self.now = 0
+        self.peak = 0
+
+    def reset_peak(self) -> None:
+        self.peak = self.now
+
+    def _free(self, key: int, nbytes: int) -> None:
+        if self.refs.pop(key, None) is not None:
+            self.now -= nbytes
+
+    def _add(self, t: torch.Tensor) -> None:
+        for st in get_untyped_storages(t):
+            key = id(st)
+            if key in self.refs:
+                continue
+            nbytes = st.nbytes()
+            self.refs[key] = weakref.ref(st, lambda _r, key=key, n=nbytes: self._free(key, n))
+            self.now += nbytes
+            self.peak = max(self.peak, self.now)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and isinstance(args[0], FakeTensor):
+            dtype = args[0].dtype
+            return True if dtype == torch.bool else (1.0 if dtype.is_floating_point else 1)
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._add(t)
+        return out
+
+
+def _cast_in_place(module, dtype):
+    """``module.to(dtype)`` by replacing each floating parameter and buffer (fake tensors cannot be
+    swapped in place by ``Module.to``)."""
+    for mod in module.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None and p.is_floating_point() and p.dtype != dtype:
+                mod._parameters[name] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=p.requires_grad)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and b.is_floating_point() and b.dtype != dtype:
+                mod._buffers[name] = b.to(dtype)
+    return module
+
+
+class _RealGradient(torch.autograd.Function):
+    """Identity forward; a fake incoming gradient goes on as real zeros of its shape and dtype, so
+    that modules computed outside PyTorch's dispatcher (DGL's sparse kernels) never receive a fake
+    tensor. The bytes are those of the real gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.zeros(grad.shape, dtype=grad.dtype) if isinstance(grad, FakeTensor) else grad
+
+
+def _real_gradients(forward):
+    def wrapped(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        return {k: _RealGradient.apply(v) if v.requires_grad else v for k, v in out.items()}
+    return wrapped
+
+
+def _to_keeping_fakes(to):
+    """``Module.to`` for modules holding fake tensors: a dtype is applied by :func:`_cast_in_place`
+    and a device is kept (everything here is on the CPU); other modules go through ``to``."""
+    def wrapped(module, *args, **kwargs):
+        if not any(isinstance(p, FakeTensor) for p in module.parameters()):
+            return to(module, *args, **kwargs)
+        _device, dtype, _non_blocking, _fmt = torch._C._nn._parse_to(*args, **kwargs)
+        return _cast_in_place(module, dtype) if dtype is not None else module
+    return wrapped
+
+
+@contextlib.contextmanager
+def _fake_image_modules(fake: bool):
+    """While active, the UNet, the VAE and the CLIP image encoder are built as fake tensors and
+    RRNet's graph network gets real gradients (when ``fake``), modules holding fake tensors change
+    dtype by replacing their parameters, and nothing goes to the disk cache (fake tensors cannot be
+    written)."""
+    import diffusers
+    import transformers
+
+    import relgen.data.cache as cache
+    from relgen.methods.rrnet.gnn import RelationGAT
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    saved = {}
+
+    def patch(owner, name, value):
+        saved[(owner, name)] = getattr(owner, name)
+        setattr(owner, name, value)
+
+    def faked(cls):
+        def build(*args, **kwargs):
+            with mode:
+                return cls(*args, **kwargs)
+        return build
+
+    if fake:
+        for owner, name in ((diffusers, "UNet2DConditionModel"), (diffusers, "AutoencoderKL"),
+                            (transformers, "CLIPVisionModelWithProjection")):
+            patch(owner, name, faked(getattr(owner, name)))
+        patch(RelationGAT, "forward", _real_gradients(RelationGAT.forward))
+        patch(torch.nn.Module, "to", _to_keeping_fakes(torch.nn.Module.to))
+    patch(cache.TensorCache, "get", lambda self, key: None)
+    patch(cache.TensorCache, "put", lambda self, key, tensors: None)
+    patch(cache.TensorCache, "get_or_compute", lambda self, key, fn: fn())
+    try:
+        yield
+    finally:
+        for (owner, name), value in saved.items():
+            setattr(owner, name, value)
+
+
+def estimate(method_name: str, family: str, resolution: int, overrides=(), size: str = "full",
+             fake: bool = True) -> dict:
+    """Peak bytes of one method's step under ``overrides``, counted by :class:`LiveBytes`.
+
+    Builds the run as ``python -m relgen`` does (random weights of ``size``; the UNet and VAE fake
+    when ``fake``), takes two optimizer steps through ``Trainer.run_step`` and returns the weights
+    by dtype (frozen parameters and buffers of the backbone and of the method's own modules), the
+    trained parameters, the optimizer state and the second step's peak above what
+    existed before the first (activations, gradients, autocast copies and temporaries; the optimizer
+    state is alive by then and counted apart).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from relgen.backbones.loading import build_random_backbone
+    from relgen.data.registry import open_dataset
+    from relgen.registry import get_method
     from relgen.train.loop import Trainer
 
-    family, _ = PAPER[method_name]
-    extra = ["backbone.prediction_type=epsilon"] if family == "sd21" else []  # SD 2.1-base
-    _, cfg, acc, bb, method = _step_time()._build(method_name, family, True, extra, 256)
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, Path(run_dir), acc, bb, method)
-        trainer.run_step()
-        trained = {id(p): p for p in trainer.params}
-        state = [v for s in trainer.optimizer.optimizer.state.values() for v in s.values() if hasattr(v, "numel")]
-        modules = {"unet": bb.unet, "vae": bb.vae, **{f"text_encoder_{i + 1}": s.encoder for i, s in enumerate(bb.slots)}}
-        frozen = {name: sum(p.numel() for p in m.parameters() if id(p) not in trained) for name, m in modules.items()}
-        n_trained = sum(p.numel() for p in trained.values())
-        return {"method": method_name, "family": family, "frozen_params": frozen, "trained_params": n_trained,
-                "trained_dtype": str(next(iter(trained.values())).dtype).replace("torch.", ""),
-                "optimizer_state_bytes": sum(v.numel() * v.element_size() for v in state)}
-
-
-def parts(row: dict, cli: dict | None) -> dict:
-    """GiB by part under each setting, from :func:`count`'s row and the command-line run's peak."""
-    frozen, trained = row["frozen_params"], row["trained_params"]
-    weights = {"float32": sum(frozen.values()) * 4,
-               "bfloat16": sum(n * (4 if name == "vae" else 2) for name, n in frozen.items())}
-    out = {"weights_fp32_gib": weights["float32"] / GIB, "weights_bf16_gib": weights["bfloat16"] / GIB,
-           "trained_gib": trained * 4 / GIB, "gradients_gib": trained * 4 / GIB,
-           "adamw_state_gib": row["optimizer_state_bytes"] / GIB, "adamw8bit_state_gib": trained * 2 / GIB}
-    if cli and "train_peak_rss_gib" in cli:
-        counted = out["weights_fp32_gib"] + out["trained_gib"] + out["gradients_gib"] + out["adamw_state_gib"]
-        out["cli_peak_rss_gib"] = cli["train_peak_rss_gib"]
-        out["cli_overrides"] = cli.get("overrides", [])
-        out["activations_cpu_gib"] = cli["train_peak_rss_gib"] - counted
-    return out
+    st = _step_time()
+    over = [f"method={method_name}", f"backbone=tiny_{family}", f"dataset={st.DATASETS[method_name]}",
+            "trainer.report_to=[]", "trainer.progress=false", f"backbone.resolution={resolution}",
+            f"dataset.size={resolution}", *overrides]
+    cfg = st._compose(over)
+    AcceleratorState._reset_state(reset_partial_state=True)  # each setting brings its own mixed precision
+    acc = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
+    torch.manual_seed(0)
+    with _fake_image_modules(fake):
+        bb = build_random_backbone(cfg.backbone, size=size)
+        if cfg.trainer.gradient_checkpointing:  # as relgen.run does
+            bb.unet.enable_gradient_checkpointing()
+        method = get_method(method_name)(cfg.method, bb, open_dataset(cfg.dataset).load())
+        with tempfile.TemporaryDirectory() as run_dir:
+            trainer = Trainer(cfg, Path(run_dir), acc, bb, method)
+            trained = {id(p): p for p in trainer.params}
+            # the backbone's modules and the method's own (RelationBooth's image branch)
+            modules = [bb.unet, bb.vae, *(s.encoder for s in bb.slots),
+                       *(v for v in vars(method).values() if isinstance(v, torch.nn.Module))]
+            weights: dict[str, int] = {}
+            seen = set()
+            for m in modules:
+                for t in [*m.parameters(), *m.buffers()]:
+                    if id(t) in trained or id(t) in seen:
+                        continue
+                    seen.add(id(t))
+                    key = str(t.dtype).replace("torch.", "")
+                    weights[key] = weights.get(key, 0) + t.numel() * t.element_size()
+            live = LiveBytes()
+            with live:
+                trainer.run_step()
+                state = sum(v.numel() * v.element_size() for s in trainer.optimizer.optimizer.state.values()
+                            for v in s.values() if isinstance(v, torch.Tensor))
+                first = live.peak
+                live.reset_peak()
+                trainer.run_step()
+    return {"method": method_name, "family": family, "resolution": resolution, "overrides": list(overrides),
+            "size": size, "fake": fake, "weights_bytes": weights,
+            "trained_bytes": sum(p.numel() * p.element_size() for p in trained.values()),
+            "optimizer_state_bytes": state, "first_step_peak_bytes": first, "step_peak_bytes": live.peak,
+            "activations_bytes": live.peak - state}
 
 
 def _size(gib: float) -> str:
@@ -93,23 +261,79 @@ def _size(gib: float) -> str:
     return ""
 
 
+def _gpu_check():
+    spec = importlib.util.spec_from_file_location("relgen_gpu_check", HERE / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: settings the CPU cannot run, and how the table counts them
+FP16 = "trainer.mixed_precision=fp16"
+ADAMW8BIT = "method.optimizer=adamw8bit"
+
+
+def row_for(method_name: str, family: str, resolution: int, setting: str, overrides: list[str],
+            branch: tuple[str, ...] = ()) -> dict:
+    """One method x setting at full size: :func:`estimate`'s bytes in GiB, by part (``branch``: more
+    overrides that are not part of the setting)."""
+    if FP16 in overrides:
+        return {"method": method_name, "family": family, "resolution": resolution, "setting": setting,
+                "overrides": overrides, "skipped": "fp16 autocast needs an accelerator; its tensors have "
+                                                    "bf16-mixed's sizes"}
+    eightbit = ADAMW8BIT in overrides
+    run = [o for o in overrides if o != ADAMW8BIT]  # the step's tensors do not depend on the optimizer
+    r = estimate(method_name, family, resolution, run + list(branch))
+    state = (r["trained_bytes"] // 4) * 2 if eightbit else r["optimizer_state_bytes"]
+    out = {"method": method_name, "family": family, "resolution": resolution, "setting": setting,
+           "overrides": overrides, "weights_gib": {k: v / GIB for k, v in r["weights_bytes"].items()},
+           "trained_gib": r["trained_bytes"] / GIB, "optimizer_state_gib": state / GIB,
+           "optimizer_state_counted": "2 bytes per trained parameter (8-bit AdamW needs CUDA)" if eightbit
+           else "measured", "activations_gib": r["activations_bytes"] / GIB}
+    out["total_gib"] = (sum(out["weights_gib"].values()) + out["trained_gib"] + out["optimizer_state_gib"]
+                        + out["activations_gib"])
+    return out
+
+
 def markdown(table: dict) -> str:
-    lines = ["| method (family, px) | weights fp32 / bf16 | trained + gradients | AdamW / 8-bit AdamW state | "
-             "activations (CPU, fp32, measured) |", "|---|---|---|---|---|"]
-    for name, r in table["methods"].items():
-        family, res = PAPER[name]
-        act = (f"{r['activations_cpu_gib']:.1f} GiB (peak RSS {r['cli_peak_rss_gib']:.1f})"
-               + (f", {' '.join(r['cli_overrides'])}" if r.get("cli_overrides") else "")
-               if "activations_cpu_gib" in r else "not measured")
-        lines.append(f"| {name} ({family}, {res}) | {_size(r['weights_fp32_gib'])} / {_size(r['weights_bf16_gib'])} | "
-                     f"{_size(r['trained_gib'] + r['gradients_gib'])} | "
-                     f"{_size(r['adamw_state_gib'])} / {_size(r['adamw8bit_state_gib'])} | {act} |")
+    """The README's tables: each method x setting, then the counts beside the measured runs."""
+    lines = ["| method (family, px) | setting | weights | trained | optimizer state | activations | "
+             "peak (tensors) |", "|---|---|---|---|---|---|---|"]
+    for r in table["rows"]:
+        head = f"| {r['method']} ({r['family']}, {r['resolution']}) | {r['setting']} |"
+        if "skipped" in r:
+            lines.append(f"{head} {r['skipped']} | | | | |")
+            continue
+        eightbit = " (8-bit, counted)" if ADAMW8BIT in r["overrides"] else ""
+        lines.append(f"{head} {_size(sum(r['weights_gib'].values()))} | {_size(r['trained_gib'])} | "
+                     f"{_size(r['optimizer_state_gib'])}{eightbit} | {_size(r['activations_gib'])} | "
+                     f"**{_size(r['total_gib'])}** |")
+    lines += ["", "| command-line run (CPU) | setting | peak (tensors, counted) | peak RSS (measured) |",
+              "|---|---|---|---|"]
+    for r in table.get("checks", []):
+        lines.append(f"| {r['method']} ({r['family']}, {r['resolution']}) | {r['setting']} | "
+                     f"{_size(r['total_gib'])} | {_size(r['cli_peak_rss_gib'])} |")
     return "\n".join(lines)
 
 
+#: RelationBooth's image branch as published, in random weights: the vision tower of CLIP ViT-bigG-14
+#: (DreamRelation's image encoder) and MS-Diffusion's resampler sizes (``method.tiny.*`` sizes the
+#: random encoder and, with it, the resampler)
+PUBLISHED_BRANCH = {"relationbooth": [
+    "method.tiny.image_size=224", "method.tiny.patch_size=14", "method.tiny.hidden_size=1664",
+    "method.tiny.intermediate_size=8192", "method.tiny.num_layers=48", "method.tiny.num_heads=16",
+    "method.tiny.projection_dim=1280", "method.tiny.resampler_dim=1280", "method.tiny.resampler_depth=4",
+    "method.tiny.resampler_dim_head=64", "method.tiny.resampler_heads=20", "method.tiny.resampler_ff_mult=4"]}
+#: the setting of each full-size command-line run (test_full_size_cli.py; RelationBooth's with the
+#: random tiny image encoder), counted again to set beside its measured peak RSS
+CLI_SETTING = {"reversion": "fp32", "rrnet": "fp32", "relationbooth": "lowvram"}
+
+
 def main(argv=None) -> int:
+    gc = _gpu_check()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--methods", nargs="+", default=list(PAPER), choices=list(PAPER))
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--settings", nargs="+", default=None, choices=list(gc.SETTINGS))
     ap.add_argument("--markdown", action="store_true", help="print the table from the saved JSON and exit")
     ap.add_argument("--out", type=Path, default=RESULTS / "memory_table.json")
     args = ap.parse_args(argv)
@@ -118,13 +342,25 @@ def main(argv=None) -> int:
         return 0
     cli_file = RESULTS / "full_size_cli_cpu.json"
     cli = json.loads(cli_file.read_text()) if cli_file.is_file() else {}
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {"methods": {}}
-    for name in args.methods:
-        row = count(name)
-        old["methods"][name] = {**row, **parts(row, cli.get(name))}
-        print(name, json.dumps(old["methods"][name]), flush=True)
-        args.out.write_text(json.dumps(old, indent=1) + "\n")  # after each method: a long run keeps what it measured
-    print(markdown(old))
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    rows = {(r["method"], r["setting"]): r for r in old.get("rows", [])}
+    checks = {r["method"]: r for r in old.get("checks", [])}
+    table = {"command": "python benchmarks/memory_table.py", "torch": torch.__version__}
+    for plan_row in sorted(gc.plan(args.methods, args.settings), key=lambda r: METHODS.index(r["method"])):
+        name, setting = plan_row["method"], plan_row["setting"]
+        shape = (name, plan_row["family"], plan_row["resolution"], setting, plan_row["overrides"])
+        row = row_for(*shape, branch=tuple(PUBLISHED_BRANCH.get(name, [])))
+        rows[(name, setting)] = row
+        print(name, setting, json.dumps(row), flush=True)
+        if CLI_SETTING[name] == setting and "train_peak_rss_gib" in cli.get(name, {}):
+            check = row_for(*shape) if name in PUBLISHED_BRANCH else dict(row)
+            check["cli_peak_rss_gib"] = cli[name]["train_peak_rss_gib"]
+            checks[name] = check
+    order = list(gc.SETTINGS)
+    table["rows"] = sorted(rows.values(), key=lambda r: (METHODS.index(r["method"]), order.index(r["setting"])))
+    table["checks"] = [checks[m] for m in METHODS if m in checks]
+    args.out.write_text(json.dumps(table, indent=1) + "\n")
+    print(markdown(table))
     return 0
 
 
