@@ -49,7 +49,7 @@ PAPER = [
 #: the time budget loses the last ones, for every method alike)
 SETTINGS = {
     "bf16-mixed": ["trainer.mixed_precision=bf16"],
-    # trainer=lowvram: bf16 autocast and gradient checkpointing
+    # trainer=lowvram: bf16 autocast, bf16 stored weights, gradient checkpointing, cached latents
     "lowvram": ["trainer=lowvram"],
     "bf16-weights": ["trainer.mixed_precision=bf16", "backbone.dtype=bfloat16"],
     "bf16-weights+checkpointing+adamw8bit": ["trainer.mixed_precision=bf16", "backbone.dtype=bfloat16",

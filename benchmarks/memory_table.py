@@ -16,9 +16,10 @@ each precision setting of ``gpu_check.py`` (its ``SETTINGS``), the script builds
 * **activations**: the second step's peak of everything else it allocates (saved activations,
   gradients, autocast's low-precision weight copies, temporaries).
 
-It does not compute the step: the UNet and VAE are built as fake tensors
-(``torch._subclasses.FakeTensorMode``: shapes and dtypes, no storage); the text encoders and the
-method's own modules are real (RRNet's graph runs in DGL, which needs real tensors), and
+It does not compute the costly parts of the step: the UNet, the VAE and RelationBooth's CLIP image
+encoder are built as fake tensors (``torch._subclasses.FakeTensorMode``: shapes and dtypes, no
+storage); the text encoders and the method's own trained modules are real (RRNet's graph runs in
+DGL, which needs real tensors: the gradient reaching it arrives as real zeros), and
 :class:`LiveBytes` follows every storage the step allocates until it is freed. Values read back from
 fake tensors (a logged loss, a finiteness check) read as 1 / True, so a branch on a computed value
 takes its usual path. The count equals a real-tensor run's on the tiny backbones
@@ -67,8 +68,8 @@ def _step_time():
 class LiveBytes(TorchDispatchMode):
     """Bytes of the tensor storages alive now and at the peak, from the operations run while active.
 
-    A ``TorchDispatchMode``: every storage an operation returns is counted once until it is freed;
-    storages that existed before are not counted. Reading a value out of a fake tensor (a branch on a
+    A ``TorchDispatchMode``: every new storage an operation returns is counted once until it is
+    freed; storages that existed before are not counted, nor are views and in-place results of them. Reading a value out of a fake tensor (a branch on a
     computed number) gives 1 (True for a boolean) instead of failing.
     """
 
@@ -100,8 +101,12 @@ class LiveBytes(TorchDispatchMode):
             dtype = args[0].dtype
             return True if dtype == torch.bool else (1.0 if dtype.is_floating_point else 1)
         out = func(*args, **(kwargs or {}))
+        # a view or an in-place result shares an input's storage: nothing new (the input may be a
+        # weight or a cached tensor that existed before counting began)
+        inputs = {id(st) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)
+                  for st in get_untyped_storages(a)}
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and not any(id(st) in inputs for st in get_untyped_storages(t)):
                 self._add(t)
         return out
 
@@ -157,9 +162,6 @@ def _fake_image_modules(fake: bool):
     RRNet's graph network gets real gradients (when ``fake``), modules holding fake tensors change
     dtype by replacing their parameters, and nothing goes to the disk cache (fake tensors cannot be
     written)."""
-    import diffusers
-    import transformers
-
     import relgen.data.cache as cache
     from relgen.methods.rrnet.gnn import RelationGAT
 
@@ -177,8 +179,12 @@ def _fake_image_modules(fake: bool):
         return build
 
     if fake:
-        for owner, name in ((diffusers, "UNet2DConditionModel"), (diffusers, "AutoencoderKL"),
-                            (transformers, "CLIPVisionModelWithProjection")):
+        # the module objects that ``from ... import`` reads (transformers' lazy module can differ from
+        # the one ``import transformers`` returned)
+        for package, name in (("diffusers", "UNet2DConditionModel"), ("diffusers", "AutoencoderKL"),
+                              ("transformers", "CLIPVisionModelWithProjection")):
+            importlib.import_module(package)
+            owner = sys.modules[package]
             patch(owner, name, faked(getattr(owner, name)))
         patch(RelationGAT, "forward", _real_gradients(RelationGAT.forward))
         patch(torch.nn.Module, "to", _to_keeping_fakes(torch.nn.Module.to))
@@ -193,15 +199,16 @@ def _fake_image_modules(fake: bool):
 
 
 def estimate(method_name: str, family: str, resolution: int, overrides=(), size: str = "full",
-             fake: bool = True) -> dict:
+             fake: bool = True, around_steps=contextlib.nullcontext) -> dict:
     """Peak bytes of one method's step under ``overrides``, counted by :class:`LiveBytes`.
 
-    Builds the run as ``python -m relgen`` does (random weights of ``size``; the UNet and VAE fake
-    when ``fake``), takes two optimizer steps through ``Trainer.run_step`` and returns the weights
+    Builds the run as ``python -m relgen`` does (random weights of ``size``; the UNet, the VAE and
+    the CLIP image encoder fake when ``fake``), takes two optimizer steps through ``Trainer.run_step`` and returns the weights
     by dtype (frozen parameters and buffers of the backbone and of the method's own modules), the
     trained parameters, the optimizer state and the second step's peak above what
     existed before the first (activations, gradients, autocast copies and temporaries; the optimizer
-    state is alive by then and counted apart).
+    state is alive by then and counted apart). ``around_steps`` is a context manager entered around
+    the two steps (:func:`rss_check` reads the process's memory there).
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -240,7 +247,7 @@ def estimate(method_name: str, family: str, resolution: int, overrides=(), size:
                     key = str(t.dtype).replace("torch.", "")
                     weights[key] = weights.get(key, 0) + t.numel() * t.element_size()
             live = LiveBytes()
-            with live:
+            with around_steps(), live:
                 trainer.run_step()
                 state = sum(v.numel() * v.element_size() for s in trainer.optimizer.optimizer.state.values()
                             for v in s.values() if isinstance(v, torch.Tensor))
@@ -252,6 +259,35 @@ def estimate(method_name: str, family: str, resolution: int, overrides=(), size:
             "trained_bytes": sum(p.numel() * p.element_size() for p in trained.values()),
             "optimizer_state_bytes": state, "first_step_peak_bytes": first, "step_peak_bytes": live.peak,
             "activations_bytes": live.peak - state}
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_check(method_name: str, family: str, resolution: int, overrides=()) -> dict:
+    """The count set against what the process really holds: the same two steps with real tensors
+    at full size (minutes of compute), the peak resident memory of the steps alone (Linux: the
+    high-water mark is reset just before them through ``/proc/self/clear_refs``) minus the memory
+    resident before them, beside :class:`LiveBytes`' count of the same steps."""
+    seen = {}
+
+    @contextlib.contextmanager
+    def around():
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        seen["before_kib"] = _rss_kib("VmRSS")
+        yield
+        seen["peak_kib"] = _rss_kib("VmHWM")
+
+    r = estimate(method_name, family, resolution, overrides, fake=False, around_steps=around)
+    counted = max(r["first_step_peak_bytes"], r["step_peak_bytes"])
+    return {"method": method_name, "family": family, "resolution": resolution, "overrides": list(overrides),
+            "counted_steps_peak_gib": counted / GIB,
+            "rss_steps_peak_gib": (seen["peak_kib"] - seen["before_kib"]) * 1024 / GIB,
+            "command": f"python benchmarks/memory_table.py --rss-check {method_name}"}
 
 
 def _size(gib: float) -> str:
@@ -308,10 +344,11 @@ def markdown(table: dict) -> str:
         lines.append(f"{head} {_size(sum(r['weights_gib'].values()))} | {_size(r['trained_gib'])} | "
                      f"{_size(r['optimizer_state_gib'])}{eightbit} | {_size(r['activations_gib'])} | "
                      f"**{_size(r['total_gib'])}** |")
-    lines += ["", "| command-line run (CPU) | setting | peak (tensors, counted) | peak RSS (measured) |",
+    lines += ["", "| command-line run (CPU) | settings as run | peak (tensors, counted) | peak RSS (measured) |",
               "|---|---|---|---|"]
     for r in table.get("checks", []):
-        lines.append(f"| {r['method']} ({r['family']}, {r['resolution']}) | {r['setting']} | "
+        settings = " ".join(o for o in r["overrides"] if not o.startswith("backbone.prediction_type"))
+        lines.append(f"| {r['method']} ({r['family']}, {r['resolution']}) | {settings} | "
                      f"{_size(r['total_gib'])} | {_size(r['cli_peak_rss_gib'])} |")
     return "\n".join(lines)
 
@@ -324,9 +361,13 @@ PUBLISHED_BRANCH = {"relationbooth": [
     "method.tiny.intermediate_size=8192", "method.tiny.num_layers=48", "method.tiny.num_heads=16",
     "method.tiny.projection_dim=1280", "method.tiny.resampler_dim=1280", "method.tiny.resampler_depth=4",
     "method.tiny.resampler_dim_head=64", "method.tiny.resampler_heads=20", "method.tiny.resampler_ff_mult=4"]}
-#: the setting of each full-size command-line run (test_full_size_cli.py; RelationBooth's with the
-#: random tiny image encoder), counted again to set beside its measured peak RSS
-CLI_SETTING = {"reversion": "fp32", "rrnet": "fp32", "relationbooth": "lowvram"}
+
+
+def cli_overrides(cli_row: dict) -> list[str]:
+    """The precision settings a full-size command-line run resolved (``test_full_size_cli.py``
+    records them), as overrides, to count that run again beside its measured peak RSS."""
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+            for key, value in cli_row["settings"].items()]
 
 
 def main(argv=None) -> int:
@@ -336,7 +377,18 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", nargs="+", default=None, choices=list(gc.SETTINGS))
     ap.add_argument("--markdown", action="store_true", help="print the table from the saved JSON and exit")
     ap.add_argument("--out", type=Path, default=RESULTS / "memory_table.json")
+    ap.add_argument("--rss-check", choices=METHODS, default=None,
+                    help="run that method's two steps for real at full size in float32 (minutes) and set the "
+                         "count beside the resident memory they take; adds to the saved JSON")
     args = ap.parse_args(argv)
+    if args.rss_check:
+        paper = next(p for p in gc.PAPER if p["method"] == args.rss_check)
+        result = rss_check(args.rss_check, paper["family"], paper["resolution"], paper["extra"])
+        table = json.loads(args.out.read_text())
+        table.setdefault("rss_checks", {})[args.rss_check] = result
+        args.out.write_text(json.dumps(table, indent=1) + "\n")
+        print(json.dumps(result))
+        return 0
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
         return 0
@@ -346,16 +398,20 @@ def main(argv=None) -> int:
     rows = {(r["method"], r["setting"]): r for r in old.get("rows", [])}
     checks = {r["method"]: r for r in old.get("checks", [])}
     table = {"command": "python benchmarks/memory_table.py", "torch": torch.__version__}
-    for plan_row in sorted(gc.plan(args.methods, args.settings), key=lambda r: METHODS.index(r["method"])):
+    plan = sorted(gc.plan(args.methods, args.settings), key=lambda r: METHODS.index(r["method"]))
+    for plan_row in plan:
         name, setting = plan_row["method"], plan_row["setting"]
-        shape = (name, plan_row["family"], plan_row["resolution"], setting, plan_row["overrides"])
-        row = row_for(*shape, branch=tuple(PUBLISHED_BRANCH.get(name, [])))
+        row = row_for(name, plan_row["family"], plan_row["resolution"], setting, plan_row["overrides"],
+                      branch=tuple(PUBLISHED_BRANCH.get(name, [])))
         rows[(name, setting)] = row
         print(name, setting, json.dumps(row), flush=True)
-        if CLI_SETTING[name] == setting and "train_peak_rss_gib" in cli.get(name, {}):
-            check = row_for(*shape) if name in PUBLISHED_BRANCH else dict(row)
-            check["cli_peak_rss_gib"] = cli[name]["train_peak_rss_gib"]
-            checks[name] = check
+    for paper in gc.PAPER:  # each command-line run as it ran (RelationBooth's with the tiny image encoder)
+        name, run = paper["method"], cli.get(paper["method"], {})
+        if name in args.methods and "settings" in run:
+            over = paper["extra"] + cli_overrides(run)
+            checks[name] = {**row_for(name, paper["family"], paper["resolution"], "as run", over),
+                            "cli_peak_rss_gib": run["train_peak_rss_gib"]}
+            print(name, "command-line run", json.dumps(checks[name]), flush=True)
     order = list(gc.SETTINGS)
     table["rows"] = sorted(rows.values(), key=lambda r: (METHODS.index(r["method"]), order.index(r["setting"])))
     table["checks"] = [checks[m] for m in METHODS if m in checks]

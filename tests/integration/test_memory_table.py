@@ -50,7 +50,7 @@ def test_live_bytes_reads_fake_values_as_one():
 @pytest.mark.parametrize("method,family,overrides", [
     ("reversion", "sd15", []),
     ("rrnet", "sd21", ["backbone.prediction_type=epsilon"]),  # its graph runs in DGL on real tensors
-    ("relationbooth", "sdxl", ["trainer=lowvram"]),  # bf16 autocast and gradient checkpointing
+    ("relationbooth", "sdxl", ["trainer=lowvram"]),  # bf16 autocast and weights, gradient checkpointing
 ])
 def test_fake_count_equals_the_real_one(method, family, overrides):
     mt = _memory_table()
@@ -79,3 +79,14 @@ def test_bf16_weights_halve_the_unet_and_text_encoder():
     vae = bf16["weights_bytes"]["float32"]  # the VAE keeps backbone.vae_dtype
     assert bf16["weights_bytes"]["bfloat16"] * 2 + vae == fp32["weights_bytes"]["float32"]
     assert 0 < vae < fp32["weights_bytes"]["float32"] / 2
+
+
+def test_live_bytes_does_not_count_views_of_tensors_made_before():
+    mt = _memory_table()
+    weight = torch.zeros(8, 4)  # 128 bytes, made before counting
+    with mt.LiveBytes() as live:
+        transposed = weight.t()  # a view of a weight, as F.linear takes it
+        weight.add_(1)  # in place
+        out = torch.ones(2, 8) @ weight  # a temporary (2, 8) of ones, 64 bytes, and the (2, 4) product, 32
+        assert (live.now, live.peak) == (32, 96)
+    del transposed, out

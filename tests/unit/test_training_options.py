@@ -413,3 +413,11 @@ def test_no_trackers_with_an_empty_report_to(tmp_path):
 
     assert run_training(compose(*TI, "trainer.max_steps=1", "trainer.report_to=[]"), tmp_path) == 0
     assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_lowvram_preset_sets_bf16_compute_and_storage_and_the_command_line_still_wins():
+    cfg = compose("trainer=lowvram", "backbone=sdxl")
+    assert (cfg.trainer.mixed_precision, cfg.backbone.dtype, cfg.backbone.vae_dtype) == ("bf16", "bfloat16", "float32")
+    assert cfg.trainer.gradient_checkpointing and cfg.trainer.cache_latents
+    assert compose("trainer=lowvram", "backbone.dtype=float32").backbone.dtype == "float32"
+    assert compose().backbone.dtype == "float32" and compose().trainer.mixed_precision == "no"
