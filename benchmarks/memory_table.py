@@ -397,7 +397,8 @@ def main(argv=None) -> int:
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
     rows = {(r["method"], r["setting"]): r for r in old.get("rows", [])}
     checks = {r["method"]: r for r in old.get("checks", [])}
-    table = {"command": "python benchmarks/memory_table.py", "torch": torch.__version__}
+    table = {"command": "python benchmarks/memory_table.py", "torch": torch.__version__,
+             **({"rss_checks": old["rss_checks"]} if "rss_checks" in old else {})}
     plan = sorted(gc.plan(args.methods, args.settings), key=lambda r: METHODS.index(r["method"]))
     for plan_row in plan:
         name, setting = plan_row["method"], plan_row["setting"]
