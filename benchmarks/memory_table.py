@@ -69,8 +69,9 @@ class LiveBytes(TorchDispatchMode):
     """Bytes of the tensor storages alive now and at the peak, from the operations run while active.
 
     A ``TorchDispatchMode``: every new storage an operation returns is counted once until it is
-    freed; storages that existed before are not counted, nor are views and in-place results of them. Reading a value out of a fake tensor (a branch on a
-    computed number) gives 1 (True for a boolean) instead of failing.
+    freed; storages that existed before are not counted, nor are views and in-place results of them.
+    Reading a value out of a fake tensor (a branch on a computed number) gives 1 (True for a
+    boolean) instead of failing.
     """
 
     def __init__(self):
@@ -203,12 +204,13 @@ def estimate(method_name: str, family: str, resolution: int, overrides=(), size:
     """Peak bytes of one method's step under ``overrides``, counted by :class:`LiveBytes`.
 
     Builds the run as ``python -m relgen`` does (random weights of ``size``; the UNet, the VAE and
-    the CLIP image encoder fake when ``fake``), takes two optimizer steps through ``Trainer.run_step`` and returns the weights
-    by dtype (frozen parameters and buffers of the backbone and of the method's own modules), the
-    trained parameters, the optimizer state and the second step's peak above what
-    existed before the first (activations, gradients, autocast copies and temporaries; the optimizer
-    state is alive by then and counted apart). ``around_steps`` is a context manager entered around
-    the two steps (:func:`rss_check` reads the process's memory there).
+    the CLIP image encoder fake when ``fake``), takes two optimizer steps through
+    ``Trainer.run_step`` and returns the weights by dtype (frozen parameters and buffers of the
+    backbone and of the method's own modules), the trained parameters, the optimizer state and the
+    second step's peak above what existed before the first (activations, gradients, autocast copies
+    and temporaries; the optimizer state is alive by then and counted apart). ``around_steps`` is a
+    context manager entered around the two steps (:func:`rss_check` reads the process's memory
+    there).
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState

@@ -1,6 +1,6 @@
 """`benchmarks/memory_table.py`: counting a step's memory without computing it.
 
-The count with fake UNet and VAE weights must equal the count of the same step with real tensors, on
+The count with a fake UNet, VAE and image encoder must equal the count of the same step with real tensors, on
 the tiny backbones, for every method; the README's memory table rests on that.
 """
 
