@@ -58,8 +58,9 @@ GIB = 2**30
 METHODS = ["reversion", "rrnet", "relationbooth"]
 
 
-def _step_time():
-    spec = importlib.util.spec_from_file_location("relgen_step_time", HERE / "step_time.py")
+def _benchmark(name: str):
+    """Another script of this folder as a module (``step_time``, ``gpu_check``)."""
+    spec = importlib.util.spec_from_file_location(f"relgen_{name}", HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -220,7 +221,7 @@ def estimate(method_name: str, family: str, resolution: int, overrides=(), size:
     from relgen.registry import get_method
     from relgen.train.loop import Trainer
 
-    st = _step_time()
+    st = _benchmark("step_time")
     over = [f"method={method_name}", f"backbone=tiny_{family}", f"dataset={st.DATASETS[method_name]}",
             "trainer.report_to=[]", "trainer.progress=false", f"backbone.resolution={resolution}",
             f"dataset.size={resolution}", *overrides]
@@ -299,13 +300,6 @@ def _size(gib: float) -> str:
     return ""
 
 
-def _gpu_check():
-    spec = importlib.util.spec_from_file_location("relgen_gpu_check", HERE / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 #: settings the CPU cannot run, and how the table counts them
 FP16 = "trainer.mixed_precision=fp16"
 ADAMW8BIT = "method.optimizer=adamw8bit"
@@ -373,7 +367,7 @@ def cli_overrides(cli_row: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    gc = _gpu_check()
+    gc = _benchmark("gpu_check")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--settings", nargs="+", default=None, choices=list(gc.SETTINGS))
